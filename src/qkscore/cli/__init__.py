@@ -9,6 +9,8 @@ from __future__ import annotations
 import typer
 
 from qkscore.cli import data as _data
+from qkscore.cli import models as _models
+from qkscore.cli import pipeline as _pipeline
 
 app = typer.Typer(
     name="qkscore",
@@ -17,6 +19,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(_data.app, name="data")
+app.add_typer(_models.app, name="models")
+for _command in (
+    _pipeline.demo,
+    _pipeline.scan,
+    _pipeline.calibrate,
+    _pipeline.evaluate,
+    _pipeline.transfer,
+    _pipeline.report,
+    _pipeline.probe,
+):
+    app.command(_command.__name__)(_command)
 
 
 @app.callback()

@@ -51,9 +51,10 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
-def normalize_label(raw: Any, *, file: str | None = None, line: int | None = None,
-                    field: str = "label") -> str:
-    """Map the spellings found in public sets ("yes", "TRUE", "Uncertain", ...) to one vocabulary."""
+def normalize_label(
+    raw: Any, *, file: str | None = None, line: int | None = None, field: str = "label"
+) -> str:
+    """Map the spellings public sets use ("yes", "TRUE", "Uncertain", ...) to one vocabulary."""
     if isinstance(raw, bool):
         return "True" if raw else "False"
     text = str(raw).strip()

@@ -115,10 +115,22 @@ def parse_spec(text: str | DataSpec) -> DataSpec:
 
 
 def load_items(spec: str | DataSpec) -> list[Item]:
-    """Read every item a spec names. ``?limit=N`` keeps the first N; ``?on_error=skip`` is honoured
-    by the loaders, which count what they skip in ``last_load_report``."""
+    """Read every item a spec names.
+
+    Parameters every format takes: ``limit=N`` keeps the first N; ``sample=N`` draws N at random
+    (``seed``, default 0), in file order, so a subset spans all files of a glob; with
+    ``balance=1`` the sample holds equal numbers of each label. ``on_error=skip`` is honoured
+    by the loaders, which count what they skip in their load report.
+    """
     parsed = parse_spec(spec)
     items = list(_LOADERS[parsed.format].fn(parsed))
+    if parsed.get("sample") is not None:
+        items = _sample(
+            items,
+            parsed.get_int("sample", len(items)),
+            parsed.get_int("seed", 0),
+            parsed.get_bool("balance"),
+        )
     limit = parsed.get("limit")
     if limit is not None:
         items = items[: parsed.get_int("limit", len(items))]
@@ -128,6 +140,29 @@ def load_items(spec: str | DataSpec) -> list[Item]:
             raise DataError(f"duplicate item id {item.id!r}", field="id", file=parsed.path or None)
         seen.add(item.id)
     return items
+
+
+def _sample(items: list[Item], n: int, seed: int, balance: bool) -> list[Item]:
+    """A seeded random subset in original order; per label equal shares when ``balance``."""
+    import random
+
+    rng = random.Random(seed)
+    if not balance:
+        keep = set(rng.sample(range(len(items)), min(n, len(items))))
+    else:
+        by_label: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            by_label.setdefault(item.label, []).append(i)
+        share = n // len(by_label)
+        short = {k: len(v) for k, v in by_label.items() if len(v) < share}
+        if short:
+            raise DataError(
+                f"balance=1 with sample={n} needs {share} items per label, but "
+                + ", ".join(f"{k!r} has {v}" for k, v in short.items()),
+                field="sample",
+            )
+        keep = {i for idx in by_label.values() for i in rng.sample(idx, share)}
+    return [it for i, it in enumerate(items) if i in keep]
 
 
 def _ensure_builtin_loaders() -> None:

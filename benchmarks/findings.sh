@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 4's measurements: scan, calibrate (400 balanced items) and evaluate Qwen2.5-Coder 0.5B
+# and 1.5B on ProntoQA (fictional, with distractors, 1-5 hops), debiased PARARULE-Plus and
+# Multi-LogiEval, with the context-ablated shortcut control. Every scan is resumable: run this
+# script again after an interruption and it continues where it stopped.
+#   bash benchmarks/findings.sh [MODEL ...]      (default: both Qwen sizes)
+# Results: runs/findings/<model>/<set>/{run/,profile.json,evaluation.json,summary.md}
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QK=${QK:-.venv/bin/qkscore}
+SHARED=${QKSCORE_SHARED_DATA:-../shared/data}
+N=${N:-600}
+declare -A SETS=(
+  [prontoqa]="prontoqa:$SHARED/prontoqa/truefalse_0shot/*hop_0shot_random.json?sample=$N&balance=1&seed=0"
+  [pararule-debiased]="pararule-plus:$SHARED/pararule_plus/Depth*/*_test.jsonl?debias=1&sample=$N&balance=1&seed=0"
+  [multi-logieval]="multi-logieval:$SHARED/multi_logieval/data?sample=$N&balance=1&seed=0"
+)
+ORDER=${ORDER:-"prontoqa pararule-debiased multi-logieval"}
+MODELS=("$@")
+[ ${#MODELS[@]} -gt 0 ] || MODELS=(qwen2.5-coder-0.5b qwen2.5-coder-1.5b)
+for model in "${MODELS[@]}"; do
+  for set in $ORDER; do
+    out=runs/findings/$model/$set
+    mkdir -p "$out"
+    echo "=== $model / $set  ($(date -u +%H:%M:%S))"
+    $QK scan --model "$model" --data "${SETS[$set]}" --template answer-statement \
+      --out "$out/run" --control context-ablated --attention --batch-size 8
+    $QK calibrate "$out/run" --out "$out/profile.json" --calib-size 400
+    $QK evaluate "$out/run" --profile "$out/profile.json" --out "$out/evaluation.json" \
+      | tee "$out/summary.md"
+  done
+done

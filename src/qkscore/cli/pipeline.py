@@ -1,0 +1,229 @@
+"""Scan, calibrate, evaluate, transfer, report, probe and the end-to-end demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+console = Console()
+
+DEMO_DATA = "generated:depth=1-3&n=800&distractors=0&seed=0"
+DEMO_MODEL = "smollm2-135m"
+
+
+def scan(
+    model: str = typer.Option(..., "--model", "-m", help="Alias, hub id, folder or .gguf file."),
+    data: str = typer.Option(..., "--data", "-d", help="Data spec FORMAT:PATH?k=v."),
+    template: str = typer.Option("answer-statement", "--template", "-t"),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (or resume)."),
+    limit: int | None = typer.Option(None, help="Keep the first N items."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    rope: bool = typer.Option(False, help="Score rotated q/k (default: pre-rotary, as the paper)."),
+    control: list[str] = typer.Option([], help="context-ablated and/or context-swapped."),
+    attention: bool = typer.Option(False, help="Also store the attention-score baseline."),
+    dtype: str = typer.Option("auto", help="auto (bf16), float32, float16, bfloat16."),
+    chunk_size: int = typer.Option(64, help="Items per result chunk (the resume unit)."),
+) -> None:
+    """Score every head on every item into a resumable run folder."""
+    from qkscore.run import scan as run_scan
+
+    run = run_scan(
+        model,
+        data,
+        template,
+        out,
+        limit=limit,
+        batch_size=batch_size,
+        rope=rope,
+        controls=control,
+        attention_weights=attention,
+        dtype=dtype,
+        chunk_size=chunk_size,
+        log=console.print,
+    )
+    meta = run.meta()
+    console.print(
+        f"[green]{run.path}[/]: {meta['n_items']} items x {meta['n_layers']} layers x "
+        f"{meta['n_heads']} heads; scans: {', '.join(run.scans())}"
+    )
+
+
+def calibrate(
+    run: Path = typer.Argument(..., help="Run folder from `qkscore scan`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Profile JSON to write."),
+    calib_size: int = typer.Option(400, help="Balanced calibration items."),
+    seed: int = typer.Option(0),
+    metric: str = typer.Option("accuracy", help="accuracy, balanced_accuracy or auroc."),
+    no_ensemble: bool = typer.Option(False, help="Skip the top-k ensemble."),
+) -> None:
+    """Pick the head (and a top-k ensemble) on a balanced calibration split."""
+    from qkscore.pipeline import calibrate as run_calibrate
+
+    profile = run_calibrate(run, calib_size, seed, out, metric, ensemble=not no_ensemble)
+    cal = profile.data["calibration"]
+    for note in cal["warnings"]:
+        console.print(f"[yellow]warning:[/] {note}")
+    table = Table(title=f"Top heads on {cal['size']} calibration items")
+    for col in ("head", "sign", "accuracy", "balanced acc.", "AUROC"):
+        table.add_column(col)
+    for row in profile.data["ranking"][:10]:
+        table.add_row(
+            row["name"],
+            f"{row['sign']:+d}",
+            f"{row['accuracy']:.3f}",
+            f"{row['balanced_accuracy']:.3f}",
+            f"{row['auroc']:.3f}",
+        )
+    console.print(table)
+    console.print(f"[green]profile written to {out}[/] (head {profile.data['head']})")
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder to evaluate."),
+    profile: Path = typer.Option(..., "--profile", "-p"),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the intervals."),
+) -> None:
+    """Report the head against the model's own answer, never on calibration items."""
+    from qkscore.pipeline import evaluate as run_evaluate
+    from qkscore.report import summary_markdown
+    from qkscore.run import write_json
+
+    report = run_evaluate(run, profile, n_boot=n_boot)
+    if out is not None:
+        write_json(out, report)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        console.print(Markdown(summary_markdown(report)))
+
+
+def transfer(
+    runs: list[Path] = typer.Argument(..., help="Two or more run folders (same model/template)."),
+    calib_size: int = typer.Option(400),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Calibrate on each run (row), test on each run (column)."""
+    from qkscore.pipeline import transfer as run_transfer
+
+    result = run_transfer(runs, calib_size=calib_size, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title="Head accuracy: calibrated on row, tested on column")
+    table.add_column("calibrated on (head)")
+    for name in result["runs"]:
+        table.add_column(Path(name).name)
+    for name, head, row in zip(result["runs"], result["heads"], result["accuracy"]):
+        table.add_row(f"{Path(name).name} ({head})", *(f"{v:.3f}" for v in row))
+    console.print(table)
+
+
+def report(
+    run: Path = typer.Argument(...),
+    profile: Path = typer.Option(..., "--profile", "-p"),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o"),
+) -> None:
+    """Write one self-contained HTML report (plots embedded) and print the summary."""
+    from qkscore.pipeline import evaluate as run_evaluate
+    from qkscore.report import summary_markdown
+    from qkscore.report.html import write_report
+
+    result = run_evaluate(run, profile)
+    write_report(run, profile, result, out)
+    console.print(Markdown(summary_markdown(result)))
+    console.print(f"[green]report written to {out}[/]")
+
+
+def probe(
+    model: str = typer.Option(DEMO_MODEL, "--model", "-m"),
+    context: str = typer.Option(
+        "Every wumpus is a jompus. Every jompus is bitter. Max is a wumpus.", "--context", "-c"
+    ),
+    statement: str = typer.Option("Max is bitter.", "--statement", "-s"),
+    template: str = typer.Option("answer-statement", "--template", "-t"),
+    top: int = typer.Option(10, help="Heads to show."),
+    rope: bool = typer.Option(False),
+) -> None:
+    """Score one item with every head and show the heads with the widest True/False margin."""
+    import numpy as np
+
+    from qkscore.data import Item
+    from qkscore.models import load_model
+    from qkscore.prompts import get_template
+    from qkscore.scoring import score_prompts
+
+    lm = load_model(model)
+    item = Item(id="probe", context=context, statement=statement, label="True")
+    prompt = get_template(template).render(item, lm.tokenizer)
+    result = score_prompts(lm, [prompt], rope=rope)
+    scores, base = result.scores[0], result.baseline[0]
+    margin = scores[..., 0] - scores[..., 1]
+    order = np.argsort(-np.abs(margin), axis=None)[:top]
+    table = Table(
+        title=f"{lm.name}: QK-scores, widest True-False margins ({lm.n_layers} layers "
+        f"x {lm.n_heads} heads)"
+    )
+    for col in ("head", "score True", "score False", "margin"):
+        table.add_column(col)
+    for flat in order:
+        layer, head = np.unravel_index(flat, margin.shape)
+        table.add_row(
+            f"L{layer}H{head}",
+            f"{scores[layer, head, 0]:.2f}",
+            f"{scores[layer, head, 1]:.2f}",
+            f"{margin[layer, head]:+.2f}",
+        )
+    console.print(table)
+    probs = np.exp(base - base.max())
+    probs /= probs.sum()
+    console.print(
+        f"model's own answer: True {probs[0]:.2f} / False {probs[1]:.2f} "
+        "(uncalibrated heads say nothing yet: run `qkscore demo` or `calibrate`)"
+    )
+
+
+def demo(
+    model: str = typer.Option(DEMO_MODEL, "--model", "-m"),
+    data: str = typer.Option(DEMO_DATA, "--data", "-d"),
+    template: str = typer.Option("answer-statement", "--template", "-t"),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
+    calib_size: int = typer.Option(400),
+    limit: int | None = typer.Option(800, help="Items to scan (calibration + evaluation)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    controls: bool = typer.Option(True, help="Scan the context-ablated and -swapped controls."),
+) -> None:
+    """The whole pipeline on the embedded default: scan, calibrate, evaluate, report."""
+    from qkscore.pipeline import calibrate as run_calibrate
+    from qkscore.pipeline import evaluate as run_evaluate
+    from qkscore.report import summary_markdown
+    from qkscore.report.html import write_report
+    from qkscore.run import CONTROLS, write_json
+    from qkscore.run import scan as run_scan
+
+    console.rule(f"qkscore demo: {model} on {data}")
+    run = run_scan(
+        model,
+        data,
+        template,
+        out / "run",
+        limit=limit,
+        batch_size=batch_size,
+        controls=CONTROLS if controls else (),
+        attention_weights=True,
+        log=console.print,
+    )
+    profile = run_calibrate(run.path, calib_size=calib_size, out=out / "profile.json")
+    result = run_evaluate(run.path, profile)
+    write_json(out / "evaluation.json", result)
+    (out / "summary.md").write_text(summary_markdown(result) + "\n")
+    write_report(run.path, profile, result, out / "report.html")
+    console.print(Markdown(summary_markdown(result)))
+    console.print(f"[green]wrote {out}/report.html, evaluation.json, summary.md, profile.json[/]")

@@ -1,0 +1,369 @@
+"""QK-scores of every attention head in one forward pass.
+
+For each prompt a list of (query position, key position) token pairs is given; for every layer
+and head the raw, unscaled dot product ``q_h[query_pos] . k_kv(h)[key_pos]`` comes back, where
+``kv(h) = h // (n_heads / n_kv_heads)`` under grouped-query attention.
+
+``rope=False`` (the paper authors' computation) reads the vectors that enter the rotary
+embedding, after any q/k norm, through forward hooks. ``rope=True`` reads the rotated vectors
+attention really compares, through a wrapped attention function registered with transformers'
+``AttentionInterface`` (with the matching mask function, so padded batches keep the right mask
+format), so the model keeps its fast sdpa kernel. Hooks keep only the needed positions: no
+attention matrix is materialised and ``output_attentions`` is never needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from qkscore.models.adapters import layer_modules, split_qk
+from qkscore.models.loading import LoadedModel
+
+Pair = tuple[int, int]
+CAPTURE_SDPA = "qkscore_sdpa"
+CAPTURE_EAGER = "qkscore_eager"
+
+
+@dataclass
+class Extraction:
+    """What one pass yields. Arrays are float32 numpy.
+
+    ``scores`` [batch, layers, heads, pairs]; ``candidate_logprobs`` [batch, candidates]
+    (log-softmax over the vocabulary at each row's logit position); ``attention``
+    [batch, layers, heads, pairs] post-softmax weight of the key at the query row. Pair slots a
+    row does not use hold NaN.
+    """
+
+    scores: np.ndarray
+    candidate_logprobs: np.ndarray | None = None
+    attention: np.ndarray | None = None
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the deepest needed layer ran, to skip the rest of the model."""
+
+
+def qk_scores(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pairs: Sequence[Sequence[Pair]],
+    rope: bool = False,
+) -> np.ndarray:
+    """Raw QK dot products, float32 ``[batch, layers, heads, pairs]``.
+
+    Positions in ``pairs`` index each prompt's own tokens (0 = its first real token), whatever
+    the padding side, so the same pairs work for a prompt alone or inside any batch.
+    """
+    return extract(lm, input_ids, attention_mask, pairs, rope=rope).scores
+
+
+def extract(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pairs: Sequence[Sequence[Pair]],
+    *,
+    rope: bool = False,
+    logit_positions: Sequence[int] | None = None,
+    candidate_ids: Sequence[Sequence[int]] | Sequence[int] | None = None,
+    attention_weights: bool = False,
+    max_layer: int | None = None,
+) -> Extraction:
+    """One forward pass: QK-scores, and optionally candidate log-probs and attention weights.
+
+    ``logit_positions`` (prompt coordinates, default each prompt's last token) and
+    ``candidate_ids`` (one list for all rows, or one per row) give the model-probability
+    baseline. Only the final hidden state of those rows meets the LM head, never the whole
+    sequence. ``max_layer`` stops the pass after that layer (no logits then).
+    """
+    model = lm.model
+    device = lm.device
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device)
+    batch, seq = input_ids.shape
+    if len(pairs) != batch:
+        raise ValueError(f"pairs has {len(pairs)} rows but input_ids has {batch}")
+    lengths = attention_mask.sum(-1)
+    offsets = _pad_offsets(attention_mask)
+    q_idx, k_idx, valid = _pair_index(pairs, lengths.tolist(), offsets.tolist(), device)
+    want_logits = candidate_ids is not None
+    last = lm.n_layers - 1
+    stop_at = last if max_layer is None else max_layer
+    if not 0 <= stop_at <= last:
+        raise ValueError(f"max_layer={max_layer} outside 0..{last}")
+    if want_logits and stop_at < last:
+        raise ValueError("candidate logits need the full pass; drop max_layer or candidate_ids")
+
+    capture = _Capture(lm, q_idx, k_idx, stop_at + 1, attention_weights)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode(), ExitStack() as stack:
+        if rope or attention_weights:
+            _use_capture_attention(model)
+            stack.enter_context(capture.attention_capture(rope))
+        if not rope:
+            stack.enter_context(capture.projection_hooks())
+        if stop_at < last:
+            stack.enter_context(_stop_after(layer_modules(model, lm.adapter)[stop_at]))
+        try:
+            out = model.base_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
+        except _StopForward:
+            out = None
+        logprobs = None
+        if want_logits:
+            logprobs = _candidate_logprobs(
+                lm, out.last_hidden_state, offsets, lengths, logit_positions, candidate_ids
+            )
+    unused = ~valid.cpu().numpy()[:, None, None, :]
+    scores = np.where(unused, np.nan, capture.scores()).astype(np.float32)
+    attn = None
+    if attention_weights:
+        attn = np.where(unused, np.nan, capture.attention_scores()).astype(np.float32)
+    return Extraction(scores=scores, candidate_logprobs=logprobs, attention=attn)
+
+
+def _pad_offsets(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's first real token: the left-padding width (0 for right padding)."""
+    return (mask.long().cumsum(-1) == 0).sum(-1)
+
+
+def _pair_index(
+    pairs: Sequence[Sequence[Pair]], lengths: list[int], offsets: list[int], device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded-tensor indices ``[batch, max_pairs]`` for queries and keys, and a validity mask."""
+    width = max((len(p) for p in pairs), default=0)
+    if width == 0:
+        raise ValueError("no (query, key) pairs given")
+    q = torch.zeros(len(pairs), width, dtype=torch.long)
+    k = torch.zeros(len(pairs), width, dtype=torch.long)
+    valid = torch.zeros(len(pairs), width, dtype=torch.bool)
+    for row, row_pairs in enumerate(pairs):
+        for j, pair in enumerate(row_pairs):
+            qp, kp = int(pair[0]), int(pair[1])
+            for name, pos in (("query", qp), ("key", kp)):
+                if not 0 <= pos < lengths[row]:
+                    raise IndexError(
+                        f"row {row}, pair {j}: {name} position {pos} is outside the prompt "
+                        f"(its {lengths[row]} tokens are positions 0..{lengths[row] - 1})"
+                    )
+            q[row, j], k[row, j], valid[row, j] = qp + offsets[row], kp + offsets[row], True
+    return q.to(device), k.to(device), valid.to(device)
+
+
+class _Capture:
+    """Collects, per layer, the query and key vectors at the needed positions only."""
+
+    def __init__(self, lm: LoadedModel, q_idx, k_idx, n_layers: int, want_attention: bool):
+        self.lm = lm
+        self.layout = lm.layout
+        self.q_idx, self.k_idx = q_idx, k_idx
+        self.rows = torch.arange(q_idx.shape[0], device=q_idx.device)[:, None]
+        self.n_layers = n_layers
+        self.want_attention = want_attention
+        self.q: list[torch.Tensor | None] = [None] * n_layers
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.attn: list[torch.Tensor | None] = [None] * n_layers
+
+    def _take(self, per_token: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``[B, T, heads, D]`` -> ``[B, P, heads, D]`` float32 at the given positions."""
+        return per_token[self.rows, idx].float()
+
+    @contextmanager
+    def projection_hooks(self):
+        """Forward hooks on the modules whose output is the pre-rotary q and k."""
+        adapter, handles = self.lm.adapter, []
+        for layer_no, layer in enumerate(layer_modules(self.lm.model, adapter)[: self.n_layers]):
+            attn = layer.get_submodule(adapter.attention)
+            q_mod, k_mod = (
+                attn.get_submodule(adapter.q_module),
+                attn.get_submodule(adapter.k_module),
+            )
+            if q_mod is k_mod:
+                handles.append(q_mod.register_forward_hook(self._hook(layer_no, "qk")))
+            else:
+                handles.append(q_mod.register_forward_hook(self._hook(layer_no, "q")))
+                handles.append(k_mod.register_forward_hook(self._hook(layer_no, "k")))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, layer_no: int, which: str) -> Callable:
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            if "q" in which:
+                q = split_qk(self.lm.adapter, self.layout, "q", out)
+                self.q[layer_no] = self._take(q, self.q_idx)
+            if "k" in which:
+                k = split_qk(self.lm.adapter, self.layout, "k", out)
+                self.k[layer_no] = self._take(k, self.k_idx)
+
+        return hook
+
+    @contextmanager
+    def attention_capture(self, rope: bool):
+        """Attach this capture to every attention module the wrapped attention function sees."""
+        modules = [
+            layer.get_submodule(self.lm.adapter.attention)
+            for layer in layer_modules(self.lm.model, self.lm.adapter)[: self.n_layers]
+        ]
+        for layer_no, module in enumerate(modules):
+            module._qkscore_capture = (self, layer_no, rope)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.__dict__.pop("_qkscore_capture", None)
+
+    def on_attention(self, layer_no: int, rope: bool, query, key, mask, kwargs) -> None:
+        """Called from inside attention with rotated ``query [B,H,T,D]``, ``key [B,KV,T,D]``."""
+        if rope:
+            self.q[layer_no] = self._take(query.transpose(1, 2), self.q_idx)
+            self.k[layer_no] = self._take(key.transpose(1, 2), self.k_idx)
+        if self.want_attention:
+            self.attn[layer_no] = self._attention_at_pairs(query, key, mask, kwargs)
+
+    def _attention_at_pairs(self, query, key, mask, kwargs) -> torch.Tensor:
+        """Post-softmax weight of each pair's key in its query's row, for those rows only."""
+        kv = self.layout.kv_index().to(key.device)
+        rows_q = query.transpose(1, 2)[self.rows, self.q_idx].float()  # [B,P,H,D]
+        keys = key.float()[:, kv]  # [B,H,T,D]
+        logits = torch.einsum("bphd,bhtd->bpht", rows_q, keys) * float(kwargs.get("scaling") or 1)
+        softcap = kwargs.get("softcap")
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        allowed = self._allowed(mask, logits.shape[-1], kwargs)  # [B,P,T]
+        logits = logits.masked_fill(~allowed[:, :, None, :], float("-inf"))
+        weights = logits.softmax(-1)
+        return weights.gather(-1, self.k_idx[:, :, None, None].expand(-1, -1, weights.shape[2], 1))[
+            ..., 0
+        ]  # [B,P,H]
+
+    def _allowed(self, mask, t: int, kwargs) -> torch.Tensor:
+        if mask is not None and mask.dim() == 4:
+            rows = mask[self.rows, 0, self.q_idx]  # [B,P,T]
+            return rows if rows.dtype == torch.bool else rows == 0
+        # sdpa's causal fast path passes no mask: causal (no padding in this batch)
+        keys = torch.arange(t, device=self.q_idx.device)
+        allowed = keys[None, None, :] <= self.q_idx[:, :, None]
+        window = kwargs.get("sliding_window")
+        if window:
+            allowed &= keys[None, None, :] > self.q_idx[:, :, None] - window
+        return allowed
+
+    def scores(self) -> np.ndarray:
+        kv = self.layout.kv_index().to(self.q_idx.device)
+        out = []
+        for layer_no in range(self.n_layers):
+            q, k = self.q[layer_no], self.k[layer_no]
+            if q is None or k is None:
+                raise RuntimeError(f"layer {layer_no}: query/key capture did not run")
+            out.append((q * k[:, :, kv]).sum(-1))  # [B,P,H]
+        return torch.stack(out, 1).transpose(2, 3).cpu().numpy().astype(np.float32)
+
+    def attention_scores(self) -> np.ndarray:
+        return torch.stack(self.attn, 1).transpose(2, 3).cpu().numpy().astype(np.float32)
+
+
+def _candidate_logprobs(lm, hidden, offsets, lengths, logit_positions, candidate_ids) -> np.ndarray:
+    """Log-softmax at each row's logit position for its candidate tokens."""
+    batch = hidden.shape[0]
+    if logit_positions is None:
+        pos = offsets + lengths - 1
+    else:
+        pos = torch.as_tensor(list(logit_positions), device=hidden.device) + offsets
+    rows = hidden[torch.arange(batch, device=hidden.device), pos]
+    logits = lm.model.get_output_embeddings()(rows).float()
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    logprobs = logits.log_softmax(-1)
+    ids = candidate_ids
+    if ids and isinstance(ids[0], int):
+        ids = [list(ids)] * batch  # type: ignore[list-item]
+    index = torch.as_tensor(ids, device=hidden.device, dtype=torch.long)
+    return logprobs.gather(-1, index).cpu().numpy().astype(np.float32)
+
+
+@contextmanager
+def _stop_after(layer: torch.nn.Module):
+    def hook(*_):
+        raise _StopForward
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _wrap_attention(base: Callable | None) -> Callable:
+    """An attention function that lets an attached capture read q and k, then runs ``base``
+    (sdpa) or, when ``base`` is None, the module family's own eager attention."""
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        attached = getattr(module, "_qkscore_capture", None)
+        if attached is not None:
+            capture, layer_no, rope = attached
+            capture.on_attention(layer_no, rope, query, key, attention_mask, kwargs)
+        fn = base or sys.modules[type(module).__module__].eager_attention_forward
+        return fn(module, query, key, value, attention_mask, *args, **kwargs)
+
+    return attention
+
+
+_REGISTERED = False
+
+
+def _register_capture_attention() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+
+    AttentionInterface.register(CAPTURE_SDPA, _wrap_attention(sdpa_attention_forward))
+    AttentionInterface.register(CAPTURE_EAGER, _wrap_attention(None))
+    # Without the matching mask function transformers builds another mask format, and
+    # left-padded batches come out wrong by tens of units.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE_SDPA, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE_EAGER, eager_mask)
+    _REGISTERED = True
+
+
+def _use_capture_attention(model) -> None:
+    """Switch the model to the capturing wrapper of its current attention, once."""
+    _register_capture_attention()
+    current = model.config._attn_implementation
+    if current in (CAPTURE_SDPA, CAPTURE_EAGER):
+        return
+    if current == "sdpa":
+        model.set_attn_implementation(CAPTURE_SDPA)
+    elif current == "eager":
+        model.set_attn_implementation(CAPTURE_EAGER)
+    else:
+        raise ValueError(
+            f"rope=True and attention weights need sdpa or eager attention; this model uses "
+            f"{current!r}. Load it with attn_implementation='sdpa'."
+        )
+
+
+def iter_batches(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]

@@ -1,0 +1,360 @@
+"""Load any causal LM (hub id, local folder, GGUF file or packaged alias) for QK extraction.
+
+GGUF de-quantisation takes 20-60 s, so every GGUF source is converted once into a safetensors
+folder in the cache; later loads read that folder in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qkscore.models.adapters import (
+    Adapter,
+    HeadLayout,
+    UnsupportedModelError,
+    adapter_for,
+    head_layout,
+    supported_model_types,
+)
+from qkscore.models.aliases import (
+    ALIASES,
+    ModelNotAvailableError,
+    PackagedModel,
+    cache_dir,
+    get_alias,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for extraction: the transformers model, its tokenizer and head geometry.
+
+    ``source`` records where the weights came from (alias, file hash, hub revision) so run
+    folders and profiles can refuse to mix models; ``fingerprint`` is a short stable id of the
+    weights themselves.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    adapter: Adapter
+    layout: HeadLayout
+    source: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return self.layout.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.layout.n_heads
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "family": self.adapter.family,
+            "class": type(self.model).__name__,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "n_layers": self.layout.n_layers,
+            "n_heads": self.layout.n_heads,
+            "n_kv_heads": self.layout.n_kv_heads,
+            "head_dim": self.layout.head_dim,
+            "source": self.source,
+        }
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    """``auto``: float32 on CPU, bfloat16 on GPUs (float16 where bf16 is missing).
+
+    Measured on a 2-core x86 CPU with torch 2.13 (benchmarks/bench_dtype.py): SmolLM2 scans
+    about 3x faster in float32 than in bfloat16, since CPU matmul kernels for bf16 are slow
+    there; on GPUs bf16 halves memory and runs on tensor cores.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = dtype.lower()
+    if key == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if key not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[key]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return device
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer alone (cheap: no weights are read for converted or hub models)."""
+    from transformers import AutoTokenizer
+
+    folder, gguf, _ = _locate(name_or_path)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    return _with_padding(AutoTokenizer.from_pretrained(folder, **kwargs))
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str | torch.dtype = "auto",
+    device: str = "auto",
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Load a causal LM by packaged alias, hub id, local folder or ``.gguf`` file.
+
+    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate's big-model inference, for
+    models larger than one device; ``device`` is then ignored.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf, source = _locate(name_or_path)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    _check_model_type(folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
+    except OSError as err:
+        raise _explain_os_error(name_or_path, err) from err
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    adapter = adapter_for(model)
+    layout = head_layout(_text_config(model.config))
+    fingerprint = source.get("sha256", "")[:16] or _fingerprint_folder(folder, model.config)
+    return LoadedModel(
+        model=model,
+        tokenizer=_with_padding(tokenizer),
+        name=name_or_path,
+        adapter=adapter,
+        layout=layout,
+        source=source,
+        fingerprint=fingerprint,
+    )
+
+
+def _check_model_type(folder: str) -> None:
+    """Refuse a local model of an unknown family before reading its weights: transformers
+    would otherwise fail with its own ValueError (unknown model_type, no causal-LM class)."""
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        return  # a hub id: adapter_for checks the loaded model
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return  # let transformers report the unreadable config
+    model_type = config.get("model_type")
+    if model_type in supported_model_types():
+        return
+    classes = ", ".join(config.get("architectures") or []) or "the model"
+    raise UnsupportedModelError(
+        f"{classes} (model_type={model_type!r}, {config_file}) is not supported: qkscore knows "
+        f"where queries and keys live for {', '.join(supported_model_types())}. "
+        "Add a row to qkscore.models.adapters.ADAPTERS for a new family."
+    )
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _with_padding(tokenizer):
+    """Batched extraction pads; models without a pad token reuse EOS (masked out anyway)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _locate(name_or_path: str) -> tuple[str, str | None, dict[str, Any]]:
+    """Resolve a name to (folder for from_pretrained, gguf file name or None, provenance)."""
+    packaged = get_alias(name_or_path)
+    if packaged is not None:
+        folder = ensure_converted(packaged)
+        return (
+            str(folder),
+            None,
+            {
+                "kind": "alias",
+                "alias": packaged.alias,
+                "repo_id": packaged.repo_id,
+                "gguf": packaged.gguf_name,
+                "sha256": packaged.sha256,
+            },
+        )
+    path = Path(name_or_path).expanduser()
+    if name_or_path.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotAvailableError(
+                f"GGUF file {path} does not exist. Give the path to a .gguf file, a model "
+                f"folder, a hub id, or one of the packaged aliases: {', '.join(ALIASES)}"
+            )
+        return (
+            str(_convert_gguf_file(path)),
+            None,
+            {
+                "kind": "gguf",
+                "path": str(path.resolve()),
+                "sha256": sha256_file(path),
+            },
+        )
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotAvailableError(f"{path} is a folder but holds no config.json")
+        return str(path), None, {"kind": "folder", "path": str(path.resolve())}
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        raise ModelNotAvailableError(f"{name_or_path!r} is neither a model folder nor a .gguf file")
+    return (
+        name_or_path,
+        None,
+        {"kind": "hub", "repo_id": name_or_path, **_hub_revision(name_or_path)},
+    )
+
+
+def _hub_revision(repo_id: str) -> dict[str, str]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+        if isinstance(cached, str):
+            return {"revision": Path(cached).parent.name}
+    except Exception:  # provenance is best effort; loading reports real errors
+        pass
+    return {}
+
+
+def _explain_os_error(name: str, err: OSError) -> ModelNotAvailableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    how = (
+        "HF_HUB_OFFLINE is set and the model is not in the local cache. Download it on a "
+        f"machine with network (`huggingface-cli download {name}`), copy the cache "
+        "(~/.cache/huggingface) here, or pass a local folder or .gguf file."
+        if offline
+        else "Check the hub id and your network, or pass a local folder or .gguf file."
+    )
+    return ModelNotAvailableError(
+        f"could not load model {name!r}: {err}\n{how}\nPackaged offline models: "
+        f"{', '.join(ALIASES)} (see `qkscore models`)."
+    )
+
+
+def ensure_converted(packaged: PackagedModel) -> Path:
+    """The packaged model as a safetensors folder, converting it on first use."""
+    target = packaged.converted_dir()
+    if (target / ".complete").exists():
+        _strip_quantization_config(target)
+        return target
+    gguf = packaged.gguf_file()
+    log.info("converting %s once to %s (GGUF de-quantisation, 20-60 s)", packaged.alias, target)
+    _convert(gguf, target)
+    return target
+
+
+def _convert_gguf_file(path: Path) -> Path:
+    """Convert an arbitrary GGUF once, keyed by its path, size and mtime (hashing is slow)."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    target = cache_dir() / "models" / f"gguf-{path.stem}-{key.hexdigest()[:12]}"
+    if not (target / ".complete").exists():
+        _convert(path, target)
+    _strip_quantization_config(target)
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
+    """De-quantise into float32 safetensors, written to a temp folder and renamed into place
+    so an interrupted conversion is never mistaken for a finished one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as err:
+        raise ModelNotAvailableError(f"could not read GGUF file {gguf}: {err}") from err
+    model.hf_quantizer = None  # the weights are de-quantised; save them as plain tensors
+    # A kept `quantization_config` makes transformers re-pack the dense weights on every later
+    # load and run each matmul through the GGUF kernels (several times slower on CPU).
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / ".complete").write_text(json.dumps({"gguf": str(gguf)}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _strip_quantization_config(folder: Path) -> None:
+    """Repair folders converted before the config was cleaned (idempotent, cheap)."""
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    if "quantization_config" in config:
+        del config["quantization_config"]
+        config_path.write_text(json.dumps(config, indent=2))
+
+
+def _fingerprint_folder(folder: str, config) -> str:
+    """A short id of the weights: config plus strided samples of every weight file's bytes,
+    so a fine-tune with the same config differs while hashing stays fast for large files."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    path = Path(folder)
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            for i in range(64):
+                fh.seek(size * i // 64)
+                digest.update(fh.read(1 << 16))
+    return digest.hexdigest()[:16]

@@ -1,0 +1,614 @@
+"""Prompt templates: turn an :class:`~qkscore.data.Item` into text plus the token positions read.
+
+The QK-score is the dot product of one head's query at token ``q`` with its key at token ``k``.
+A template therefore has to produce, for each answer option, the exact ``(q, k)`` pair *in the
+tokens the model receives*. Positions are never found by tokenizing pieces separately (BPE
+merges across piece boundaries, e.g. Qwen's ``".\\n"``, would shift them); instead the text is
+assembled while recording the character span of every piece that matters (statement, option
+texts, line ends, cue), the FULL string is tokenized once with ``return_offsets_mapping=True``,
+and each character span is mapped to the token that covers it.
+
+Schemes (``Template.scheme``):
+
+``answer-statement`` (Tulchinskii et al., arXiv 2502.17017)
+    Context, statement, option lines ("A. True" / "B. False"), then the cue "Answer:". One pair
+    per option: query at the option's *answer token* (the token covering the last
+    non-whitespace character of the option text in its line, e.g. " True" or the last word
+    piece of a long option), key at the statement's *end token* (the token covering the last
+    non-whitespace character of the statement, normally its period; with
+    ``statement_anchor="last_word"`` the token covering its last letter or digit instead;
+    ``option_anchor`` likewise for options such as MMLU's "... patients.").
+``last-option`` (arXiv 2410.02343, multiple-choice QA)
+    Same text. Query at the final token (the cue's last token, where the model would emit its
+    answer), key at each option line's *end-of-line token*: the token covering the ``"\\n"``
+    that ends the line. When the tokenizer merges that newline with the *following* text (so
+    the token belongs to the next line as much as to this one), or the line has no newline
+    (a chat template that trims the message), the token covering the line's last
+    non-whitespace character is used instead; ``positions["eol_fallback"]`` records which.
+    A newline merged with the *preceding* text (Qwen's ``".\\n"``) still counts as the
+    end-of-line token.
+``candidate-appended`` (the seed paper's other reading)
+    One part per option: the shared prefix ending in the cue, plus ``" " + option text``.
+    The candidate is the option in the template's answer form (``baseline_tokens``): its text
+    by default (" True"), or its letter (" A", better for long multiple-choice options).
+    Query at the candidate's last token, key at the statement's end token. ``logit_pos`` is
+    the token before the candidate, so the baseline is the model's next-token probability of
+    each candidate after the shared prefix; all parts share identical prefix tokens up to
+    ``logit_pos`` (checked), so a KV cache of the prefix can be reused.
+
+Every pair is reported in the ITEM's option order (``pair_options[i]`` is the item option
+index), whatever order the text lists the options in, so downstream scores never need
+un-permuting. ``input_ids`` is exactly what the model receives: special tokens the tokenizer
+adds by default (Gemma's ``<bos>``) are kept; with ``use_chat_template`` the rendered chat
+string already carries them and is tokenized with ``add_special_tokens=False``, as
+``apply_chat_template(tokenize=True)`` does. A trailing special token a tokenizer appends
+after the text (an EOS) is dropped so the cue stays the last token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qkscore.data import Item
+
+__all__ = [
+    "BASELINE_TOKENS",
+    "OPTION_STYLES",
+    "SCHEMES",
+    "STATEMENT_ANCHORS",
+    "TEMPLATES",
+    "Prompt",
+    "PromptPart",
+    "Template",
+    "available_templates",
+    "get_template",
+    "render_batch",
+]
+
+#: Bumped whenever the rendered text or position rules change, so run records stay comparable.
+FORMAT_VERSION = 1
+
+SCHEMES = ("answer-statement", "last-option", "candidate-appended")
+OPTION_STYLES = ("letters", "plain")
+BASELINE_TOKENS = ("auto", "letters", "words")
+STATEMENT_ANCHORS = ("last", "last_word")
+LETTERS = string.ascii_uppercase
+
+
+@dataclass
+class PromptPart:
+    """One forward pass worth of text and the positions to read from it.
+
+    ``pairs[i]`` is ``(query_pos, key_pos)`` in ``input_ids`` (0-based, no padding) and scores
+    item option ``pair_options[i]``. ``candidate_ids`` are in item option order.
+
+    ``positions`` (JSON-able, lists in item option order) records every anchor, whichever the
+    scheme reads: ``statement_end``, ``option_tokens`` (answer token of each option),
+    ``option_line_ends`` and ``eol_fallback`` (see ``last-option``), ``cue_end`` (the cue's
+    last token), ``last`` (this part's last token), ``target_start`` (first token of the
+    target item, after instruction and shots), ``leading_special`` (the ids start with a
+    tokenizer-added special token such as ``<bos>``), ``candidate_multi_token`` (a baseline
+    candidate spans several tokens and only its first is used), and for ``candidate-appended``
+    parts ``candidate_start`` / ``candidate_token``.
+    """
+
+    text: str
+    input_ids: list[int]
+    pairs: list[tuple[int, int]]
+    pair_options: list[int]
+    logit_pos: int
+    candidate_ids: list[int]
+    positions: dict[str, Any]
+
+
+@dataclass
+class Prompt:
+    """Everything a scan needs for one item.
+
+    ``option_order[j]`` is the item option index shown at display position ``j`` (letter
+    ``A`` + j); pairs and candidates are nevertheless reported in item option order.
+    """
+
+    item_id: str
+    n_options: int
+    parts: list[PromptPart]
+    option_order: list[int]
+
+
+# --------------------------------------------------------------------------------------------
+# character span -> token index
+
+
+def _tokens_overlapping(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
+    """Indices of tokens whose (non-empty) character span intersects ``[start, end)``."""
+    return [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+
+def _token_at(offsets: Sequence[tuple[int, int]], char: int, what: str) -> int:
+    """The last token covering character ``char``.
+
+    "Last" matters for byte-level BPE, where one multi-byte character can be split over several
+    tokens sharing the same offsets: the last of them is where the character is complete.
+    """
+    hits = _tokens_overlapping(offsets, char, char + 1)
+    if not hits:
+        raise ValueError(
+            f"no token covers character {char} ({what}); the tokenizer's offset mapping skips it"
+        )
+    return hits[-1]
+
+
+def _last_char(text: str, start: int, end: int, *, word: bool = False) -> int:
+    """Index of the last non-whitespace (or, with ``word``, alphanumeric) character in a span."""
+    for i in range(end - 1, start - 1, -1):
+        ch = text[i]
+        if ch.isalnum() if word else not ch.isspace():
+            return i
+    if word:  # a statement of punctuation only: fall back to its last visible character
+        return _last_char(text, start, end)
+    raise ValueError(f"span {start}:{end} of the prompt is blank")
+
+
+# --------------------------------------------------------------------------------------------
+# text assembly
+
+
+@dataclass
+class _Block:
+    """Character spans of one rendered item, relative to the start of the rendered content."""
+
+    start: int = 0
+    statement: tuple[int, int] = (0, 0)
+    options: list[tuple[int, int]] = field(default_factory=list)  # display order
+    line_ends: list[int | None] = field(default_factory=list)  # index of the line's "\n"
+
+
+class _Builder:
+    """Appends text while handing back the character span of each piece."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self.n = 0
+
+    def add(self, piece: str) -> tuple[int, int]:
+        start = self.n
+        self._pieces.append(piece)
+        self.n += len(piece)
+        return start, self.n
+
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"{type(tokenizer).__name__} cannot report character offsets, which prompt positions "
+            "need: load a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True), or "
+            "qkscore.models.load_tokenizer)"
+        )
+
+
+def _check_item(item: Item, role: str = "item") -> None:
+    if not item.statement or not item.statement.strip():
+        raise ValueError(f"{role} {item.id!r} has an empty statement; nothing to anchor the key on")
+    if len(item.options) < 2:
+        raise ValueError(f"{role} {item.id!r} has {len(item.options)} option(s); need at least 2")
+    if len(item.options) > len(LETTERS):
+        raise ValueError(f"{role} {item.id!r} has more than {len(LETTERS)} options")
+    for opt in item.options:
+        if not str(opt).strip():
+            raise ValueError(f"{role} {item.id!r} has an empty option text: {list(item.options)}")
+
+
+def _encode(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[list[int], list]:
+    """Token ids and offsets of the full text, minus trailing specials appended after it."""
+    try:
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    except NotImplementedError as exc:  # slow tokenizers that slipped past is_fast
+        raise ValueError(
+            f"{type(tokenizer).__name__} does not support return_offsets_mapping: load a fast "
+            "tokenizer"
+        ) from exc
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    while len(ids) > 1 and ids[-1] in special and offsets[-1][0] == offsets[-1][1]:
+        ids.pop()
+        offsets.pop()
+    return ids, offsets
+
+
+# --------------------------------------------------------------------------------------------
+# the template
+
+
+@dataclass(frozen=True)
+class Template:
+    """How an item becomes a prompt and which (query, key) pairs are read.
+
+    Fields:
+        name: registry name (recorded with every run).
+        scheme: one of :data:`SCHEMES` (see the module docstring).
+        instruction: text placed once before everything else ("" for none).
+        option_style: ``"letters"`` ("A. True") or ``"plain"`` ("True"), one option per line.
+        answer_cue: the text after the options, where the model answers.
+        statement_prefix: text before the statement on its line; ``None`` picks "Statement: "
+            for True/False(/Unknown) items and "Question: " for multiple choice.
+        swap_options: ``False``; ``True`` reverses the displayed options; or a permutation
+            (display position j shows item option ``swap_options[j]``). Pairs stay in item order.
+        k_shot: solved examples (from another split) rendered before the target with their gold
+            answer after the cue; positions always refer to the target.
+        use_chat_template: wrap instruction, shots and target as one user message with the
+            tokenizer's chat template; the cue (and candidate) follow the generation prompt.
+        baseline_tokens: candidates for the model-probability baseline: ``"letters"`` (" A",
+            " B", ...), ``"words"`` (" " + option text), or ``"auto"`` (letters for letter-style
+            options, else words). This is the template's *answer form*: k-shot answers and the
+            candidates appended by ``candidate-appended`` use it too, so the model sees one form.
+        statement_anchor: ``"last"`` (token of the statement's last visible character, usually
+            its period) or ``"last_word"`` (token of its last letter or digit).
+        option_anchor: the same choice for each option's answer token (and the appended
+            candidate of ``candidate-appended``); "last" is the option text's last token.
+    """
+
+    name: str
+    scheme: str
+    instruction: str = ""
+    option_style: str = "letters"
+    answer_cue: str = "Answer:"
+    statement_prefix: str | None = None
+    swap_options: bool | tuple[int, ...] = False
+    k_shot: tuple[Item, ...] = ()
+    use_chat_template: bool = False
+    baseline_tokens: str = "auto"
+    statement_anchor: str = "last"
+    option_anchor: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(
+                f"template {self.name!r}: unknown scheme {self.scheme!r}; "
+                f"expected one of {list(SCHEMES)}"
+            )
+        if self.option_style not in OPTION_STYLES:
+            raise ValueError(
+                f"template {self.name!r}: option_style must be one of "
+                f"{list(OPTION_STYLES)}, got {self.option_style!r}"
+            )
+        if self.baseline_tokens not in BASELINE_TOKENS:
+            raise ValueError(
+                f"template {self.name!r}: baseline_tokens must be one of "
+                f"{list(BASELINE_TOKENS)}, got {self.baseline_tokens!r}"
+            )
+        if self.baseline_tokens == "letters" and self.option_style != "letters":
+            raise ValueError(
+                f"template {self.name!r}: letter baseline tokens need "
+                "option_style='letters' (plain options show no letters)"
+            )
+        if self.option_anchor not in STATEMENT_ANCHORS:
+            raise ValueError(
+                f"template {self.name!r}: option_anchor must be one of "
+                f"{list(STATEMENT_ANCHORS)}, got {self.option_anchor!r}"
+            )
+        if self.statement_anchor not in STATEMENT_ANCHORS:
+            raise ValueError(
+                f"template {self.name!r}: statement_anchor must be one of "
+                f"{list(STATEMENT_ANCHORS)}, got {self.statement_anchor!r}"
+            )
+        if not self.answer_cue.strip():
+            raise ValueError(f"template {self.name!r}: answer_cue must not be blank")
+        if self.answer_cue != self.answer_cue.rstrip():
+            raise ValueError(
+                f"template {self.name!r}: answer_cue must not end in whitespace "
+                "(the candidate brings its own leading space)"
+            )
+        swap = self.swap_options
+        if not isinstance(swap, bool):
+            perm = tuple(int(i) for i in swap)
+            if sorted(perm) != list(range(len(perm))) or len(perm) < 2:
+                raise ValueError(
+                    f"template {self.name!r}: swap_options {list(swap)} is not a "
+                    "permutation of 0..n-1"
+                )
+            object.__setattr__(self, "swap_options", perm)
+        object.__setattr__(self, "k_shot", tuple(self.k_shot))
+        for shot in self.k_shot:
+            if not isinstance(shot, Item):
+                raise ValueError(f"template {self.name!r}: k_shot entries must be Items")
+            _check_item(shot, "k-shot example")
+
+    # ---- settings -----------------------------------------------------------------------
+
+    @property
+    def resolved_baseline_tokens(self) -> str:
+        if self.baseline_tokens == "auto":
+            return "letters" if self.option_style == "letters" else "words"
+        return self.baseline_tokens
+
+    def describe(self) -> dict[str, Any]:
+        """All settings as plain JSON-able values, so a run folder records exactly this template.
+
+        Shots are recorded by id and gold label (their text lives in the data split they came
+        from).
+        """
+        swap = self.swap_options
+        return {
+            "name": self.name,
+            "scheme": self.scheme,
+            "format_version": FORMAT_VERSION,
+            "instruction": self.instruction,
+            "option_style": self.option_style,
+            "answer_cue": self.answer_cue,
+            "statement_prefix": self.statement_prefix,
+            "swap_options": swap if isinstance(swap, bool) else list(swap),
+            "k": len(self.k_shot),
+            "k_shot": [{"id": s.id, "label": s.label} for s in self.k_shot],
+            "use_chat_template": self.use_chat_template,
+            "baseline_tokens": self.resolved_baseline_tokens,
+            "statement_anchor": self.statement_anchor,
+            "option_anchor": self.option_anchor,
+        }
+
+    def option_order(self, n_options: int, item_id: str = "?") -> list[int]:
+        """Item option index shown at each display position."""
+        swap = self.swap_options
+        if swap is False:
+            return list(range(n_options))
+        if swap is True:
+            return list(range(n_options))[::-1]
+        if len(swap) != n_options:
+            raise ValueError(
+                f"template {self.name!r}: swap_options {list(swap)} permutes "
+                f"{len(swap)} options but item {item_id!r} has {n_options}"
+            )
+        return list(swap)
+
+    # ---- rendering ----------------------------------------------------------------------
+
+    def _prefix_for(self, item: Item) -> str:
+        if self.statement_prefix is not None:
+            return self.statement_prefix
+        return "Question: " if item.is_multiple_choice else "Statement: "
+
+    def _answer_text(self, item: Item, order: list[int]) -> str:
+        """Gold answer as written after a shot's cue."""
+        gold = item.answer_index
+        if self.resolved_baseline_tokens == "letters":
+            return LETTERS[order.index(gold)]
+        return str(item.options[gold]).strip()
+
+    def _render_item(self, b: _Builder, item: Item, order: list[int]) -> _Block:
+        """Context line, statement line, one line per option (each ending in "\\n")."""
+        block = _Block(start=b.n)
+        context = (item.context or "").strip()
+        if context:
+            b.add(context + "\n")
+        b.add(self._prefix_for(item))
+        block.statement = b.add(item.statement.strip())
+        b.add("\n")
+        for j, idx in enumerate(order):
+            if self.option_style == "letters":
+                b.add(f"{LETTERS[j]}. ")
+            block.options.append(b.add(str(item.options[idx]).strip()))
+            nl, _ = b.add("\n")
+            block.line_ends.append(nl)
+        return block
+
+    def _content(self, item: Item, order: list[int]) -> tuple[str, _Block]:
+        """Instruction, shots and target (everything before the cue), with target spans."""
+        b = _Builder()
+        if self.instruction.strip():
+            b.add(self.instruction.strip() + "\n\n")
+        for shot in self.k_shot:
+            if shot.id == item.id:
+                raise ValueError(
+                    f"item {item.id!r} is also one of template {self.name!r}'s "
+                    "k-shot examples; take shots from another split"
+                )
+            shot_order = self.option_order(len(shot.options), shot.id)
+            self._render_item(b, shot, shot_order)
+            b.add(f"{self.answer_cue} {self._answer_text(shot, shot_order)}\n\n")
+        block = self._render_item(b, item, order)
+        return b.text(), block
+
+    def _full_text(self, item: Item, order: list[int], tokenizer: Any) -> tuple[str, _Block, bool]:
+        """Final string ending with the cue, target spans shifted into it, add_special_tokens."""
+        content, block = self._content(item, order)
+        if not self.use_chat_template:
+            return content + self.answer_cue, block, True
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"template {self.name!r} asks for the chat template but "
+                f"{type(tokenizer).__name__} has none (base model?): set "
+                "use_chat_template=False"
+            )
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        at = rendered.find(content)
+        if at < 0:  # templates that trim the message drop the last option's "\n"
+            at = rendered.find(content.rstrip())
+            if at < 0:
+                raise ValueError(
+                    f"item {item.id!r}: the chat template rewrote the message text, "
+                    "so positions cannot be located; set use_chat_template=False"
+                )
+            kept = at + len(content.rstrip())
+            block.line_ends = [
+                None if nl is not None and nl + at >= kept else nl for nl in block.line_ends
+            ]
+        block.start += at
+        block.statement = (block.statement[0] + at, block.statement[1] + at)
+        block.options = [(s + at, e + at) for s, e in block.options]
+        block.line_ends = [None if nl is None else nl + at for nl in block.line_ends]
+        return rendered + self.answer_cue, block, False
+
+    def _append_candidates(
+        self,
+        tokenizer: Any,
+        text: str,
+        ids: list[int],
+        add_special: bool,
+        cands: list[str],
+        where: str,
+    ) -> list[tuple[list[int], list[tuple[int, int]], list[int]]]:
+        """Tokenize ``text + cand`` for each candidate: (ids, offsets, candidate token indices).
+
+        Checks what both the baseline and a reused KV cache rely on: the candidate starts a new
+        token (no merge with the cue), the tokens before it are exactly ``ids``, and the
+        candidates' first tokens are distinct.
+        """
+        out = []
+        for cand in cands:
+            full_ids, offs = _encode(tokenizer, text + cand, add_special)
+            toks = _tokens_overlapping(offs, len(text), len(text) + len(cand))
+            if not toks or offs[toks[0]][0] < len(text) or full_ids[: toks[0]] != ids:
+                raise ValueError(
+                    f"{where}: the tokenizer merges candidate {cand!r} with the cue "
+                    f"{self.answer_cue!r}; choose another answer_cue"
+                )
+            out.append((full_ids, offs, toks))
+        firsts = [full_ids[toks[0]] for full_ids, _, toks in out]
+        if len(set(firsts)) != len(firsts):
+            raise ValueError(
+                f"{where}, template {self.name!r}: candidates {cands} share a first token "
+                f"({firsts}), so the baseline cannot tell them apart; use "
+                "baseline_tokens='letters'"
+            )
+        return out
+
+    def render(self, item: Item, tokenizer: Any) -> Prompt:
+        """Text, token ids and (query, key) pairs for one item; see the module docstring."""
+        _check_tokenizer(tokenizer)
+        _check_item(item)
+        n = len(item.options)
+        order = self.option_order(n, item.id)
+        text, block, add_special = self._full_text(item, order, tokenizer)
+        ids, offs = _encode(tokenizer, text, add_special)
+        where = f"item {item.id!r}"
+
+        s0, s1 = block.statement
+        st_char = _last_char(text, s0, s1, word=self.statement_anchor == "last_word")
+        statement_end = _token_at(offs, st_char, f"{where} statement end")
+        opt_tok_disp = [
+            _token_at(
+                offs,
+                _last_char(text, s, e, word=self.option_anchor == "last_word"),
+                f"{where} option {j}",
+            )
+            for j, (s, e) in enumerate(block.options)
+        ]
+        eol_disp: list[int] = []
+        eol_fallback: list[bool] = []
+        for j, nl in enumerate(block.line_ends):
+            tok = None
+            if nl is not None:
+                tok = _token_at(offs, nl, f"{where} end of option line {j}")
+                # the newline merged with the next line's text: not this line's end any more
+                if text[nl + 1 : offs[tok][1]].strip():
+                    tok = None
+            if tok is None:  # the line's last token, whatever option_anchor says
+                s, e = block.options[j]
+                tok = _token_at(offs, _last_char(text, s, e), f"{where} option {j}")
+                eol_fallback.append(True)
+            else:
+                eol_fallback.append(False)
+            eol_disp.append(tok)
+        last = len(ids) - 1
+        if _token_at(offs, len(text) - 1, f"{where} cue") != last:
+            raise ValueError(f"{where}: the cue {self.answer_cue!r} is not the last token")
+        target_start = _tokens_overlapping(offs, block.start, len(text))[0]
+
+        # display order -> item order
+        option_tokens = [opt_tok_disp[order.index(i)] for i in range(n)]
+        line_ends = [eol_disp[order.index(i)] for i in range(n)]
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        positions: dict[str, Any] = {
+            "statement_end": statement_end,
+            "option_tokens": option_tokens,
+            "option_line_ends": line_ends,
+            "eol_fallback": [eol_fallback[order.index(i)] for i in range(n)],
+            "last": last,
+            "cue_end": last,
+            "target_start": target_start,
+            "leading_special": bool(offs[0][0] == offs[0][1] and ids[0] in special),
+        }
+
+        if self.resolved_baseline_tokens == "letters":
+            cands = [" " + LETTERS[order.index(i)] for i in range(n)]
+        else:
+            cands = [" " + str(opt).strip() for opt in item.options]
+
+        appended = self._append_candidates(tokenizer, text, ids, add_special, cands, where)
+        cand_ids = [pids[toks[0]] for pids, _, toks in appended]
+        positions["candidate_multi_token"] = [len(toks) > 1 for _, _, toks in appended]
+
+        if self.scheme != "candidate-appended":
+            if self.scheme == "answer-statement":
+                pairs = [(option_tokens[i], statement_end) for i in range(n)]
+            else:
+                pairs = [(last, line_ends[i]) for i in range(n)]
+            part = PromptPart(text, ids, pairs, list(range(n)), last, cand_ids, positions)
+            return Prompt(item.id, n, [part], order)
+
+        # candidate-appended: one part per option in item order, identical prefix tokens
+        parts: list[PromptPart] = []
+        word = self.option_anchor == "last_word"
+        for i, (cand, (pids, poffs, toks)) in enumerate(zip(cands, appended, strict=True)):
+            ptext = text + cand
+            cand_char = _last_char(ptext, len(text), len(ptext), word=word)
+            query = _token_at(poffs, cand_char, f"{where} candidate {cand!r}")
+            ppos = dict(positions)
+            ppos.update(candidate_start=toks[0], candidate_token=query, last=len(pids) - 1)
+            part_ids = cand_ids if i == 0 else []
+            parts.append(
+                PromptPart(ptext, pids, [(query, statement_end)], [i], toks[0] - 1, part_ids, ppos)
+            )
+        return Prompt(item.id, n, parts, order)
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(name="answer-statement", scheme="answer-statement"),
+        Template(name="last-option", scheme="last-option"),
+        Template(name="candidate-appended", scheme="candidate-appended", baseline_tokens="words"),
+    )
+}
+
+
+def available_templates() -> dict[str, dict[str, Any]]:
+    """Registered template names with their settings (for ``--help`` and listings)."""
+    return {name: t.describe() for name, t in TEMPLATES.items()}
+
+
+def get_template(name: str | Template, **overrides: Any) -> Template:
+    """A registered template, with fields replaced by ``overrides`` (e.g. ``k_shot=shots``)."""
+    if isinstance(name, Template):
+        base = name
+    else:
+        base = TEMPLATES.get(name)
+        if base is None:
+            raise ValueError(f"unknown template {name!r}; available: {sorted(TEMPLATES)}")
+    if not overrides:
+        return base
+    known = {f.name for f in dataclasses.fields(Template)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown template setting(s) {bad}; known: {sorted(known)}")
+    return dataclasses.replace(base, **overrides)
+
+
+def render_batch(
+    items: Iterable[Item], tokenizer: Any, template: str | Template = "answer-statement"
+) -> list[Prompt]:
+    """Render many items with one template (a registered name or a :class:`Template`)."""
+    tmpl = get_template(template)
+    return [tmpl.render(item, tokenizer) for item in items]
