@@ -69,7 +69,7 @@ def naive_reference(family: str) -> dict[str, list[np.ndarray]]:
         out["prerope"].append(naive_scores(naive_prerope_qk(family, lm.model, ids, None), [pairs]))
         out["rope"].append(naive_scores(naive_rotated_qk(family, lm.model, ids, None), [pairs]))
         with torch.no_grad():
-            attentions = lm.model(input_ids=ids, output_attentions=True).attentions
+            attentions = lm.model(input_ids=ids.to(lm.device), output_attentions=True).attentions
         out["attention"].append(attentions_at_pairs(attentions, [pairs]))
     return out
 
@@ -168,8 +168,8 @@ def test_candidate_logprobs_equal_full_lm_head(family, side):
     expected_last, expected_at = [], []
     with torch.no_grad():
         for prompt, pos in zip(PROMPTS, positions):
-            logits = lm.model(input_ids=torch.tensor([prompt])).logits[0].float()
-            logprobs = torch.log_softmax(logits, -1)
+            logits = lm.model(input_ids=torch.tensor([prompt], device=lm.device)).logits[0]
+            logprobs = torch.log_softmax(logits.float(), -1).cpu()
             expected_last.append(logprobs[-1, candidates].numpy())
             expected_at.append(logprobs[pos, candidates].numpy())
     ids, mask, _ = pad_batch(PROMPTS, side)
@@ -210,6 +210,7 @@ def test_grouped_query_heads_share_their_kv_head():
 def test_extraction_leaves_the_model_as_it_was():
     lm = build_tiny("qwen3")
     ids, mask, _ = pad_batch(PROMPTS, "left")
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         before = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
@@ -223,6 +224,38 @@ def test_extraction_leaves_the_model_as_it_was():
         after = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
     mask_b = mask.bool()
     torch.testing.assert_close(after[mask_b], before[mask_b], rtol=1e-5, atol=1e-5)
+
+
+def test_gemma3_multimodal_checkpoint():
+    """A ``model_type='gemma3'`` checkpoint loads as Gemma3ForConditionalGeneration, whose text
+    layers sit under ``model.language_model``; text-only prompts must still extract."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    from tiny_models import tiny_config, wrap
+
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        image_size=28, patch_size=14,
+    )
+    config = Gemma3Config(
+        text_config=tiny_config("gemma3", "eager").to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=VOCAB - 1,
+        boi_token_index=VOCAB - 2,
+        eoi_token_index=VOCAB - 3,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    lm = wrap(model, "tiny-gemma3-mm")
+    assert lm.adapter.family == "gemma3"
+    ids = torch.tensor([PROMPTS[0]])
+    pairs = [PAIRS[0]]
+    pre = naive_scores(naive_prerope_qk("gemma3", model, ids, None), pairs)
+    rot = naive_scores(naive_rotated_qk("gemma3", model, ids, None), pairs)
+    assert_rel_close(qk_scores(lm, ids, None, pairs, rope=False), pre, what="gemma3 mm prerope")
+    assert_rel_close(qk_scores(lm, ids, None, pairs, rope=True), rot, what="gemma3 mm rope")
 
 
 # --------------------------------------------------------------------------- input errors
@@ -242,6 +275,18 @@ def test_pair_outside_prompt_names_row_pair_and_position():
         qk_scores(lm, ids, mask, PAIRS[:2])
     with pytest.raises(ValueError, match="no \\(query, key\\) pairs"):
         qk_scores(lm, ids, mask, [[], [], []])
+
+
+def test_logit_position_outside_prompt_is_refused():
+    """A logit position must lie in its own prompt: -1 or one past the end would otherwise
+    read a padding row's (or another token's) hidden state without complaint."""
+    lm = build_tiny("llama")
+    ids, mask, _ = pad_batch(PROMPTS, "left")
+    for bad in ([11, -1, 8], [11, 7, 8]):
+        with pytest.raises(IndexError, match=r"row 1: logit position -?\d+ is outside the prompt"):
+            extract(lm, ids, mask, PAIRS, logit_positions=bad, candidate_ids=[5])
+    with pytest.raises(ValueError, match="logit_positions has 2 rows but input_ids has 3"):
+        extract(lm, ids, mask, PAIRS, logit_positions=[1, 2], candidate_ids=[5])
 
 
 # --------------------------------------------------------------------------- SmolLM2 (real)

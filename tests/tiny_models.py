@@ -22,6 +22,8 @@ from qkscore.models.loading import LoadedModel
 
 VOCAB = 100
 WINDOW = 5
+# where tiny models run: cpu here; QKSCORE_TEST_DEVICE=cuda checks extraction on a GPU
+DEVICE = os.environ.get("QKSCORE_TEST_DEVICE", "cpu")
 _COMMON = {
     "vocab_size": VOCAB,
     "pad_token_id": 0,
@@ -164,7 +166,7 @@ def build_tiny(family: str, attn_implementation: str | None = None, seed: int = 
         gen = torch.Generator().manual_seed(seed + 1)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return wrap(model.eval(), f"tiny-{family}")
+    return wrap(model.to(DEVICE).eval(), f"tiny-{family}")
 
 
 def wrap(model, name: str) -> LoadedModel:
@@ -183,8 +185,13 @@ def modeling_module(family: str):
 
 
 def attention_blocks(model) -> list[torch.nn.Module]:
-    """Each layer's attention module, found by class name, not through the adapter table."""
-    return [m for m in model.modules() if type(m).__name__.endswith("Attention")]
+    """Each text layer's attention module, found by class name, not through the adapter table
+    (a multimodal model's vision tower is left out)."""
+    return [
+        m
+        for name, m in model.named_modules()
+        if type(m).__name__.endswith("Attention") and "vision" not in name
+    ]
 
 
 # --------------------------------------------------------------------------- naive computation
@@ -205,7 +212,7 @@ def naive_prerope_qk(family: str, model, input_ids, attention_mask, **forward_kw
                 handles.append(getattr(block, name).register_forward_hook(_store(raw[i], name)))
     try:
         with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=attention_mask, **forward_kwargs)
+            model(**_on_device(model, input_ids, attention_mask), **forward_kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -273,8 +280,14 @@ def naive_rotated_qk(family: str, model, input_ids, attention_mask, **forward_kw
     """Full rotated ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` per layer, from an eager model."""
     assert model.config._attn_implementation == "eager", model.config._attn_implementation
     with recording_eager_attention(family) as records, torch.no_grad():
-        model(input_ids=input_ids, attention_mask=attention_mask, **forward_kwargs)
+        model(**_on_device(model, input_ids, attention_mask), **forward_kwargs)
     return list(records)
+
+
+def _on_device(model, input_ids, attention_mask) -> dict:
+    device = next(model.parameters()).device
+    mask = None if attention_mask is None else attention_mask.to(device)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask}
 
 
 def expand_kv(k: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -296,7 +309,7 @@ def naive_scores(
         full = q @ expand_kv(k, q.shape[1]).transpose(-1, -2)  # [B, H, T, T]
         for b, row_pairs in enumerate(pairs):
             for j, (qp, kp) in enumerate(row_pairs):
-                out[b, layer, :, j] = full[b, :, qp + offsets[b], kp + offsets[b]]
+                out[b, layer, :, j] = full[b, :, qp + offsets[b], kp + offsets[b]].cpu()
     return out.numpy()
 
 
@@ -309,7 +322,7 @@ def attentions_at_pairs(attentions, pairs, offsets=None):
     for layer, a in enumerate(attentions):
         for b, row_pairs in enumerate(pairs):
             for j, (qp, kp) in enumerate(row_pairs):
-                out[b, layer, :, j] = a[b, :, qp + offsets[b], kp + offsets[b]].float()
+                out[b, layer, :, j] = a[b, :, qp + offsets[b], kp + offsets[b]].float().cpu()
     return out.numpy()
 
 

@@ -96,6 +96,8 @@ def extract(
     lengths = attention_mask.sum(-1)
     offsets = _pad_offsets(attention_mask)
     q_idx, k_idx, valid = _pair_index(pairs, lengths.tolist(), offsets.tolist(), device)
+    if logit_positions is not None:
+        _check_logit_positions(logit_positions, lengths.tolist())
     want_logits = candidate_ids is not None
     last = lm.n_layers - 1
     stop_at = last if max_layer is None else max_layer
@@ -162,6 +164,21 @@ def _pair_index(
                     )
             q[row, j], k[row, j], valid[row, j] = qp + offsets[row], kp + offsets[row], True
     return q.to(device), k.to(device), valid.to(device)
+
+
+def _check_logit_positions(logit_positions: Sequence[int], lengths: list[int]) -> None:
+    """Logit positions are prompt coordinates too: refuse one outside its prompt, which would
+    otherwise read a padding slot or another token without complaint."""
+    if len(logit_positions) != len(lengths):
+        raise ValueError(
+            f"logit_positions has {len(logit_positions)} rows but input_ids has {len(lengths)}"
+        )
+    for row, pos in enumerate(logit_positions):
+        if not 0 <= int(pos) < lengths[row]:
+            raise IndexError(
+                f"row {row}: logit position {int(pos)} is outside the prompt "
+                f"(its {lengths[row]} tokens are positions 0..{lengths[row] - 1})"
+            )
 
 
 class _Capture:

@@ -75,6 +75,8 @@ def calibrate(
         selector = HeadSelector(metric=metric).fit(scores, y)
         ens = TopKEnsemble(random_state=seed).fit(scores, y) if ensemble else None
     notes = sorted({str(w.message) for w in caught})
+    for w in caught:  # recorded in the profile, and still shown to the caller
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     layer, head = selector.head_
     best = selector.ranking_[0]
     data: dict[str, Any] = {
@@ -112,7 +114,7 @@ def calibrate(
     return profile
 
 
-def _eval_indices(run: RunFolder, profile: Profile) -> tuple[np.ndarray, str]:
+def evaluation_indices(run: RunFolder, profile: Profile) -> tuple[np.ndarray, str]:
     """Evaluation items of this run: outside the calibration split when the run holds the
     profile's calibration data, else every item (transfer to another set)."""
     records = run.items()
@@ -134,7 +136,7 @@ def evaluate(
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
     meta = run.meta()
     prof.check_run(meta, str(run.path))
-    idx, split = _eval_indices(run, prof)
+    idx, split = evaluation_indices(run, prof)
     if len(idx) == 0:
         raise ValueError(f"{run.path}: no evaluation items left outside the calibration split")
     labels = run.labels()[idx]

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ __all__ = [
     "available_templates",
     "get_template",
     "render_batch",
+    "template_from_description",
 ]
 
 #: Bumped whenever the rendered text or position rules change, so run records stay comparable.
@@ -612,3 +613,56 @@ def render_batch(
     """Render many items with one template (a registered name or a :class:`Template`)."""
     tmpl = get_template(template)
     return [tmpl.render(item, tokenizer) for item in items]
+
+
+def template_from_description(description: Mapping[str, Any]) -> Template:
+    """Rebuild the :class:`Template` whose :meth:`Template.describe` gave ``description``.
+
+    A profile stores its template only as that description; judging new text with the profile
+    needs the very same template back, so the result is checked to describe itself identically.
+    Templates with k-shot examples cannot be rebuilt: the description keeps only the shots' ids,
+    not their text.
+    """
+    d = dict(description)
+    name = d.get("name", "?")
+    if d.get("k") or d.get("k_shot"):
+        raise ValueError(
+            f"template {name!r} used {d.get('k') or len(d.get('k_shot') or [])} k-shot "
+            "example(s), whose text the description does not keep: it cannot be rebuilt. "
+            "Calibrate a profile with a 0-shot template to judge new text."
+        )
+    if d.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"template {name!r} was described by prompt format version "
+            f"{d.get('format_version')!r}; this qkscore renders version {FORMAT_VERSION}, so its "
+            "positions would differ. Recalibrate with this version."
+        )
+    if "scheme" not in d:
+        raise ValueError(f"template description {d!r} has no 'scheme'")
+    swap = d.get("swap_options", False)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "scheme": d["scheme"],
+        "swap_options": swap if isinstance(swap, bool) else tuple(swap),
+    }
+    for key in (
+        "instruction",
+        "option_style",
+        "answer_cue",
+        "statement_prefix",
+        "use_chat_template",
+        "baseline_tokens",
+        "statement_anchor",
+        "option_anchor",
+    ):
+        if key in d:
+            kwargs[key] = d[key]
+    template = Template(**kwargs)
+    rebuilt = template.describe()
+    diff = sorted(k for k in set(rebuilt) | set(d) if rebuilt.get(k) != d.get(k))
+    if diff:
+        raise ValueError(
+            f"template {name!r} could not be rebuilt exactly from its description (settings "
+            f"{diff} differ); this qkscore may not know them"
+        )
+    return template

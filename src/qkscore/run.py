@@ -229,7 +229,12 @@ def scan(
         if all(old["scans"].get(s, {}).get("complete") for s in wanted):
             log(f"{run.path}: nothing to do, scans {', '.join(wanted)} are complete")
             return run
-    lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
+    shard = Shard.from_env()
+    lm = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, dtype=dtype, device=shard.device())
+    )
     prompts = [tmpl.render(item, lm.tokenizer) for item in items]
     meta = {
         "qkscore_version": __version__,
@@ -252,7 +257,7 @@ def scan(
         if _identity(old) != _identity(meta):
             raise RunMismatchError(_mismatch_message(run, _identity(old), _identity(meta)))
         meta["created"], meta["scans"] = old["created"], old.get("scans", {})
-    else:
+    elif shard.rank == 0:
         run.path.mkdir(parents=True, exist_ok=True)
         _atomic_write_bytes(
             run.path / "items.jsonl",
@@ -260,7 +265,9 @@ def scan(
                 (json.dumps(r) + "\n").encode() for r in _describe_items(items, prompts)
             ),
         )
-    run.write_meta(meta)
+    if shard.rank == 0:
+        run.write_meta(meta)
+    shard.barrier()
     for scan_name in wanted:
         if meta["scans"].get(scan_name, {}).get("complete"):
             continue
@@ -277,15 +284,63 @@ def scan(
             rope,
             attention_weights,
             chunk_size,
-            progress,
+            progress and shard.rank == 0,
+            shard,
         )
-        run.merge_chunks(scan_name, len(items), chunk_size)
-        meta["scans"][scan_name] = {
-            "complete": True,
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        run.write_meta(meta)
+        shard.barrier()  # every shard's chunks are on disk before one process merges them
+        if shard.rank == 0:
+            run.merge_chunks(scan_name, len(items), chunk_size)
+            meta["scans"][scan_name] = {
+                "complete": True,
+                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "processes": shard.world,
+            }
+            run.write_meta(meta)
+        shard.barrier()
     return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's share of a scan launched over several processes.
+
+    ``accelerate launch`` and ``torchrun`` set RANK / WORLD_SIZE / LOCAL_RANK; process r then
+    scores chunks r, r + w, r + 2w, ... into the shared run folder, so each shard resumes on
+    its own, and rank 0 merges all chunks in item order once every process reached the barrier.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        shard = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if shard.device().startswith("cuda") else "gloo"
+            dist.init_process_group(backend=backend)
+        return shard
+
+    def device(self) -> str:
+        import torch
+
+        if self.world > 1 and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return "auto"
+
+    def owns(self, chunk_index: int) -> bool:
+        return chunk_index % self.world == self.rank
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 def _check_same_request(run, old, spec, tmpl, rope, n_items, chunk_size, model) -> None:
@@ -324,14 +379,31 @@ def _mismatch_message(run: RunFolder, old: dict, new: dict) -> str:
 
 
 def _scan_one(
-    run, lm, scan_name, prompts, meta, batch_size, rope, attention_weights, chunk_size, progress
+    run,
+    lm,
+    scan_name,
+    prompts,
+    meta,
+    batch_size,
+    rope,
+    attention_weights,
+    chunk_size,
+    progress,
+    shard: Shard | None = None,
 ) -> None:
+    """Score this process's chunks that are not on disk yet, writing each as it finishes."""
     from qkscore.scoring import score_prompts
 
     n = len(prompts)
-    starts = [s for s in range(0, n, chunk_size) if not run.chunk_path(scan_name, s).exists()]
-    done = n - sum(min(chunk_size, n - s) for s in starts)
-    with _progress(progress, f"scan {scan_name}", n, done) as advance:
+    shard = shard or Shard()
+    owned = [s for s in range(0, n, chunk_size) if shard.owns(s // chunk_size)]
+    starts = [s for s in owned if not run.chunk_path(scan_name, s).exists()]
+    total = sum(min(chunk_size, n - s) for s in owned)
+    done = total - sum(min(chunk_size, n - s) for s in starts)
+    label = f"scan {scan_name}" + (
+        f" [shard {shard.rank}/{shard.world}]" if shard.world > 1 else ""
+    )
+    with _progress(progress, label, total, done) as advance:
         for start in starts:
             block = prompts[start : start + chunk_size]
             result = score_prompts(
@@ -350,7 +422,7 @@ def _scan_one(
 
 
 class _progress:
-    """A rich progress bar with items/s and ETA, or nothing when disabled."""
+    """A rich progress bar with items/s and ETA; in a log (no terminal) one line per update."""
 
     def __init__(self, enabled: bool, label: str, total: int, done: int) -> None:
         self.enabled, self.label, self.total, self.done = enabled, label, total, done
@@ -358,6 +430,7 @@ class _progress:
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda _n: None
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -367,6 +440,9 @@ class _progress:
             TimeRemainingColumn,
         )
 
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return self._log_lines(console)
         self._bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -375,6 +451,7 @@ class _progress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            console=console,
         )
         self._bar.start()
         task = self._bar.add_task(self.label, total=self.total, completed=self.done, rate="")
@@ -386,6 +463,28 @@ class _progress:
 
         return advance
 
+    def _log_lines(self, console) -> Callable[[int], None]:
+        import time
+
+        start, state = time.monotonic(), {"done": self.done, "new": 0, "last": 0.0}
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            state["new"] += n
+            now = time.monotonic() - start
+            if now - state["last"] < 10 and state["done"] < self.total:
+                return
+            state["last"] = now
+            rate = state["new"] / now if now > 0 else 0.0
+            eta = (self.total - state["done"]) / rate if rate else float("nan")
+            console.print(
+                f"{self.label}: {state['done']}/{self.total} items, "
+                f"{rate:.2f} items/s, ETA {eta:.0f} s",
+                highlight=False,
+            )
+
+        return advance
+
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self.enabled and hasattr(self, "_bar"):
             self._bar.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from qkscore.cli import audit as _audit
 from qkscore.cli import data as _data
 from qkscore.cli import models as _models
 from qkscore.cli import pipeline as _pipeline
@@ -28,8 +29,11 @@ for _command in (
     _pipeline.transfer,
     _pipeline.report,
     _pipeline.probe,
+    _audit.check,
+    _audit.verify_chain,
+    _audit.serve,
 ):
-    app.command(_command.__name__)(_command)
+    app.command(_command.__name__.replace("_", "-"))(_command)
 
 
 @app.callback()

@@ -1,0 +1,351 @@
+"""Time and memory of QK extraction against a plain forward pass.
+
+Modes, for each model, prompt length and batch size:
+
+- ``plain``: ``model(input_ids, attention_mask)`` with the model's own sdpa attention, full
+  logits ``[B, T, vocab]`` and the default KV cache (what a user would otherwise run);
+- ``plain_last`` (optional): the same with ``logits_to_keep=1``, a forward that, like
+  extraction, does not project every position onto the vocabulary;
+- ``prerope`` / ``rope``: ``qkscore.extract.extract`` with ``rope=False`` / ``rope=True``,
+  16 (query, key) pairs per row and two candidate tokens' log-probs at the last position.
+
+Prompts are real ProntoQA text (contexts joined until long enough, then truncated to exactly
+the asked length; each batch row starts at another example), all rows the same length.
+
+Each (model, length, batch) runs in a fresh subprocess: load the model, a 16-token warm-up of
+every mode, then up to ``--repeats`` rounds of one full call per mode, the order rotated each
+round so drifting load on a shared machine hits every mode alike. Rounds stop early once the
+timed calls took ``--budget`` seconds per mode (at least one round). Time: the median.
+
+Peak memory: the extra resident memory of each mode's first full call. Linux keeps the
+process's resident high-water mark (VmHWM in /proc/self/status); writing ``5`` to
+/proc/self/clear_refs resets it to the current RSS. Before each call the worker returns
+malloc's free memory to the system (``malloc_trim``), resets the high-water mark, reads
+VmRSS, runs the call and reports ``VmHWM - VmRSS``: model weights excluded; activations,
+logits, KV cache and captured vectors included. Where clear_refs is not writable it falls back
+to the ``ru_maxrss`` growth over the call, a lower bound (the table says so).
+
+Threads default to 1: on a small machine shared with other jobs, torch's spinning OpenMP
+threads contend and a two-thread forward can take several times longer than on one thread.
+``--threads 0`` keeps torch's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRONTOQA = "prontoqa/truefalse_0shot/1hop_0shot_random.json"
+MODES = ("plain", "plain_last", "prerope", "rope")
+N_PAIRS = 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b")
+    parser.add_argument("--lengths", default="256,1024", help="prompt lengths in tokens")
+    parser.add_argument("--batches", default="1,8", help="batch sizes")
+    parser.add_argument("--modes", default="plain,prerope,rope", help=f"of {', '.join(MODES)}")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of full calls at most")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=15.0,
+        help="stop repeating once the calls took this many seconds per mode (one round at least)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch default")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (memory: allocator peak)")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="build each model from its config with random weights (--models may then name "
+        "folders holding only config and tokenizer files): same shapes, same cost",
+    )
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="explicit length x batch cases instead of the grid, e.g. '256x1,256x8,1024x1'",
+    )
+    parser.add_argument("--data", default=str(_default_data()), help="shared data folder")
+    parser.add_argument("--json", default="", help="also write the raw results here")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return
+
+    print("$ " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), flush=True)
+    import torch
+
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads "
+        f"{args.threads or 'torch default'}, device {args.device}, dtype {args.dtype}, "
+        f"{'random weights, ' if args.random_init else ''}load average at start "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    if args.cases:
+        cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",") if c.strip()]
+    else:
+        cases = [
+            (int(length), int(batch))
+            for length in args.lengths.split(",")
+            for batch in args.batches.split(",")
+        ]
+    results = []
+    started = time.perf_counter()
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for length, batch in cases:
+            spec = {
+                "model": model,
+                "length": length,
+                "batch": batch,
+                "modes": modes,
+                "dtype": args.dtype,
+                "repeats": args.repeats,
+                "budget": args.budget,
+                "threads": args.threads,
+                "data": args.data,
+                "device": args.device,
+                "random_init": args.random_init,
+            }
+            for res in _spawn(spec):
+                results.append(res)
+                status = res.get("error") or (
+                    f"{res['median_s']:.3f}s (n={len(res['times_s'])}), "
+                    f"peak +{res['peak_mb']:.1f} MB"
+                )
+                print(f"  {model} T={length} B={batch} {res['mode']}: {status}", flush=True)
+    print(
+        f"\nfinished in {time.perf_counter() - started:.0f} s, load average at end "
+        f"{os.getloadavg()[0]:.1f}\n"
+    )
+    print(_table(results, modes))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def _default_data() -> Path:
+    return Path(os.environ.get("QKSCORE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _spawn(spec: dict) -> list[dict]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        error = f"worker failed (rc {proc.returncode}): {' | '.join(tail)}"
+        base = {k: v for k, v in spec.items() if k != "modes"}
+        return [{**base, "mode": mode, "error": error} for mode in spec["modes"]]
+    return json.loads(lines[-1])
+
+
+def _table(results: list[dict], modes: list[str]) -> str:
+    head = (
+        "| model | tokens | batch | mode | median s | n | time / plain | peak extra MB "
+        "| memory / plain |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    base = {
+        (r["model"], r["length"], r["batch"]): r
+        for r in results
+        if r["mode"] == "plain" and "error" not in r
+    }
+    for r in results:
+        key = (r["model"], r["length"], r["batch"])
+        if "error" in r:
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {r['mode']} | error | | | | |")
+            continue
+        b = base.get(key)
+        t_ratio = f"{r['median_s'] / b['median_s']:.2f}x" if b else "-"
+        m_ratio = f"{r['peak_mb'] / b['peak_mb']:.2f}x" if b and b["peak_mb"] > 0 else "-"
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {r['mode']} | {r['median_s']:.3f} "
+            f"| {len(r['times_s'])} | {t_ratio} | {r['peak_mb']:.1f}"
+            f"{'' if r['memory_method'] != 'ru_maxrss' else ' (lower bound)'} | {m_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- worker process
+
+
+def _status_kb(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def _trim_heap() -> None:
+    """Hand memory that malloc keeps after frees (loading, warm-up) back to the system, so
+    the measured call has to fault in what it uses instead of silently reusing it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _prompts(tokenizer, data: Path, length: int, batch: int) -> list[list[int]]:
+    examples = json.loads((data / PRONTOQA).read_text())
+    texts = [
+        f"{ex['test_example']['question']} {ex['test_example']['query']}"
+        for ex in examples.values()
+    ]
+    rows = []
+    for row in range(batch):
+        ids: list[int] = []
+        i = row * 7  # each row starts at another example
+        while len(ids) < length:
+            ids += tokenizer(texts[i % len(texts)] + "\n", add_special_tokens=False)["input_ids"]
+            i += 1
+        rows.append(ids[:length])
+    return rows
+
+
+def _worker(spec: dict) -> list[dict]:
+    """All modes of one (model, length, batch) in one process, in interleaved rounds."""
+    import gc
+
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    from qkscore.extract import extract
+    from qkscore.models import load_model
+
+    device = spec.get("device", "cpu")
+    cuda = device.startswith("cuda")
+    if spec.get("random_init"):
+        lm = _random_model(spec["model"], spec["dtype"], device)
+    else:
+        lm = load_model(spec["model"], dtype=spec["dtype"], device=device)
+    plain_attention = lm.model.config._attn_implementation
+    length, batch, modes = spec["length"], spec["batch"], spec["modes"]
+    tok = lm.tokenizer
+    input_ids = torch.tensor(_prompts(tok, Path(spec["data"]), length, batch), device=device)
+    mask = torch.ones_like(input_ids)
+    keys = torch.linspace(0, length - 1, N_PAIRS).long().tolist()
+    pairs = [[(length - 1, k) for k in keys]] * batch
+    candidates = [
+        tok(" True", add_special_tokens=False)["input_ids"][0],
+        tok(" False", add_special_tokens=False)["input_ids"][0],
+    ]
+
+    def call(mode, ids, m, prs):
+        if mode in ("plain", "plain_last"):
+            # extraction switches the model to its capturing attention wrapper; the plain
+            # pass gets the model's own attention back
+            if lm.model.config._attn_implementation != plain_attention:
+                lm.model.set_attn_implementation(plain_attention)
+            kwargs = {"logits_to_keep": 1} if mode == "plain_last" else {}
+            with torch.inference_mode():
+                out = lm.model(input_ids=ids, attention_mask=m, **kwargs)
+            return out.logits.shape
+        return extract(lm, ids, m, prs, rope=(mode == "rope"), candidate_ids=candidates).scores
+
+    warm = 16
+    for mode in modes:
+        call(mode, input_ids[:, :warm], mask[:, :warm], [[(warm - 1, 0)]] * batch)
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    peak_kb: dict[str, int] = {}
+    exact = True
+    for round_no in range(spec["repeats"]):
+        # rotate the order each round so no mode always runs first
+        order = modes[round_no % len(modes) :] + modes[: round_no % len(modes)]
+        for mode in order:
+            gc.collect()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before_cuda = torch.cuda.memory_allocated()
+            else:
+                _trim_heap()
+                exact = _reset_peak() and exact
+            before_rss = _status_kb("VmRSS")
+            before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            start = time.perf_counter()
+            result = call(mode, input_ids, mask, pairs)
+            if cuda:
+                torch.cuda.synchronize()
+            times[mode].append(time.perf_counter() - start)
+            if round_no == 0:
+                if cuda:
+                    peak_kb[mode] = (torch.cuda.max_memory_allocated() - before_cuda) // 1024
+                elif exact:
+                    peak_kb[mode] = _status_kb("VmHWM") - before_rss
+                else:
+                    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_max
+                    peak_kb[mode] = grew
+            del result
+        if sum(sum(t) for t in times.values()) >= spec["budget"] * len(modes):
+            break
+    return [
+        {
+            **{k: v for k, v in spec.items() if k != "modes"},
+            "mode": mode,
+            "times_s": times[mode],
+            "median_s": statistics.median(times[mode]),
+            "peak_mb": peak_kb[mode] / 1024,
+            "memory_method": "cuda" if cuda else ("VmHWM" if exact else "ru_maxrss"),
+            "model_dtype": str(lm.dtype).removeprefix("torch."),
+        }
+        for mode in modes
+    ]
+
+
+def _random_model(name: str, dtype: str, device: str):
+    """The model's architecture with random weights: config and tokenizer of an alias or a
+    folder, no weight file needed (timing and memory do not depend on the values)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from qkscore.models import LoadedModel, adapter_for, head_layout
+    from qkscore.models.aliases import get_alias
+    from qkscore.models.loading import resolve_dtype
+
+    packaged = get_alias(name)
+    folder = str(packaged.converted_dir()) if packaged else name
+    config = AutoConfig.from_pretrained(folder)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise in place: random init on CPU is slow
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=resolve_dtype(dtype, device), attn_implementation="sdpa"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return LoadedModel(
+        model=model.to(device).eval(),
+        tokenizer=tokenizer,
+        name=name,
+        adapter=adapter_for(model),
+        layout=head_layout(model.config.get_text_config()),
+    )
+
+
+if __name__ == "__main__":
+    main()

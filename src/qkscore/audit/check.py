@@ -1,0 +1,273 @@
+"""Judge one statement (or a chain of them) against a context with a calibrated profile.
+
+The profile names one attention head, its direction (sign) and threshold; a statement is judged
+valid when that head's query at the "True" answer token aligns with the statement's key more
+than the "False" one does, by more than the threshold. No text is generated.
+
+``model_answer=True`` also runs the whole forward pass to read the model's own True/False
+answer (the log-probabilities of the two answer letters), so a caller can see where the head
+and the model disagree. ``model_answer=False`` is the fast path: the pass stops after the
+deepest layer the profile reads (its head and ensemble heads), skipping the layers above and
+the LM head.
+
+A :class:`Judge` holds one model; its calls are serialised with a lock so a server may call it
+from many threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qkscore.audit.chain import ChainResult, assemble_chain, context_with_steps, split_steps
+from qkscore.data import Item
+from qkscore.profile import Profile, ProfileMismatchError
+from qkscore.prompts import template_from_description
+
+__all__ = ["Judge", "ProfileMismatchError", "Verdict"]
+
+VALID, INVALID = "valid", "invalid"
+
+
+@dataclass
+class Verdict:
+    """The head's judgement of one statement.
+
+    ``score`` is the head's signed QK difference ``sign * (qk_True - qk_False)``; ``margin`` is
+    ``score - threshold``, positive for "valid"; ``probability`` is the profile's calibrated
+    P(valid) (Platt scaling fit on the calibration set). ``model_answer`` / ``model_probability``
+    are the model's own answer (True = valid) and its probability, renormalised over the two
+    answer tokens; ``disagree`` is True when the model and the head differ. The three are None
+    on the fast path. ``ensemble_*`` come from the profile's top-k ensemble when it has one.
+    """
+
+    verdict: str
+    valid: bool
+    probability: float
+    margin: float
+    score: float
+    threshold: float
+    head: str
+    qk_scores: dict[str, float]
+    model_answer: bool | None
+    model_probability: float | None
+    disagree: bool | None
+    ensemble_probability: float | None
+    ensemble_verdict: str | None
+    fast: bool
+    layers_run: int
+    latency_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _finite(x: float) -> float:
+    if not math.isfinite(x):
+        raise RuntimeError(f"the model produced a non-finite score ({x}); check its dtype")
+    return float(x)
+
+
+class Judge:
+    """Load (or take) the profile's model and judge statements with the profile's head.
+
+    ``model`` is a :class:`~qkscore.models.LoadedModel` or anything ``load_model`` accepts; by
+    default the model the profile names. A model whose fingerprint differs from the profile's
+    is refused (:class:`ProfileMismatchError`): another model's heads mean something else.
+    """
+
+    def __init__(
+        self,
+        profile: Profile | str | Path,
+        model: Any = None,
+        dtype: str = "auto",
+        model_answer: bool = True,
+        batch_size: int = 8,
+        device: str = "auto",
+    ) -> None:
+        from qkscore.models import LoadedModel, load_model
+
+        self.profile = profile if isinstance(profile, Profile) else Profile.load(profile)
+        where = self.profile.path or "profile"
+        # Everything that can be refused without the model is checked before loading it.
+        self.template = template_from_description(self.profile.data["template"])
+        self.selector = self.profile.selector()
+        if self.selector.n_options_ != 2:
+            raise ValueError(
+                f"{where} was calibrated on {self.selector.n_options_}-option items; judging a "
+                "statement needs a True/False profile"
+            )
+        self.ensemble = self.profile.ensemble()
+        self.head = str(self.profile.data["head"])
+        self.threshold = float(self.selector.threshold_[self.profile.head])
+        self.sign = int(self.selector.sign_[self.profile.head])
+        self.rope = bool(self.profile.data.get("rope"))
+        self.model_answer = model_answer
+        self.batch_size = batch_size
+        if isinstance(model, LoadedModel):
+            lm = model
+        else:
+            name = model or self.profile.data["model"].get("name")
+            if not name:
+                raise ValueError(f"{where} names no model; pass one")
+            lm = load_model(name, dtype=dtype, device=device)
+        self.profile.check_model(lm.fingerprint, lm.name)
+        if (lm.n_layers, lm.n_heads) != (self.selector.n_layers_, self.selector.n_heads_):
+            raise ProfileMismatchError(
+                f"{where} covers {self.selector.n_layers_} layers x {self.selector.n_heads_} "
+                f"heads but model {lm.name!r} has {lm.n_layers} x {lm.n_heads}"
+            )
+        self.lm = lm
+        config = getattr(lm.model, "config", None)
+        if config is not None and hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        self.max_tokens: int | None = getattr(config, "max_position_embeddings", None)
+        self._lock = threading.Lock()
+
+    # ---- description --------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self.lm.fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know about this judge (no calibration item ids)."""
+        d = self.profile.data
+        return {
+            "profile": str(self.profile.path) if self.profile.path else None,
+            "digest": self.profile.digest,
+            "model": d["model"].get("name"),
+            "fingerprint": self.lm.fingerprint,
+            "head": self.head,
+            "sign": self.sign,
+            "threshold": self.threshold,
+            "deepest_layer": self.profile.deepest_layer,
+            "n_layers": self.lm.n_layers,
+            "n_heads": self.lm.n_heads,
+            "template": d["template"].get("name"),
+            "rope": self.rope,
+            "data": d.get("data"),
+            "model_answer_default": self.model_answer,
+        }
+
+    # ---- judging ------------------------------------------------------------------------
+
+    def check(self, context: str, statement: str, model_answer: bool | None = None) -> Verdict:
+        """Judge whether ``statement`` follows from ``context``."""
+        return self.check_many([(context, statement)], model_answer)[0]
+
+    def check_many(
+        self, pairs: Sequence[tuple[str, str]], model_answer: bool | None = None
+    ) -> list[Verdict]:
+        """Judge many (context, statement) pairs in batched passes; latency is per pair."""
+        from qkscore.scoring import score_prompts
+
+        if not pairs:
+            return []
+        want_model = self.model_answer if model_answer is None else model_answer
+        items = []
+        for i, (context, statement) in enumerate(pairs):
+            if not isinstance(statement, str) or not statement.strip():
+                raise ValueError("the statement is empty: nothing to judge")
+            if context is not None and not isinstance(context, str):
+                raise ValueError("the context must be text")
+            items.append(Item(id=f"q{i}", context=context or "", statement=statement, label="True"))
+        start = time.perf_counter()
+        tokenizer = self.lm.tokenizer
+        prompts = [self.template.render(item, tokenizer) for item in items]
+        longest = max(len(part.input_ids) for p in prompts for part in p.parts)
+        if self.max_tokens and longest > self.max_tokens:
+            raise ValueError(
+                f"the prompt is {longest} tokens long; model {self.lm.name!r} takes at most "
+                f"{self.max_tokens}: shorten the context"
+            )
+        max_layer = None if want_model else self.profile.deepest_layer
+        with self._lock:
+            out = score_prompts(
+                self.lm,
+                prompts,
+                batch_size=self.batch_size,
+                rope=self.rope,
+                max_layer=max_layer,
+                baseline=want_model,
+                n_options=2,
+            )
+        scores = out.scores
+        margin = self.selector.margin(scores)
+        proba = self.selector.predict_proba(scores)[:, 0]
+        ens_p = None
+        if self.ensemble is not None:
+            ens_p = self.ensemble.predict_proba(scores)[:, 0]
+        latency = (time.perf_counter() - start) * 1000 / len(items)
+        layer, index = self.profile.head
+        verdicts = []
+        for i in range(len(items)):
+            m = _finite(float(margin[i]))
+            valid = m > 0
+            model_ans = model_p = disagree = None
+            if want_model:
+                logp = out.baseline[i].astype(np.float64)
+                if not np.isfinite(logp).all():
+                    raise RuntimeError("the model's answer log-probabilities are not finite")
+                p_true = float(np.exp(logp[0] - np.logaddexp(logp[0], logp[1])))
+                model_ans = bool(p_true > 0.5)
+                model_p = p_true
+                disagree = model_ans != valid
+            ev = None
+            if ens_p is not None:
+                ev = VALID if ens_p[i] > 0.5 else INVALID
+            verdicts.append(
+                Verdict(
+                    verdict=VALID if valid else INVALID,
+                    valid=valid,
+                    probability=float(proba[i]),
+                    margin=m,
+                    score=m + self.threshold,
+                    threshold=self.threshold,
+                    head=self.head,
+                    qk_scores={
+                        "True": float(scores[i, layer, index, 0]),
+                        "False": float(scores[i, layer, index, 1]),
+                    },
+                    model_answer=model_ans,
+                    model_probability=model_p,
+                    disagree=disagree,
+                    ensemble_probability=None if ens_p is None else float(ens_p[i]),
+                    ensemble_verdict=ev,
+                    fast=not want_model,
+                    layers_run=self.lm.n_layers if max_layer is None else max_layer + 1,
+                    latency_ms=latency,
+                )
+            )
+        return verdicts
+
+    def verify_chain(
+        self, context: str, steps: Sequence[str] | str, model_answer: bool | None = None
+    ) -> ChainResult:
+        """Judge step ``i`` against the context plus steps before it, all in one batch.
+
+        ``steps`` is a list of steps or text, split into sentences (see ``split_steps``).
+        """
+        chain = split_steps(steps) if isinstance(steps, str) else [str(s).strip() for s in steps]
+        if not chain:
+            raise ValueError("the chain has no steps")
+        for i, step in enumerate(chain):
+            if not step:
+                raise ValueError(f"step {i} of the chain is empty")
+        start = time.perf_counter()
+        queries = [(context_with_steps(context, chain[:i]), step) for i, step in enumerate(chain)]
+        verdicts = self.check_many(queries, model_answer)
+        return assemble_chain(
+            chain,
+            verdicts,
+            head=self.head,
+            fast=verdicts[0].fast,
+            latency_ms=(time.perf_counter() - start) * 1000,
+        )

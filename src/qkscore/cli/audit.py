@@ -1,0 +1,199 @@
+"""check, verify-chain and serve: judge text with a calibrated profile."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+PROFILE_HELP = "Profile JSON from `qkscore calibrate`."
+MODEL_HELP = "Model to load instead of the one the profile names (must have its fingerprint)."
+FAST_HELP = "Skip the model's own answer and stop the pass at the profile's deepest head."
+
+
+def _console() -> Console:
+    # Created per call so it writes to the stdout in effect now (CliRunner swaps it).
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def _text(value: str | None, file: Path | None, what: str, required: bool) -> str:
+    if value is not None and file is not None:
+        raise _fail(f"give --{what} or --{what}-file, not both")
+    if file is not None:
+        try:
+            return file.read_text()
+        except OSError as err:
+            raise _fail(f"cannot read --{what}-file {file}: {err.strerror}") from None
+    if value is None and required:
+        raise _fail(f"give --{what} TEXT or --{what}-file FILE")
+    return value or ""
+
+
+def _judge(profile: Path, model: str | None, dtype: str, model_answer: bool):
+    from qkscore.audit import Judge, ProfileMismatchError
+
+    try:
+        return Judge(profile, model=model, dtype=dtype, model_answer=model_answer)
+    except (FileNotFoundError, ValueError, ProfileMismatchError) as err:
+        raise _fail(str(err)) from None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _answer(v: Any) -> str:
+    return "–" if v is None else ("True" if v else "False")
+
+
+def check(
+    profile: Path = typer.Option(..., "--profile", "-p", help=PROFILE_HELP),
+    context: str | None = typer.Option(None, "--context", "-c", help="Premises."),
+    statement: str | None = typer.Option(None, "--statement", "-s", help="Claim to judge."),
+    context_file: Path | None = typer.Option(None, help="Read the context from a file."),
+    statement_file: Path | None = typer.Option(None, help="Read the statement from a file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    dtype: str = typer.Option("auto", help="auto, float32, float16, bfloat16."),
+) -> None:
+    """Judge whether a statement follows from a context, with the profile's head."""
+    ctx = _text(context, context_file, "context", required=False)
+    st = _text(statement, statement_file, "statement", required=True)
+    if not st.strip():
+        raise _fail("the statement is empty: nothing to judge")
+    judge = _judge(profile, model, dtype, not fast)
+    try:
+        verdict = judge.check(ctx, st)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    if json_out:
+        typer.echo(json.dumps(verdict.to_dict(), indent=2))
+        return
+    colour = "green" if verdict.valid else "red"
+    out = _console()
+    out.print(f"[bold {colour}]{verdict.verdict}[/]  (head {verdict.head})")
+    table = Table(show_header=False, box=None)
+    table.add_row("P(valid)", _pct(verdict.probability))
+    table.add_row(
+        "margin",
+        f"{verdict.margin:+.3f}  (score {verdict.score:.3f} vs threshold {verdict.threshold:.3f})",
+    )
+    if verdict.model_answer is not None:
+        note = "  [yellow]disagrees with the head[/]" if verdict.disagree else ""
+        table.add_row(
+            "model says",
+            f"{_answer(verdict.model_answer)} (P(True) {_pct(verdict.model_probability)}){note}",
+        )
+    if verdict.ensemble_verdict is not None:
+        table.add_row(
+            "ensemble", f"{verdict.ensemble_verdict} ({_pct(verdict.ensemble_probability)})"
+        )
+    table.add_row("latency", f"{verdict.latency_ms:.0f} ms, {verdict.layers_run} layers")
+    out.print(table)
+
+
+def verify_chain(
+    profile: Path = typer.Option(..., "--profile", "-p", help=PROFILE_HELP),
+    chain: Path = typer.Option(
+        ..., "--chain", help="JSON list of steps, or a text file split into sentences."
+    ),
+    context: str | None = typer.Option(None, "--context", "-c", help="Premises."),
+    context_file: Path | None = typer.Option(None, help="Read the context from a file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    dtype: str = typer.Option("auto", help="auto, float32, float16, bfloat16."),
+) -> None:
+    """Judge each step of a chain of thought against the context and the steps before it."""
+    ctx = _text(context, context_file, "context", required=False)
+    try:
+        raw = chain.read_text()
+    except OSError as err:
+        raise _fail(f"cannot read --chain {chain}: {err.strerror}") from None
+    steps: list[str] | str = raw
+    if raw.lstrip().startswith("["):
+        try:
+            steps = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise _fail(f"{chain}:{err.lineno}: not a JSON list ({err.msg})") from None
+        if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+            raise _fail(f"{chain}: expected a JSON list of strings")
+    judge = _judge(profile, model, dtype, not fast)
+    try:
+        result = judge.verify_chain(ctx, steps)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    table = Table(title=f"Chain verified with head {result.head}")
+    for col in ("#", "step", "verdict", "P(valid)", "margin"):
+        table.add_column(col, justify="right" if col in ("#", "P(valid)", "margin") else "left")
+    with_model = any(s.model_answer is not None for s in result.steps)
+    if with_model:
+        table.add_column("model says")
+    for s in result.steps:
+        colour = "green" if s.valid else "red"
+        row = [
+            str(s.index),
+            s.statement,
+            f"[{colour}]{s.verdict}[/]",
+            _pct(s.probability),
+            f"{s.margin:+.2f}",
+        ]
+        if with_model:
+            row.append(_answer(s.model_answer) + (" [yellow]≠[/]" if s.disagree else ""))
+        table.add_row(*row)
+    out = _console()
+    out.print(table)
+    if result.first_failure is None:
+        out.print("[green]every step follows[/]")
+    else:
+        out.print(f"[red]first failing step: {result.first_failure}[/]")
+    out.print(f"{result.latency_ms:.0f} ms for {result.n_steps} steps")
+
+
+def serve(
+    profile: Path = typer.Option(..., "--profile", "-p", help=PROFILE_HELP),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    db: Path = typer.Option(Path("qkscore-audit.db"), "--db", help="SQLite audit log (WAL)."),
+    no_store_text: bool = typer.Option(
+        False, "--no-store-text", help="Log input hashes, scores and verdicts but not the texts."
+    ),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP + " (per-request default)"),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    dtype: str = typer.Option("auto", help="auto, float32, float16, bfloat16."),
+) -> None:
+    """Serve /v1/check, /v1/verify-chain, /v1/audit and the dashboard at /.
+
+    Set QKSCORE_API_KEY to require that key (X-API-Key or Authorization: Bearer) on /v1 routes.
+    """
+    try:
+        from qkscore.audit.service import serve as run_server
+    except ImportError as err:
+        raise _fail(f"serving needs the serve extra: pip install 'qkscore[serve]' ({err})") from (
+            None
+        )
+    judge = _judge(profile, model, dtype, not fast)
+    api_key = os.environ.get("QKSCORE_API_KEY") or None
+    out = _console()
+    out.print(
+        f"judging with head {judge.head} of {judge.profile.data['model'].get('name')} "
+        f"(profile {judge.profile.digest}); audit log {db}"
+        f"{' without texts' if no_store_text else ''}; "
+        f"{'API key required' if api_key else '[yellow]no API key[/] (QKSCORE_API_KEY unset)'}"
+    )
+    out.print(f"dashboard: http://{host}:{port}/")
+    run_server(judge, db, host=host, port=port, store_text=not no_store_text, api_key=api_key)

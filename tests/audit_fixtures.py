@@ -1,0 +1,81 @@
+"""Shared by the audit tests: one small SmolLM2 profile, one Judge and one live server helper.
+
+The profile is built once per session (scan of 120 generated items, calibration on 80) and
+reused by every audit test module: building it is the slowest step of these tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SPEC = "generated:depth=1-2&n=120&seed=0"
+CONTEXT = "Every wumpus is a jompus. Every jompus is red. Max is a wumpus."
+STATEMENTS = [
+    "Max is a jompus.",
+    "Max is not a jompus.",
+    "Max is red.",
+    "Max is not red.",
+    "Max is a wumpus.",
+]
+
+_cache: dict[str, Any] = {}
+
+
+def build_profile(base: Path, lm) -> Path:
+    """Scan and calibrate once per session (``base`` is the session's temporary root)."""
+    from qkscore.heads import CalibrationWarning
+    from qkscore.pipeline import calibrate
+    from qkscore.run import scan
+
+    key = f"profile:{base}"
+    if key not in _cache:
+        out = base / "audit-smollm2"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CalibrationWarning)
+            scan(lm, SPEC, "answer-statement", out / "run", progress=False, log=lambda *_: None)
+            calibrate(out / "run", calib_size=80, out=out / "profile.json")
+        _cache[key] = out / "profile.json"
+    return _cache[key]
+
+
+def shared_judge(base: Path, lm):
+    """One Judge per session on the shared model (its lock then guards every use)."""
+    from qkscore.audit import Judge
+
+    key = f"judge:{base}"
+    if key not in _cache:
+        _cache[key] = Judge(build_profile(base, lm), model=lm)
+    return _cache[key]
+
+
+@contextlib.contextmanager
+def live_server(app) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on 127.0.0.1 with an ephemeral port."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -1,0 +1,148 @@
+"""The dashboard in a real headless chromium, against a live server with a SmolLM2 profile.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package; install them
+with ``bash scripts/install_browser.sh``. Skipped, saying so, when any is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from audit_fixtures import CONTEXT, STATEMENTS, build_profile, live_server, shared_judge
+from qkscore.audit.service import create_app
+from tiny_models import few_threads
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+KEY = "dashboard-key"
+XSS = 'Max is <img src=x onerror="window.__xss=1">red.'
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with few_threads():
+        yield
+
+
+@pytest.fixture(scope="session")
+def judge(tmp_path_factory, smollm2):
+    build_profile(tmp_path_factory.getbasetemp(), smollm2)
+    return shared_judge(tmp_path_factory.getbasetemp(), smollm2)
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM or not CHROMEDRIVER:
+        pytest.skip(
+            "chromium or chromedriver is not installed (bash scripts/install_browser.sh installs "
+            "Debian's chromium and chromium-driver)"
+        )
+    pytest.importorskip("selenium", reason="selenium is not installed: pip install selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1500",
+    ):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+
+
+def test_dashboard_shows_requests_and_charts(judge, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    app = create_app(judge, tmp_path / "audit.db", api_key=KEY, raise_unexpected=True)
+    with live_server(app) as base:
+        headers = {"X-API-Key": KEY}
+        sent = {}
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
+            for i, statement in enumerate([*STATEMENTS[:3], XSS]):
+                r = c.post(
+                    "/v1/check",
+                    json={"context": CONTEXT, "statement": statement, "model_answer": i == 0},
+                )
+                assert r.status_code == 200, r.text
+                sent[statement] = r.json()["verdict"]
+            chain = c.post(
+                "/v1/verify-chain",
+                json={"context": CONTEXT, "steps": STATEMENTS[3:5], "model_answer": False},
+            )
+            assert chain.status_code == 200, chain.text
+
+        browser.get(base + "/")
+        # without the key the data routes refuse, and the page says so
+        _wait(browser, lambda d: "API key" in d.find_element(By.ID, "status").text)
+        browser.find_element(By.ID, "api-key").send_keys(KEY)
+        browser.find_element(By.ID, "save-key").click()
+        rows_css = "#verdicts tbody tr[data-id]"
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, rows_css)) == 5)
+
+        rows = browser.find_elements(By.CSS_SELECTOR, rows_css)
+        table = browser.find_element(By.ID, "verdicts").text
+        for statement, verdict in sent.items():
+            row = next(r for r in rows if statement in r.text)
+            assert row.get_attribute("data-verdict") == verdict
+            assert verdict in row.find_element(By.CSS_SELECTOR, ".badge").text
+        assert "chain of 2 steps" in table and STATEMENTS[4] in table
+        assert browser.execute_script("return window.__xss === undefined")  # shown as text
+
+        n_cells = judge.lm.n_layers * judge.lm.n_heads
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#heatmap rect.cell")) == n_cells
+        assert browser.find_elements(By.CSS_SELECTOR, "#heatmap rect.chosen")
+        bars = browser.find_elements(By.CSS_SELECTOR, "#histogram rect.bar")
+        assert bars and browser.find_elements(By.CSS_SELECTOR, "#histogram line.threshold")
+        assert judge.head in browser.find_element(By.ID, "profile-meta").text
+        assert "accuracy" in browser.find_element(By.ID, "calibration").text
+        assert browser.execute_script("return localStorage.getItem('qkscore_api_key')") == KEY
+
+        shot = tmp_path / "dashboard.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("QKSCORE_DASHBOARD_SCREENSHOT"):
+            shutil.copy(shot, Path(os.environ["QKSCORE_DASHBOARD_SCREENSHOT"]))
+
+        # the verdict filter asks the server for one verdict only
+        want = next(iter(sent.values()))
+        Select(browser.find_element(By.ID, "f-verdict")).select_by_value(want)
+        chain_verdict = "valid" if chain.json()["first_failure"] is None else "invalid"
+        expected = [*sent.values(), chain_verdict].count(want)
+
+        def filtered(d):
+            found = d.find_elements(By.CSS_SELECTOR, rows_css)
+            verdicts = {r.get_attribute("data-verdict") for r in found}
+            return len(found) == expected and verdicts == {want}
+
+        _wait(browser, filtered)
+
+        severe = [
+            e["message"]
+            for e in browser.get_log("browser")
+            if e["level"] == "SEVERE" and "401" not in e["message"]
+        ]
+        assert severe == []

@@ -1,0 +1,102 @@
+"""Calibrate and evaluate over run folders: splits, controls, transfer and refusals."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from qkscore.heads import CalibrationWarning, head_name
+from qkscore.pipeline import balanced_split, calibrate, evaluate, transfer
+from qkscore.profile import Profile, ProfileMismatchError
+from qkscore.report import summary_markdown
+from synthetic_runs import SHORTCUT, SIGNAL, make_run
+
+
+def test_balanced_split_is_balanced_disjoint_and_seeded():
+    labels = np.array([0] * 700 + [1] * 300)
+    calib, rest = balanced_split(labels, 400, seed=1)
+    assert np.bincount(labels[calib]).tolist() == [200, 200]
+    assert set(calib).isdisjoint(rest) and len(calib) + len(rest) == 1000
+    assert np.array_equal(calib, balanced_split(labels, 400, seed=1)[0])
+    assert not np.array_equal(calib, balanced_split(labels, 400, seed=2)[0])
+    with pytest.warns(UserWarning, match="only 100 items"):
+        balanced_split(np.array([0] * 500 + [1] * 100), 400)
+    with pytest.raises(ValueError, match="leaves no items"):
+        balanced_split(np.array([0, 1] * 100), 400)
+
+
+def test_calibrate_finds_the_planted_anti_aligned_head(tmp_path):
+    run = make_run(tmp_path / "run")
+    profile = calibrate(run, calib_size=400, seed=0, out=tmp_path / "p.json")
+    assert profile.data["head"] == head_name(*SIGNAL) and profile.data["sign"] == -1
+    cal = profile.data["calibration"]
+    assert cal["size"] == 400 and cal["label_counts"] == {"0": 200, "1": 200}
+    assert set(cal["item_ids"]).isdisjoint(profile.data["evaluation_ids"])
+    assert len(cal["item_ids"]) + len(profile.data["evaluation_ids"]) == 600
+    saved = Profile.load(tmp_path / "p.json")
+    assert saved.data["head"] == profile.data["head"] and saved.deepest_layer >= SIGNAL[0]
+
+
+def test_small_calibration_warns_and_records_it(tmp_path):
+    run = make_run(tmp_path / "run", n=200)
+    with pytest.warns(CalibrationWarning):
+        profile = calibrate(run, calib_size=100)
+    assert any("400" in w for w in profile.data["calibration"]["warnings"])
+
+
+def test_evaluate_reports_on_the_evaluation_split_only(tmp_path):
+    run = make_run(tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = calibrate(run, calib_size=400)
+    report = evaluate(run, profile, n_boot=200)
+    assert report["n_eval"] == 200 and report["split"].startswith("evaluation split")
+    head = report["methods"][f"head {head_name(*SIGNAL)}"]
+    assert head["accuracy"]["value"] > 0.8
+    assert head["accuracy"]["low"] <= head["accuracy"]["value"] <= head["accuracy"]["high"]
+    assert {"model (own answer)", "majority class"} <= set(report["methods"])
+    assert 0.4 <= report["methods"]["majority class"]["accuracy"]["value"] <= 0.6
+    assert set(report["mcnemar"]) >= {f"head {head_name(*SIGNAL)} vs model"}
+    assert "depth" in report["breakdowns"][f"head {head_name(*SIGNAL)}"]
+    # the context-reading head falls to chance without its context: no shortcut flag
+    assert not any(c["flagged"] for c in report["controls"].values())
+    json.dumps(report)  # the report is plain JSON
+    assert head_name(*SIGNAL) in summary_markdown(report)
+
+
+def test_shortcut_head_is_flagged_by_the_ablated_control(tmp_path):
+    run = make_run(tmp_path / "run", shortcut=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = calibrate(run, calib_size=400)
+    assert profile.data["head"] == head_name(*SHORTCUT)
+    report = evaluate(run, profile, n_boot=100)
+    assert report["controls"]["context-ablated"]["flagged"]
+    assert not report["controls"]["context-swapped"]["flagged"]
+    assert "shortcut" in summary_markdown(report).lower()
+
+
+def test_profile_refuses_a_run_of_another_model(tmp_path):
+    run = make_run(tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = calibrate(run, calib_size=400)
+    meta_path = run / "run.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"]["fingerprint"] = "0000000000000000"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ProfileMismatchError, match="fingerprint"):
+        evaluate(run, profile)
+
+
+def test_transfer_matrix_tests_each_calibration_on_every_run(tmp_path):
+    runs = [make_run(tmp_path / "a", seed=0), make_run(tmp_path / "b", seed=1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = transfer(runs, calib_size=400)
+    matrix = np.array(result["accuracy"])
+    assert matrix.shape == (2, 2) and (matrix > 0.8).all()
+    assert result["heads"] == [head_name(*SIGNAL)] * 2
