@@ -36,8 +36,11 @@ def build_profile(base: Path, lm) -> Path:
 
     key = f"profile:{base}"
     if key not in _cache:
+        from tiny_models import few_threads
+
         out = base / "audit-smollm2"
-        with warnings.catch_warnings():
+        # few_threads here too: session fixtures are set up before the modules' own thread limit
+        with warnings.catch_warnings(), few_threads():
             warnings.simplefilter("ignore", CalibrationWarning)
             scan(lm, SPEC, "answer-statement", out / "run", progress=False, log=lambda *_: None)
             calibrate(out / "run", calib_size=80, out=out / "profile.json")

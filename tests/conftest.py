@@ -54,3 +54,12 @@ def tokenizer_or_skip(alias: str):
     if not _alias_available(alias):
         pytest.skip(f"{alias} is not installed: qkscore models install {alias}")
     return load_tokenizer(alias)
+
+
+@pytest.fixture(scope="session")
+def judge(tmp_path_factory, smollm2):
+    """A Judge on a small SmolLM2 profile, shared by the service and dashboard tests."""
+    from audit_fixtures import build_profile, shared_judge
+
+    build_profile(tmp_path_factory.getbasetemp(), smollm2)
+    return shared_judge(tmp_path_factory.getbasetemp(), smollm2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from audit_fixtures import CONTEXT, STATEMENTS, build_profile, live_server, shared_judge
+from audit_fixtures import CONTEXT, STATEMENTS, live_server
 from qkscore.audit.service import create_app
 from tiny_models import few_threads
 
@@ -29,12 +29,6 @@ XSS = 'Max is <img src=x onerror="window.__xss=1">red.'
 def _one_thread():
     with few_threads():
         yield
-
-
-@pytest.fixture(scope="session")
-def judge(tmp_path_factory, smollm2):
-    build_profile(tmp_path_factory.getbasetemp(), smollm2)
-    return shared_judge(tmp_path_factory.getbasetemp(), smollm2)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import torch
 from qkscore.extract import CAPTURE_EAGER, CAPTURE_SDPA, extract, qk_scores
 from qkscore.models.adapters import layer_modules
 from tiny_models import (
+    DEVICE,
     FAMILIES,
     SDPA_UNSUPPORTED,
     VOCAB,
@@ -31,6 +32,8 @@ from tiny_models import (
     naive_rotated_qk,
     naive_scores,
     pad_batch,
+    tiny_config,
+    wrap,
 )
 
 FAMILY_IMPLS = [
@@ -226,36 +229,53 @@ def test_extraction_leaves_the_model_as_it_was():
     torch.testing.assert_close(after[mask_b], before[mask_b], rtol=1e-5, atol=1e-5)
 
 
-def test_gemma3_multimodal_checkpoint():
-    """A ``model_type='gemma3'`` checkpoint loads as Gemma3ForConditionalGeneration, whose text
-    layers sit under ``model.language_model``; text-only prompts must still extract."""
+def _tiny_gemma3_multimodal(attn_implementation: str):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 
-    from tiny_models import tiny_config, wrap
-
     vision = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-        image_size=28, patch_size=14,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
     )
     config = Gemma3Config(
-        text_config=tiny_config("gemma3", "eager").to_dict(),
+        text_config=tiny_config("gemma3", attn_implementation).to_dict(),
         vision_config=vision.to_dict(),
         mm_tokens_per_image=4,
         image_token_index=VOCAB - 1,
         boi_token_index=VOCAB - 2,
         eoi_token_index=VOCAB - 3,
     )
-    config._attn_implementation = "eager"
     torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(config).eval()
-    lm = wrap(model, "tiny-gemma3-mm")
+    model = Gemma3ForConditionalGeneration._from_config(
+        config, attn_implementation=attn_implementation
+    )
+    return wrap(model.to(DEVICE).eval(), "tiny-gemma3-multimodal")
+
+
+def test_gemma3_multimodal_checkpoint():
+    """A ``model_type='gemma3'`` checkpoint loads as Gemma3ForConditionalGeneration, whose text
+    layers sit under ``model.language_model``: text prompts extract as for Gemma3ForCausalLM."""
+    eager = _tiny_gemma3_multimodal("eager")
+    lm = _tiny_gemma3_multimodal("sdpa")
     assert lm.adapter.family == "gemma3"
-    ids = torch.tensor([PROMPTS[0]])
-    pairs = [PAIRS[0]]
-    pre = naive_scores(naive_prerope_qk("gemma3", model, ids, None), pairs)
-    rot = naive_scores(naive_rotated_qk("gemma3", model, ids, None), pairs)
-    assert_rel_close(qk_scores(lm, ids, None, pairs, rope=False), pre, what="gemma3 mm prerope")
-    assert_rel_close(qk_scores(lm, ids, None, pairs, rope=True), rot, what="gemma3 mm rope")
+    assert lm.layout == build_tiny("gemma3").layout
+    naive = {False: [], True: []}
+    for prompt, pairs in zip(PROMPTS, PAIRS):
+        ids = torch.tensor([prompt])
+        naive[False].append(
+            naive_scores(naive_prerope_qk("gemma3", eager.model, ids, None), [pairs])
+        )
+        naive[True].append(
+            naive_scores(naive_rotated_qk("gemma3", eager.model, ids, None), [pairs])
+        )
+    ids, mask, _ = pad_batch(PROMPTS, "left")
+    for rope in (False, True):
+        batched = qk_scores(lm, ids, mask, PAIRS, rope=rope)
+        for row in range(len(PROMPTS)):
+            assert_rel_close(_rows(batched, row), naive[rope][row], what=f"rope={rope} row {row}")
 
 
 # --------------------------------------------------------------------------- input errors

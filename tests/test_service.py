@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from audit_fixtures import CONTEXT, STATEMENTS, build_profile, live_server, shared_judge
+from audit_fixtures import CONTEXT, STATEMENTS, live_server
 from qkscore.audit.service import create_app
 from qkscore.audit.store import AuditStore, input_hash, parse_time
 from tiny_models import few_threads
@@ -20,12 +20,6 @@ from tiny_models import few_threads
 def _one_thread():
     with few_threads():
         yield
-
-
-@pytest.fixture(scope="session")
-def judge(tmp_path_factory, smollm2):
-    build_profile(tmp_path_factory.getbasetemp(), smollm2)
-    return shared_judge(tmp_path_factory.getbasetemp(), smollm2)
 
 
 def _client(app) -> httpx.AsyncClient:
@@ -347,3 +341,34 @@ def test_fifty_concurrent_requests(judge, tmp_path):
         row = logged[r.json()["audit_id"]]
         assert row["statement"] == s and row["verdict"] == expected[s].verdict
     assert app.state.unexpected_errors == []
+
+
+def test_serve_command_wiring(judge, tmp_path, monkeypatch):
+    """`qkscore serve` hands the judge, the log path, the text policy and the env key over."""
+    from typer.testing import CliRunner
+
+    from qkscore.audit import service
+    from qkscore.cli import app
+    from qkscore.cli import audit as cli_audit
+
+    seen = {}
+    monkeypatch.setattr(cli_audit, "_judge", lambda *a, **k: judge)
+    monkeypatch.setattr(service, "serve", lambda j, db, **kw: seen.update(judge=j, db=db, **kw))
+    monkeypatch.setenv("QKSCORE_API_KEY", "k1")
+    profile = str(judge.profile.path)
+    db = tmp_path / "log.db"
+    args = ["serve", "--profile", profile, "--port", "8123", "--no-store-text", "--db", str(db)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert seen == {"judge": judge, "db": db, "host": "127.0.0.1", "port": 8123,
+                    "store_text": False, "api_key": "k1"}  # fmt: skip
+    assert "API key required" in res.output and "http://127.0.0.1:8123/" in res.output
+
+
+def test_docs_hidden_and_schema_behind_the_key(judge, tmp_path):
+    async def go(app):
+        async with _client(app) as c:
+            return [(await c.get(p)).status_code for p in ("/docs", "/openapi.json")]
+
+    assert run(go(create_app(judge, tmp_path / "a.db"))) == [404, 200]
+    assert run(go(create_app(judge, tmp_path / "b.db", api_key="k"))) == [404, 404]

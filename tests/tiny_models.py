@@ -217,7 +217,7 @@ def naive_prerope_qk(family: str, model, input_ids, attention_mask, **forward_kw
         for h in handles:
             h.remove()
 
-    cfg = model.config
+    cfg = model.config.get_text_config()
     out = []
     for i, block in enumerate(blocks):
         r = raw[i]

@@ -196,8 +196,13 @@ class _Capture:
         self.attn: list[torch.Tensor | None] = [None] * n_layers
 
     def _take(self, per_token: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """``[B, T, heads, D]`` -> ``[B, P, heads, D]`` float32 at the given positions."""
-        return per_token[self.rows, idx].float()
+        """``[B, T, heads, D]`` -> ``[B, P, heads, D]`` float32 at the given positions.
+
+        Under a ``device_map`` each layer may sit on another device: index there, then bring
+        the few kept vectors to the device of the inputs.
+        """
+        dev = per_token.device
+        return per_token[self.rows.to(dev), idx.to(dev)].float().to(self.q_idx.device)
 
     @contextmanager
     def projection_hooks(self):
@@ -258,12 +263,14 @@ class _Capture:
     def _attention_at_pairs(self, query, key, mask, kwargs) -> torch.Tensor:
         """Post-softmax weight of each pair's key in its query's row, for those rows only."""
         kv = self.layout.kv_index().to(key.device)
-        rows_q = query.transpose(1, 2)[self.rows, self.q_idx].float()  # [B,P,H,D]
-        keys = key.float()[:, kv]  # [B,H,T,D]
+        rows_q = self._take(query.transpose(1, 2), self.q_idx)  # [B,P,H,D]
+        keys = key.float()[:, kv].to(self.q_idx.device)  # [B,H,T,D]
         logits = torch.einsum("bphd,bhtd->bpht", rows_q, keys) * float(kwargs.get("scaling") or 1)
         softcap = kwargs.get("softcap")
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
+        if mask is not None:
+            mask = mask.to(self.q_idx.device)
         allowed = self._allowed(mask, logits.shape[-1], kwargs)  # [B,P,T]
         logits = logits.masked_fill(~allowed[:, :, None, :], float("-inf"))
         weights = logits.softmax(-1)

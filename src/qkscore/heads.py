@@ -177,6 +177,18 @@ def _warn_calibration(y: np.ndarray, n_options: int) -> None:
             )
 
 
+def _like_calibration(est: Any, scores: Any) -> np.ndarray:
+    """New scores must have the calibration data's layers, heads and options."""
+    x = np.asarray(scores)
+    expected = (est.n_layers_, est.n_heads_, est.n_options_)
+    if x.ndim != 4 or x.shape[1:] != expected:
+        raise ValueError(
+            f"scores must have shape [items, {expected[0]}, {expected[1]}, {expected[2]}] "
+            f"like the calibration data, got {x.shape}"
+        )
+    return x
+
+
 def _not_fitted(obj: Any) -> NotFittedError:
     return NotFittedError(
         f"this {type(obj).__name__} is not fitted yet: call fit(scores, labels) first "
@@ -643,14 +655,7 @@ class HeadSelector(BaseEstimator):
 
     def _check_new(self, scores: Any) -> np.ndarray:
         self._check_fitted()
-        x = np.asarray(scores)
-        expected = (self.n_layers_, self.n_heads_, self.n_options_)
-        if x.ndim != 4 or x.shape[1:] != expected:
-            raise ValueError(
-                f"scores must have shape [items, {expected[0]}, {expected[1]}, {expected[2]}] "
-                f"like the calibration data, got {x.shape}"
-            )
-        return x
+        return _like_calibration(self, scores)
 
     def _signed(self, x: np.ndarray, head: tuple[int, int]) -> np.ndarray:
         layer, index = head
@@ -994,14 +999,7 @@ class TopKEnsemble(BaseEstimator):
     def _check_new(self, scores: Any) -> np.ndarray:
         if not hasattr(self, "k_"):
             raise _not_fitted(self)
-        x = np.asarray(scores)
-        expected = (self.n_layers_, self.n_heads_, self.n_options_)
-        if x.ndim != 4 or x.shape[1:] != expected:
-            raise ValueError(
-                f"scores must have shape [items, {expected[0]}, {expected[1]}, {expected[2]}] "
-                f"like the calibration data, got {x.shape}"
-            )
-        return x
+        return _like_calibration(self, scores)
 
     def predict(self, scores: Any) -> np.ndarray:
         """Predicted option index per item."""

@@ -200,15 +200,17 @@ def scan(
     controls: Sequence[str] = (),
     attention_weights: bool = False,
     dtype: str = "auto",
+    device_map: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> RunFolder:
     """Score every item (and each requested control) into the run folder ``out``.
 
-    ``model`` is a loaded model or anything ``load_model`` accepts. Re-running the same command
-    resumes an interrupted scan and does nothing on a finished one; a folder made with another
-    model, template, data or settings is refused rather than mixed.
+    ``model`` is a loaded model or anything ``load_model`` accepts; ``device_map="auto"``
+    spreads a model too big for one device over GPUs and CPU (docs/scaling.md). Re-running
+    the same command resumes an interrupted scan and does nothing on a finished one; a folder
+    made with another model, template, data or settings is refused rather than mixed.
     """
     from qkscore.models import LoadedModel, load_model
 
@@ -233,7 +235,7 @@ def scan(
     lm = (
         model
         if isinstance(model, LoadedModel)
-        else load_model(model, dtype=dtype, device=shard.device())
+        else load_model(model, dtype=dtype, device=shard.device(), device_map=device_map)
     )
     prompts = [tmpl.render(item, lm.tokenizer) for item in items]
     meta = {

@@ -46,6 +46,10 @@ class Verdict:
     are the model's own answer (True = valid) and its probability, renormalised over the two
     answer tokens; ``disagree`` is True when the model and the head differ. The three are None
     on the fast path. ``ensemble_*`` come from the profile's top-k ensemble when it has one.
+
+    The verdict follows the margin's sign, the rule calibration chose the threshold for; the
+    Platt-scaled probability is a separate fit and may sit just across 0.5 near the threshold.
+    ``latency_ms`` excludes time spent waiting for the lock.
     """
 
     verdict: str
@@ -179,17 +183,18 @@ class Judge:
             if context is not None and not isinstance(context, str):
                 raise ValueError("the context must be text")
             items.append(Item(id=f"q{i}", context=context or "", statement=statement, label="True"))
-        start = time.perf_counter()
-        tokenizer = self.lm.tokenizer
-        prompts = [self.template.render(item, tokenizer) for item in items]
-        longest = max(len(part.input_ids) for p in prompts for part in p.parts)
-        if self.max_tokens and longest > self.max_tokens:
-            raise ValueError(
-                f"the prompt is {longest} tokens long; model {self.lm.name!r} takes at most "
-                f"{self.max_tokens}: shorten the context"
-            )
         max_layer = None if want_model else self.profile.deepest_layer
+        # The tokenizer is inside the lock too: a fast tokenizer mutates its padding settings
+        # on every call and fails ("Already borrowed") when two threads call it at once.
         with self._lock:
+            start = time.perf_counter()
+            prompts = [self.template.render(item, self.lm.tokenizer) for item in items]
+            longest = max(len(part.input_ids) for p in prompts for part in p.parts)
+            if self.max_tokens and longest > self.max_tokens:
+                raise ValueError(
+                    f"the prompt is {longest} tokens long; model {self.lm.name!r} takes at most "
+                    f"{self.max_tokens}: shorten the context"
+                )
             out = score_prompts(
                 self.lm,
                 prompts,
@@ -202,9 +207,10 @@ class Judge:
         scores = out.scores
         margin = self.selector.margin(scores)
         proba = self.selector.predict_proba(scores)[:, 0]
-        ens_p = None
-        if self.ensemble is not None:
+        ens_p = ens_pred = None
+        if self.ensemble is not None:  # predict breaks vote ties by the best-ranked head
             ens_p = self.ensemble.predict_proba(scores)[:, 0]
+            ens_pred = self.ensemble.predict(scores)
         latency = (time.perf_counter() - start) * 1000 / len(items)
         layer, index = self.profile.head
         verdicts = []
@@ -221,8 +227,8 @@ class Judge:
                 model_p = p_true
                 disagree = model_ans != valid
             ev = None
-            if ens_p is not None:
-                ev = VALID if ens_p[i] > 0.5 else INVALID
+            if ens_pred is not None:
+                ev = VALID if ens_pred[i] == 0 else INVALID
             verdicts.append(
                 Verdict(
                     verdict=VALID if valid else INVALID,

@@ -20,6 +20,7 @@ DASHBOARD_HTML = r"""<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>qkscore audit</title>
+<link rel="icon" href="data:,">
 <style>
   :root { --bg:#f5f6f8; --card:#fff; --ink:#1d2430; --muted:#667085; --line:#e3e6eb;
           --valid:#1a7f4b; --invalid:#c0392b; --accent:#e67e22; --blue:#1f5fa8; }
@@ -193,8 +194,8 @@ function renderProfile() {
   }
 }
 
-function shade(t) {  // 0..1 -> light to dark blue
-  const a = [247, 251, 255], b = [8, 48, 107];
+function shade(t) {  // 0..1 -> light to dark blue (the lightest still stands out from white)
+  const a = [214, 228, 242], b = [8, 48, 107];
   const m = a.map((v, i) => Math.round(v + (b[i] - v) * Math.max(0, Math.min(1, t))));
   return `rgb(${m[0]},${m[1]},${m[2]})`;
 }
@@ -206,14 +207,14 @@ function renderHeatmap() {
   if (!nL) { el("svg:text", { x: 10, y: 20 }, svg, "no heatmap in this profile"); return; }
   const finite = acc.flat().filter((v) => v !== null && Number.isFinite(v));
   const lo = Math.min(...finite), hi = Math.max(...finite);
-  const left = 34, top = 22, legendH = 34;
+  const left = 34, top = 34, legendH = 52;
   const cw = Math.max(4, Math.min(26, Math.floor((400 - left - 8) / nH)));
   const ch = Math.max(4, Math.min(16, Math.floor((300 - top - legendH) / nL)));
-  const W = left + cw * nH + 8, H = top + ch * nL + legendH;
-  svg.setAttribute("viewBox", `0 0 ${Math.max(W, 260)} ${H}`);
+  const W = Math.max(left + cw * nH + 8, 280), H = top + ch * nL + legendH;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const chosen = /^L(\d+)H(\d+)$/.exec(profile.head || "");
   const ens = new Set(((profile.ensemble || {}).heads) || []);
-  el("svg:text", { x: left, y: 12 }, svg, "head →");
+  el("svg:text", { x: left, y: 12 }, svg, "head →   (rows: layers)");
   for (let h = 0; h < nH; h += Math.max(1, Math.ceil(nH / 10))) {
     el("svg:text", { x: left + h * cw + cw / 2, y: top - 3, "text-anchor": "middle" }, svg, h);
   }
@@ -246,8 +247,12 @@ function renderHeatmap() {
   }
   el("svg:text", { x: left, y: ly + 21 }, svg, fmt(lo, 2));
   el("svg:text", { x: left + 120, y: ly + 21, "text-anchor": "end" }, svg, fmt(hi, 2));
-  el("svg:text", { x: left + 130, y: ly + 9 }, svg,
-     "calibration accuracy · □ chosen · ● ensemble");
+  el("svg:text", { x: left + 128, y: ly + 9 }, svg, "calibration accuracy");
+  el("svg:rect", { x: left, y: ly + 28, width: 9, height: 9, fill: "none",
+                   stroke: "#e67e22", "stroke-width": 2 }, svg);
+  el("svg:text", { x: left + 14, y: ly + 36 }, svg, "chosen head");
+  el("svg:circle", { cx: left + 98, cy: ly + 32.5, r: 3, fill: "#e67e22" }, svg);
+  el("svg:text", { x: left + 105, y: ly + 36 }, svg, "ensemble head");
   $("#heat-note").textContent = `${nL} layers × ${nH} heads`;
 }
 
@@ -321,9 +326,16 @@ function renderHistogram(rows) {
   const tx = x(thr);
   el("svg:line", { x1: tx, y1: m.t - 4, x2: tx, y2: H - m.b, stroke: "#e67e22",
                    "stroke-width": 2, "stroke-dasharray": "5 3", class: "threshold" }, svg);
-  el("svg:text", { x: tx + 4, y: m.t + 6 }, svg, `threshold ${fmt(thr, 2)}`);
-  el("svg:text", { x: m.l, y: H - m.b + 14 }, svg, fmt(lo, 1));
-  el("svg:text", { x: W - m.r, y: H - m.b + 14, "text-anchor": "end" }, svg, fmt(hi, 1));
+  const right = tx > (W + m.l) / 2;
+  el("svg:text", { x: right ? tx - 4 : tx + 4, y: m.t + 6, "text-anchor": right ? "end" : "start" },
+     svg, `threshold ${fmt(thr, 2)}`);
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + (hi - lo) * i / 4;
+    el("svg:line", { x1: x(v), y1: H - m.b, x2: x(v), y2: H - m.b + 4, stroke: "#99a" }, svg);
+    el("svg:text", { x: x(v), y: H - m.b + 15,
+                     "text-anchor": i === 0 ? "start" : (i === 4 ? "end" : "middle") },
+       svg, fmt(v, 1));
+  }
   el("svg:text", { x: (W + m.l) / 2, y: H - 6, "text-anchor": "middle" }, svg,
      "signed QK score  (right of the threshold: valid)");
   el("svg:text", { x: m.l - 4, y: m.t + 4, "text-anchor": "end" }, svg, maxc);

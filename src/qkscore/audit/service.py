@@ -200,8 +200,13 @@ def create_app(
         yield
         store.close()
 
+    # No /docs or /redoc: they load their scripts from a CDN, useless offline. The OpenAPI
+    # schema stays public only when no key is set ("every route but /healthz needs the key").
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None if api_key else "/openapi.json",
         title="qkscore",
         version=__version__,
         description="Judge statements and chains of thought with one calibrated attention head.",

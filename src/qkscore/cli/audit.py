@@ -41,10 +41,11 @@ def _text(value: str | None, file: Path | None, what: str, required: bool) -> st
 
 def _judge(profile: Path, model: str | None, dtype: str, model_answer: bool):
     from qkscore.audit import Judge, ProfileMismatchError
+    from qkscore.models import ModelNotAvailableError
 
     try:
         return Judge(profile, model=model, dtype=dtype, model_answer=model_answer)
-    except (FileNotFoundError, ValueError, ProfileMismatchError) as err:
+    except (FileNotFoundError, ValueError, ProfileMismatchError, ModelNotAvailableError) as err:
         raise _fail(str(err)) from None
 
 
@@ -175,6 +176,9 @@ def serve(
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP + " (per-request default)"),
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     dtype: str = typer.Option("auto", help="auto, float32, float16, bfloat16."),
+    threads: int = typer.Option(
+        0, help="torch CPU threads (0: torch's default; 1 is faster on a busy small machine)."
+    ),
 ) -> None:
     """Serve /v1/check, /v1/verify-chain, /v1/audit and the dashboard at /.
 
@@ -186,6 +190,10 @@ def serve(
         raise _fail(f"serving needs the serve extra: pip install 'qkscore[serve]' ({err})") from (
             None
         )
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     judge = _judge(profile, model, dtype, not fast)
     api_key = os.environ.get("QKSCORE_API_KEY") or None
     out = _console()

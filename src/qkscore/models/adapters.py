@@ -48,8 +48,19 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter("gemma2", ("gemma2",), "model.layers", "self_attn"),
     Adapter(
         "gemma3",
-        ("gemma3", "gemma3_text"),
+        ("gemma3_text",),
         "model.layers",
+        "self_attn",
+        "q_norm",
+        "k_norm",
+        layout="bhtd",
+    ),
+    # model_type "gemma3" loads as Gemma3ForConditionalGeneration: the text layers sit one level
+    # deeper, under the multimodal model's language_model
+    Adapter(
+        "gemma3",
+        ("gemma3",),
+        "model.language_model.layers",
         "self_attn",
         "q_norm",
         "k_norm",
