@@ -15,7 +15,7 @@ rate of the corrupted step, flags raised on the untouched steps before it, and h
 first failing step is exactly the corrupted one.
 
 ``--latency N`` also times single checks (batch of one) both ways: the full pass with the
-model's answer, and the fast path that stops after the profile's deepest head.
+model's answer, and the fast path that stops after the chosen head's layer.
 
     .venv/bin/python benchmarks/bench_chain.py --profile runs/findings/MODEL/prontoqa/profile.json \
         [--n 100] [--seed 0] [--fast] [--threads 1] [--latency 20] [--json out.json]
@@ -182,7 +182,7 @@ def latency(judge: Judge, items: list, n: int, repeats: int = 1) -> dict[str, An
                 times.append((time.perf_counter() - t) * 1000)
         out[name] = {"median_ms": statistics.median(times), "mean_ms": statistics.fmean(times)}
     out["layers"] = judge.lm.n_layers
-    out["fast_layers"] = judge.profile.deepest_layer + 1
+    out["fast_layers"] = judge.profile.head[0] + 1
     out["sweep"] = stop_sweep(judge, pairs)
     return out
 
@@ -237,7 +237,7 @@ def main() -> None:
     items = load_items(args.data)
     console.print(
         f"profile {args.profile}: {judge.profile.data['model'].get('name')} head {judge.head} "
-        f"(deepest layer {judge.profile.deepest_layer} of {judge.lm.n_layers}); "
+        f"(fast path stops after layer {judge.profile.head[0]} of {judge.lm.n_layers}); "
         f"{len(items)} items in {args.data}; torch threads {torch.get_num_threads()}"
     )
     report: dict[str, Any] = {"command": command, "profile": args.profile, "head": judge.head}

@@ -13,7 +13,7 @@ from rich.table import Table
 
 PROFILE_HELP = "Profile JSON from `qkscore calibrate`."
 MODEL_HELP = "Model to load instead of the one the profile names (must have its fingerprint)."
-FAST_HELP = "Skip the model's own answer and stop the pass at the profile's deepest head."
+FAST_HELP = "Skip the model's own answer and stop the pass at the chosen head's layer."
 
 
 def _console() -> Console:

@@ -26,7 +26,7 @@ def scan(
     rope: bool = typer.Option(False, help="Score rotated q/k (default: pre-rotary, as the paper)."),
     control: list[str] = typer.Option([], help="context-ablated and/or context-swapped."),
     attention: bool = typer.Option(False, help="Also store the attention-score baseline."),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), float32, ..."),
+    dtype: str = typer.Option("auto", help="auto (bf16), float32, float16, bfloat16."),
     device_map: str | None = typer.Option(
         None, help="'auto': spread a model too big for one device over GPUs and CPU."
     ),
