@@ -177,6 +177,14 @@ def _warn_calibration(y: np.ndarray, n_options: int) -> None:
             )
 
 
+def _check_saved(data: Mapping[str, Any], kind: str, name: str) -> None:
+    """A saved estimator dict must be of this kind and of the format this code reads."""
+    if data.get("kind") != kind:
+        raise ValueError(f"not a {name} dict (kind={data.get('kind')!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"unsupported {name} format_version {data.get('format_version')!r}")
+
+
 def _like_calibration(est: Any, scores: Any) -> np.ndarray:
     """New scores must have the calibration data's layers, heads and options."""
     x = np.asarray(scores)
@@ -738,12 +746,7 @@ class HeadSelector(BaseEstimator):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HeadSelector:
         """Rebuild a fitted selector from ``to_dict`` output (e.g. a profile JSON)."""
-        if data.get("kind") != _SELECTOR_KIND:
-            raise ValueError(f"not a HeadSelector dict (kind={data.get('kind')!r})")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported HeadSelector format_version {data.get('format_version')!r}"
-            )
+        _check_saved(data, _SELECTOR_KIND, "HeadSelector")
         obj = cls(**data["params"])
         obj._check_params()
         obj.n_layers_ = int(data["n_layers"])
@@ -1047,12 +1050,7 @@ class TopKEnsemble(BaseEstimator):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TopKEnsemble:
         """Rebuild a fitted ensemble from ``to_dict`` output."""
-        if data.get("kind") != _ENSEMBLE_KIND:
-            raise ValueError(f"not a TopKEnsemble dict (kind={data.get('kind')!r})")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported TopKEnsemble format_version {data.get('format_version')!r}"
-            )
+        _check_saved(data, _ENSEMBLE_KIND, "TopKEnsemble")
         params = dict(data["params"])
         params["k_grid"] = tuple(params["k_grid"])
         obj = cls(**params)

@@ -65,8 +65,8 @@ def calibrate(
     meta = run.meta()
     if not meta.get("scans", {}).get(MAIN, {}).get("complete"):
         raise RuntimeError(f"{run.path}: the main scan is not complete; run `qkscore scan` again")
-    labels = run.labels()
     records = run.items()
+    labels = run.labels(records)
     calib, rest = balanced_split(labels, calib_size, seed)
     scores = np.asarray(run.load(MAIN))[calib]
     y = labels[calib]
@@ -114,10 +114,12 @@ def calibrate(
     return profile
 
 
-def evaluation_indices(run: RunFolder, profile: Profile) -> tuple[np.ndarray, str]:
+def evaluation_indices(
+    run: RunFolder, profile: Profile, records: Sequence[dict[str, Any]] | None = None
+) -> tuple[np.ndarray, str]:
     """Evaluation items of this run: outside the calibration split when the run holds the
     profile's calibration data, else every item (transfer to another set)."""
-    records = run.items()
+    records = run.items() if records is None else records
     if profile.data.get("data") == run.meta()["data"]:
         calib_ids = set(profile.data["calibration"]["item_ids"])
         idx = np.array([i for i, r in enumerate(records) if r["id"] not in calib_ids], dtype=int)
@@ -136,11 +138,13 @@ def evaluate(
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
     meta = run.meta()
     prof.check_run(meta, str(run.path))
-    idx, split = evaluation_indices(run, prof)
+    all_records = run.items()
+    all_labels = run.labels(all_records)
+    idx, split = evaluation_indices(run, prof, all_records)
     if len(idx) == 0:
         raise ValueError(f"{run.path}: no evaluation items left outside the calibration split")
-    labels = run.labels()[idx]
-    records = [run.items()[i] for i in idx]
+    labels = all_labels[idx]
+    records = [all_records[i] for i in idx]
     scores = np.asarray(run.load(MAIN))[idx]
     selector = prof.selector()
     layer, head = prof.head
@@ -159,7 +163,7 @@ def evaluate(
         margins["model (own answer)"] = _positive_score(_softmax(baseline))
     if run.has(MAIN, "attention"):
         preds[f"attention {name}"], margins[f"attention {name}"] = _attention_baseline(
-            run, prof, idx, layer, head
+            run, prof, idx, layer, head, all_records, all_labels
         )
     calib_labels = _calibration_labels(prof)
     preds["majority class"] = np.full_like(labels, np.bincount(calib_labels).argmax())
@@ -228,14 +232,12 @@ def _positive_score(proba: np.ndarray) -> np.ndarray | None:
     return proba[:, 0] if proba.ndim == 2 and proba.shape[1] == 2 else None
 
 
-def _attention_baseline(run, prof, idx, layer, head):
+def _attention_baseline(run, prof, idx, layer, head, records, labels):
     """The MCQA paper's attention-score baseline at the same head, its direction fit on the
     calibration items so it gets the same chance as the QK-score."""
-    records = run.items()
     calib_ids = set(prof.data["calibration"]["item_ids"])
     calib_idx = np.array([i for i, r in enumerate(records) if r["id"] in calib_ids])
     attention = np.asarray(run.load(MAIN, "attention"))
-    labels = run.labels()
     one = slice(layer, layer + 1), slice(head, head + 1)
     if len(calib_idx) == 0:  # transfer: no calibration items here, keep the QK head's sign
         calib_idx = idx

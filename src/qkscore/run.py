@@ -110,8 +110,10 @@ class RunFolder:
         with open(self.path / "items.jsonl") as fh:
             return [json.loads(line) for line in fh if line.strip()]
 
-    def labels(self) -> np.ndarray:
-        return np.array([r["answer_index"] for r in self.items()], dtype=np.int64)
+    def labels(self, records: Sequence[dict[str, Any]] | None = None) -> np.ndarray:
+        """Gold option index per item; pass ``items()`` already read to skip a second read."""
+        rows = self.items() if records is None else records
+        return np.array([r["answer_index"] for r in rows], dtype=np.int64)
 
     # --- arrays --------------------------------------------------------------------------
     def scan_dir(self, scan: str) -> Path:

@@ -8,22 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from qkscore.cli._shared import console as _console
+from qkscore.cli._shared import fail as _fail
 
 PROFILE_HELP = "Profile JSON from `qkscore calibrate`."
 MODEL_HELP = "Model to load instead of the one the profile names (must have its fingerprint)."
 FAST_HELP = "Skip the model's own answer and stop the pass at the chosen head's layer."
-
-
-def _console() -> Console:
-    # Created per call so it writes to the stdout in effect now (CliRunner swaps it).
-    return Console(highlight=False, soft_wrap=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 def _text(value: str | None, file: Path | None, what: str, required: bool) -> str:

@@ -12,27 +12,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from qkscore.cli._shared import console as _console
+from qkscore.cli._shared import fail as _fail
 from qkscore.data.items import DataError, Item
 
 app = typer.Typer(help="Inspect and audit reasoning data specs.", no_args_is_help=True)
 
 SPEC_HELP = "Data spec FORMAT:PATH?key=value&... (see `qkscore data formats`)."
 JSON_HELP = "Print JSON instead of tables."
-
-
-def _console() -> Console:
-    # Created per call so it writes to the stdout in effect now (CliRunner swaps it).
-    return Console(highlight=False, soft_wrap=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 def _load(spec: str) -> tuple[list[Item], Any | None]:

@@ -421,12 +421,12 @@ def _distribution_section(run: RunFolder, prof: Profile) -> str:
     title = "The chosen head on the evaluation items"
     try:
         selector = prof.selector()
-        idx = evaluation_indices(run, prof)[0]
+        records = run.items()
+        idx = evaluation_indices(run, prof, records)[0]
         if len(idx) == 0:
             return _section("distributions", title, _note("No evaluation items."))
         scores = np.asarray(run.load(MAIN))[idx]
-        records = run.items()
-        labels = run.labels()[idx]
+        labels = run.labels(records)[idx]
         margins = selector.margin(scores)
         pred = selector.predict(scores)
     except (FileNotFoundError, ValueError, KeyError) as err:
