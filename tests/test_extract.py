@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from qkscore.extract import CAPTURE_EAGER, CAPTURE_SDPA, extract, qk_scores
+from qkscore.extract import CAPTURE_EAGER, CAPTURE_SDPA, encode_prefix, extract, qk_scores
 from qkscore.models.adapters import layer_modules
 from tiny_models import (
     DEVICE,
@@ -185,6 +185,46 @@ def test_candidate_logprobs_equal_full_lm_head(family, side):
     ).candidate_logprobs
     want = np.stack([e[[candidates.index(c) for c in r]] for e, r in zip(expected_at, per_row)])
     assert_rel_close(got, want, what=f"{family} log-probs at given positions")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_shared_prefix_cache_equals_full_prompts(family):
+    """Suffixes run on a prefix's cache give the scores and log-probs of the whole prompts."""
+    lm = build_tiny(family)
+    prefix = PROMPTS[0][:6]  # longer than the sliding window of 5
+    suffixes = [PROMPTS[1][:5], PROMPTS[2][:3], PROMPTS[1][2:6]]
+    suffix_pairs = [[(4, 0), (4, 4), (2, 1)], [(2, 0), (2, 2)], [(3, 1), (3, 3), (1, 0)]]
+    logit_pos = [3, 2, 3]
+    full = [prefix + s for s in suffixes]
+    n = len(prefix)
+    ids, mask, _ = pad_batch(full, "left")
+    want = extract(
+        lm,
+        ids,
+        mask,
+        [[(q + n, k + n) for q, k in row] for row in suffix_pairs],
+        logit_positions=[p + n for p in logit_pos],
+        candidate_ids=[5, 17],
+    )
+    ids, mask, _ = pad_batch(suffixes, "right")
+    got = extract(
+        lm,
+        ids,
+        mask,
+        suffix_pairs,
+        logit_positions=logit_pos,
+        candidate_ids=[5, 17],
+        prefix=encode_prefix(lm, prefix),
+    )
+    assert_rel_close(got.scores, want.scores, what=f"{family} prefix-cached scores")
+    assert_rel_close(
+        got.candidate_logprobs, want.candidate_logprobs, what=f"{family} prefix-cached log-probs"
+    )
+    with pytest.raises(ValueError, match="pre-rotary"):
+        extract(lm, ids, mask, suffix_pairs, rope=True, prefix=encode_prefix(lm, prefix))
+    ids, mask, _ = pad_batch(suffixes, "left")
+    with pytest.raises(ValueError, match="pad the batch on the right"):
+        extract(lm, ids, mask, suffix_pairs, prefix=encode_prefix(lm, prefix))
 
 
 def test_gpt2_without_rotary_gives_same_scores_for_both_settings():

@@ -14,7 +14,11 @@ attention matrix is materialised and ``output_attentions`` is never needed.
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -44,6 +48,36 @@ class Extraction:
     scores: np.ndarray
     candidate_logprobs: np.ndarray | None = None
     attention: np.ndarray | None = None
+
+
+@dataclass
+class Prefix:
+    """The key/value cache of tokens that every row of a batch starts with (made by
+    ``encode_prefix``). Many items share one context (PARARULE-Plus asks 8-10 questions of
+    each); its tokens then run once instead of once per item."""
+
+    cache: Any
+    length: int
+
+
+def encode_prefix(lm: LoadedModel, ids: Sequence[int]) -> Prefix:
+    """Run shared leading tokens once and keep their cache (batch 1)."""
+    cache_arg = _cache_argument(lm.model)
+    with torch.inference_mode():
+        out = lm.model.base_model(
+            input_ids=torch.as_tensor([list(ids)], device=lm.device), use_cache=True
+        )
+    return Prefix(getattr(out, cache_arg), len(ids))
+
+
+@functools.cache
+def _cache_argument_of(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _cache_argument(model) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (argument and output)."""
+    return _cache_argument_of(type(model.base_model).forward)
 
 
 class _StopForward(Exception):
@@ -76,6 +110,7 @@ def extract(
     candidate_ids: Sequence[Sequence[int]] | Sequence[int] | None = None,
     attention_weights: bool = False,
     max_layer: int | None = None,
+    prefix: Prefix | None = None,
 ) -> Extraction:
     """One forward pass: QK-scores, and optionally candidate log-probs and attention weights.
 
@@ -83,21 +118,27 @@ def extract(
     ``candidate_ids`` (one list for all rows, or one per row) give the model-probability
     baseline. Only the final hidden state of those rows meets the LM head, never the whole
     sequence. ``max_layer`` stops the pass after that layer (no logits then).
+
+    With ``prefix`` every row continues the prefix's tokens: ``input_ids`` hold only what
+    follows it, padded on the right, and pairs and logit positions count from the first token
+    after it (both positions of a pair must lie there). Pre-rotary scores only.
     """
     model = lm.model
     device = lm.device
-    input_ids = input_ids.to(device)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device)
+    # Lengths and offsets come from the mask on the host (where callers build it), so reading
+    # them does not wait on the accelerator before the forward is even queued.
+    host_mask = attention_mask.cpu()
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     batch, seq = input_ids.shape
     if len(pairs) != batch:
         raise ValueError(f"pairs has {len(pairs)} rows but input_ids has {batch}")
-    lengths = attention_mask.sum(-1)
-    offsets = _pad_offsets(attention_mask)
-    q_idx, k_idx, valid = _pair_index(pairs, lengths.tolist(), offsets.tolist(), device)
+    host_lengths, host_offsets = host_mask.sum(-1), _pad_offsets(host_mask)
+    lengths, offsets = host_lengths.to(device), host_offsets.to(device)
+    q_idx, k_idx, valid = _pair_index(pairs, host_lengths.tolist(), host_offsets.tolist(), device)
     if logit_positions is not None:
-        _check_logit_positions(logit_positions, lengths.tolist())
+        _check_logit_positions(logit_positions, host_lengths.tolist())
     want_logits = candidate_ids is not None
     last = lm.n_layers - 1
     stop_at = last if max_layer is None else max_layer
@@ -107,7 +148,18 @@ def extract(
         raise ValueError("candidate logits need the full pass; drop max_layer or candidate_ids")
 
     capture = _Capture(lm, q_idx, k_idx, stop_at + 1, attention_weights)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    past, full_mask = None, attention_mask
+    if prefix is not None:
+        if rope or attention_weights:
+            raise ValueError("a shared prefix supports pre-rotary scores only (rope=False)")
+        if host_offsets.any():
+            # left padding would leave holes between prefix and text, which sliding-window
+            # attention counts as positions
+            raise ValueError("with a shared prefix, pad the batch on the right")
+        past = copy.deepcopy(prefix.cache)
+        past.batch_repeat_interleave(batch)
+        full_mask = torch.cat([attention_mask.new_ones(batch, prefix.length), attention_mask], 1)
+    position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, full_mask.shape[1] - seq :]
     with torch.inference_mode(), ExitStack() as stack:
         if rope or attention_weights:
             _use_capture_attention(model)
@@ -119,9 +171,10 @@ def extract(
         try:
             out = model.base_model(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
+                attention_mask=full_mask,
                 position_ids=position_ids,
-                use_cache=False,
+                use_cache=past is not None,
+                **({_cache_argument(model): past} if past is not None else {}),
             )
         except _StopForward:
             out = None
@@ -130,7 +183,7 @@ def extract(
             logprobs = _candidate_logprobs(
                 lm, out.last_hidden_state, offsets, lengths, logit_positions, candidate_ids
             )
-    unused = ~valid.cpu().numpy()[:, None, None, :]
+    unused = ~valid.numpy()[:, None, None, :]
     scores = np.where(unused, np.nan, capture.scores()).astype(np.float32)
     attn = None
     if attention_weights:
@@ -146,7 +199,8 @@ def _pad_offsets(mask: torch.Tensor) -> torch.Tensor:
 def _pair_index(
     pairs: Sequence[Sequence[Pair]], lengths: list[int], offsets: list[int], device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Padded-tensor indices ``[batch, max_pairs]`` for queries and keys, and a validity mask."""
+    """Padded-tensor indices ``[batch, max_pairs]`` for queries and keys (on ``device``), and
+    a validity mask (on the host)."""
     width = max((len(p) for p in pairs), default=0)
     if width == 0:
         raise ValueError("no (query, key) pairs given")
@@ -163,7 +217,7 @@ def _pair_index(
                         f"(its {lengths[row]} tokens are positions 0..{lengths[row] - 1})"
                     )
             q[row, j], k[row, j], valid[row, j] = qp + offsets[row], kp + offsets[row], True
-    return q.to(device), k.to(device), valid.to(device)
+    return q.to(device), k.to(device), valid  # validity stays on the host, where it is used
 
 
 def _check_logit_positions(logit_positions: Sequence[int], lengths: list[int]) -> None:
@@ -196,24 +250,23 @@ class _Capture:
         self.attn: list[torch.Tensor | None] = [None] * n_layers
 
     def _take(self, per_token: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """``[B, T, heads, D]`` -> ``[B, P, heads, D]`` float32 at the given positions.
+        """``[B, T, heads, D]`` -> ``[B, P, heads, D]`` at the given positions, in the model's
+        dtype (``scores`` casts once for all layers: per-layer casts cost a kernel launch each,
+        which on a GPU at batch 1 is most of what extraction adds to the pass).
 
-        Under a ``device_map`` each layer may sit on another device: index there, then bring
-        the few kept vectors to the device of the inputs.
+        Under a ``device_map`` a layer may sit on another device: index there, then bring the
+        few kept vectors to the device of the inputs.
         """
+        if per_token.device == idx.device:
+            return per_token[self.rows, idx]
         dev = per_token.device
-        return per_token[self.rows.to(dev), idx.to(dev)].float().to(self.q_idx.device)
+        return per_token[self.rows.to(dev), idx.to(dev)].to(idx.device)
 
     @contextmanager
     def projection_hooks(self):
         """Forward hooks on the modules whose output is the pre-rotary q and k."""
-        adapter, handles = self.lm.adapter, []
-        for layer_no, layer in enumerate(layer_modules(self.lm.model, adapter)[: self.n_layers]):
-            attn = layer.get_submodule(adapter.attention)
-            q_mod, k_mod = (
-                attn.get_submodule(adapter.q_module),
-                attn.get_submodule(adapter.k_module),
-            )
+        handles, parts = [], _attention_parts(self.lm)[: self.n_layers]
+        for layer_no, (_attn, q_mod, k_mod) in enumerate(parts):
             if q_mod is k_mod:
                 handles.append(q_mod.register_forward_hook(self._hook(layer_no, "qk")))
             else:
@@ -240,10 +293,7 @@ class _Capture:
     @contextmanager
     def attention_capture(self, rope: bool):
         """Attach this capture to every attention module the wrapped attention function sees."""
-        modules = [
-            layer.get_submodule(self.lm.adapter.attention)
-            for layer in layer_modules(self.lm.model, self.lm.adapter)[: self.n_layers]
-        ]
+        modules = [attn for attn, _q, _k in _attention_parts(self.lm)[: self.n_layers]]
         for layer_no, module in enumerate(modules):
             module._qkscore_capture = (self, layer_no, rope)
         try:
@@ -263,7 +313,7 @@ class _Capture:
     def _attention_at_pairs(self, query, key, mask, kwargs) -> torch.Tensor:
         """Post-softmax weight of each pair's key in its query's row, for those rows only."""
         kv = self.layout.kv_index().to(key.device)
-        rows_q = self._take(query.transpose(1, 2), self.q_idx)  # [B,P,H,D]
+        rows_q = self._take(query.transpose(1, 2), self.q_idx).float()  # [B,P,H,D]
         keys = key.float()[:, kv].to(self.q_idx.device)  # [B,H,T,D]
         logits = torch.einsum("bphd,bhtd->bpht", rows_q, keys) * float(kwargs.get("scaling") or 1)
         softcap = kwargs.get("softcap")
@@ -291,17 +341,35 @@ class _Capture:
         return allowed
 
     def scores(self) -> np.ndarray:
+        """All layers in one product (few kernel launches: on a GPU these small ops cost
+        their launch, not their arithmetic)."""
+        missing = [n for n in range(self.n_layers) if self.q[n] is None or self.k[n] is None]
+        if missing:
+            raise RuntimeError(f"layer {missing[0]}: query/key capture did not run")
         kv = self.layout.kv_index().to(self.q_idx.device)
-        out = []
-        for layer_no in range(self.n_layers):
-            q, k = self.q[layer_no], self.k[layer_no]
-            if q is None or k is None:
-                raise RuntimeError(f"layer {layer_no}: query/key capture did not run")
-            out.append((q * k[:, :, kv]).sum(-1))  # [B,P,H]
-        return torch.stack(out, 1).transpose(2, 3).cpu().numpy().astype(np.float32)
+        q, k = torch.stack(self.q, 1).float(), torch.stack(self.k, 1).float()  # [B,L,P,H|KV,D]
+        return (q * k[:, :, :, kv]).sum(-1).transpose(2, 3).cpu().numpy().astype(np.float32)
 
     def attention_scores(self) -> np.ndarray:
         return torch.stack(self.attn, 1).transpose(2, 3).cpu().numpy().astype(np.float32)
+
+
+_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _attention_parts(lm: LoadedModel) -> list[tuple[torch.nn.Module, ...]]:
+    """Each layer's (attention, query module, key module), looked up once per model: the
+    dotted-path lookups cost a third of a millisecond per pass, which a GPU at batch 1 feels."""
+    parts = _PARTS.get(lm.model)
+    if parts is None:
+        adapter, parts = lm.adapter, []
+        for layer in layer_modules(lm.model, adapter):
+            attn = layer.get_submodule(adapter.attention)
+            parts.append(
+                (attn, attn.get_submodule(adapter.q_module), attn.get_submodule(adapter.k_module))
+            )
+        _PARTS[lm.model] = parts
+    return parts
 
 
 def _candidate_logprobs(lm, hidden, offsets, lengths, logit_positions, candidate_ids) -> np.ndarray:

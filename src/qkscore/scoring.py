@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qkscore.extract import extract
+from qkscore.extract import encode_prefix, extract
 from qkscore.models.loading import LoadedModel
-from qkscore.prompts import Prompt
+from qkscore.prompts import Prompt, PromptPart
 
 
 @dataclass
@@ -50,57 +50,134 @@ def score_prompts(
     max_layer: int | None = None,
     baseline: bool = True,
     n_options: int | None = None,
+    share_prefix: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> ScoredPrompts:
     """Run every prompt part once; ``on_batch(n_items_finished)`` drives a progress bar.
 
     ``max_layer`` stops each pass after that layer (layers above it come back NaN) and implies
-    ``baseline=False``, since the model's own answer needs the whole pass.
+    ``baseline=False``, since the model's own answer needs the whole pass. ``share_prefix``
+    runs the leading tokens that several parts share (one context, many statements) once and
+    the rest of each part on their cache (pre-rotary scores only; see ``prefix_groups``).
     """
+    if share_prefix and (rope or attention_weights):
+        raise ValueError("share_prefix supports pre-rotary scores only (rope=False)")
     n_items = len(prompts)
     n_opt = n_options or max(p.n_options for p in prompts)
-    n_layers = lm.n_layers
-    scores = np.full((n_items, n_layers, lm.n_heads, n_opt), np.nan, dtype=np.float32)
+    scores = np.full((n_items, lm.n_layers, lm.n_heads, n_opt), np.nan, dtype=np.float32)
     attention = np.full_like(scores, np.nan) if attention_weights else None
     base = np.full((n_items, n_opt), np.nan, dtype=np.float32)
     want_baseline = baseline and max_layer is None
     parts = [(i, part) for i, p in enumerate(prompts) for part in p.parts]
-    order = sorted(range(len(parts)), key=lambda j: len(parts[j][1].input_ids))
     remaining = [len(p.parts) for p in prompts]
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer is not None else 0
-    for start in range(0, len(order), batch_size):
-        batch = [parts[j] for j in order[start : start + batch_size]]
-        ids, mask = pad_batch([part.input_ids for _, part in batch], pad_id or 0)
-        with_cands = want_baseline and any(part.candidate_ids for _, part in batch)
-        cand = None
-        if with_cands:
-            cand = [list(part.candidate_ids) or [0] * n_opt for _, part in batch]
-            cand = [c + [0] * (n_opt - len(c)) for c in cand]
-        out = extract(
-            lm,
-            ids,
-            mask,
-            [part.pairs for _, part in batch],
-            rope=rope,
-            logit_positions=[part.logit_pos for _, part in batch] if with_cands else None,
-            candidate_ids=cand,
-            attention_weights=attention_weights,
-            max_layer=max_layer,
-        )
-        depth = out.scores.shape[1]
-        for row, (item, part) in enumerate(batch):
-            for p, option in enumerate(part.pair_options):
-                scores[item, :depth, :, option] = out.scores[row, :, :, p]
-                if attention is not None:
-                    attention[item, :depth, :, option] = out.attention[row, :, :, p]
-            if with_cands and part.candidate_ids:
-                k = len(part.candidate_ids)
-                base[item, :k] = out.candidate_logprobs[row, :k]
-        if on_batch is not None:
-            finished = 0
-            for item, _ in batch:
-                remaining[item] -= 1
-                finished += remaining[item] == 0
-            if finished:
-                on_batch(finished)
+    jobs: list[tuple[list[int], int]] = []  # (part indices, shared prefix length)
+    alone = list(range(len(parts)))
+    if share_prefix:
+        groups = prefix_groups([part for _, part in parts])
+        jobs = [(members, length) for members, length in groups if length]
+        grouped = {j for members, _ in jobs for j in members}
+        alone = [j for j in alone if j not in grouped]
+    alone.sort(key=lambda j: len(parts[j][1].input_ids))
+    jobs += [(alone[s : s + batch_size], 0) for s in range(0, len(alone), batch_size)]
+    for members, shared in jobs:
+        prefix = None
+        if shared:
+            prefix = encode_prefix(lm, parts[members[0]][1].input_ids[:shared])
+        for start in range(0, len(members), batch_size):
+            batch = [parts[j] for j in members[start : start + batch_size]]
+            out, with_cands = _run_batch(
+                lm, batch, shared, prefix, pad_id, n_opt, want_baseline,
+                rope=rope, attention_weights=attention_weights, max_layer=max_layer,
+            )  # fmt: skip
+            depth = out.scores.shape[1]
+            for row, (item, part) in enumerate(batch):
+                for p, option in enumerate(part.pair_options):
+                    scores[item, :depth, :, option] = out.scores[row, :, :, p]
+                    if attention is not None:
+                        attention[item, :depth, :, option] = out.attention[row, :, :, p]
+                if with_cands and part.candidate_ids:
+                    k = len(part.candidate_ids)
+                    base[item, :k] = out.candidate_logprobs[row, :k]
+            if on_batch is not None:
+                finished = 0
+                for item, _ in batch:
+                    remaining[item] -= 1
+                    finished += remaining[item] == 0
+                if finished:
+                    on_batch(finished)
     return ScoredPrompts(scores=scores, baseline=base, attention=attention)
+
+
+def _run_batch(lm, batch, shared, prefix, pad_id, n_opt, want_baseline, **kwargs):
+    """One extraction over parts that all start with the same ``shared`` tokens (0: none);
+    positions shift by ``shared`` since only what follows the prefix is passed."""
+    side = "right" if shared else "left"  # after a prefix, padding must not leave holes
+    ids, mask = pad_batch([part.input_ids[shared:] for _, part in batch], pad_id or 0, side)
+    with_cands = want_baseline and any(part.candidate_ids for _, part in batch)
+    cand = None
+    if with_cands:
+        cand = [list(part.candidate_ids) or [0] * n_opt for _, part in batch]
+        cand = [c + [0] * (n_opt - len(c)) for c in cand]
+    out = extract(
+        lm,
+        ids,
+        mask,
+        [[(q - shared, k - shared) for q, k in part.pairs] for _, part in batch],
+        logit_positions=[part.logit_pos - shared for _, part in batch] if with_cands else None,
+        candidate_ids=cand,
+        prefix=prefix,
+        **kwargs,
+    )
+    return out, with_cands
+
+
+def prefix_groups(
+    parts: Sequence[PromptPart], min_tokens: int = 32, min_share: float = 0.5
+) -> list[tuple[list[int], int]]:
+    """Group parts that start with the same tokens: ``[(part indices, shared length)]``.
+
+    Parts are sorted by their ids, so parts with a common start sit next to each other; a
+    part joins the group before it while the group's common start stays at least
+    ``min_tokens`` long and ``min_share`` of the part (so a shared instruction alone does not
+    glue different contexts into one group). The shared length stops before every position a
+    part reads (pairs and logit position), which must lie after the prefix; a part left with
+    no worthwhile group comes back alone with shared length 0.
+    """
+    order = sorted(range(len(parts)), key=lambda j: parts[j].input_ids)
+    groups: list[tuple[list[int], int]] = []
+    members: list[int] = []
+    shared = 0
+    for j in order:
+        ids = parts[j].input_ids
+        if members:
+            common = min(shared, _common_start(parts[members[0]].input_ids, ids))
+            if common >= min_tokens and common >= min_share * len(ids):
+                members.append(j)
+                shared = common
+                continue
+            groups.append((members, shared))
+        members, shared = [j], len(ids)
+    if members:
+        groups.append((members, shared))
+    out: list[tuple[list[int], int]] = []
+    for m, shared in groups:
+        shared = min(shared, *(_first_read(parts[j]) for j in m))
+        if len(m) > 1 and shared >= min_tokens:
+            out.append((m, shared))
+        else:
+            out += [([j], 0) for j in m]
+    return out
+
+
+def _common_start(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _first_read(part: PromptPart) -> int:
+    """The first position a part reads: the prefix must end before it."""
+    return min(min(min(q, k) for q, k in part.pairs), part.logit_pos)

@@ -31,6 +31,9 @@ def scan(
         None, help="'auto': spread a model too big for one device over GPUs and CPU."
     ),
     chunk_size: int = typer.Option(64, help="Items per result chunk (the resume unit)."),
+    share_prefix: bool = typer.Option(
+        True, help="Run a context shared by several items once (pre-rotary scans)."
+    ),
 ) -> None:
     """Score every head on every item into a resumable run folder."""
     from qkscore.run import scan as run_scan
@@ -48,6 +51,7 @@ def scan(
         dtype=dtype,
         device_map=device_map,
         chunk_size=chunk_size,
+        share_prefix=share_prefix,
         log=console.print,
     )
     meta = run.meta()
