@@ -223,6 +223,9 @@ def main() -> None:
     parser.add_argument("--latency-only", action="store_true", help="skip the chain benchmark")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--no-share-prefix", action="store_true", help="re-run the shared context for every step"
+    )
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     warnings.simplefilter("ignore")
@@ -233,7 +236,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from qkscore.data import load_items
 
-    judge = Judge(args.profile, dtype=args.dtype, model_answer=not args.fast, batch_size=args.batch)
+    judge = Judge(
+        args.profile,
+        dtype=args.dtype,
+        model_answer=not args.fast,
+        batch_size=args.batch,
+        share_prefix=not args.no_share_prefix,
+    )
     items = load_items(args.data)
     console.print(
         f"profile {args.profile}: {judge.profile.data['model'].get('name')} head {judge.head} "

@@ -220,6 +220,10 @@ def test_shared_prefix_cache_equals_full_prompts(family):
     assert_rel_close(
         got.candidate_logprobs, want.candidate_logprobs, what=f"{family} prefix-cached log-probs"
     )
+    early = extract(
+        lm, ids, mask, suffix_pairs, max_layer=1, prefix=encode_prefix(lm, prefix, max_layer=1)
+    )
+    assert_rel_close(early.scores, want.scores[:, :2], what=f"{family} prefix, stopped early")
     with pytest.raises(ValueError, match="pre-rotary"):
         extract(lm, ids, mask, suffix_pairs, rope=True, prefix=encode_prefix(lm, prefix))
     ids, mask, _ = pad_batch(suffixes, "left")

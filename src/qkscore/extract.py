@@ -20,7 +20,7 @@ import inspect
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +60,22 @@ class Prefix:
     length: int
 
 
-def encode_prefix(lm: LoadedModel, ids: Sequence[int]) -> Prefix:
-    """Run shared leading tokens once and keep their cache (batch 1)."""
-    cache_arg = _cache_argument(lm.model)
-    with torch.inference_mode():
-        out = lm.model.base_model(
-            input_ids=torch.as_tensor([list(ids)], device=lm.device), use_cache=True
-        )
-    return Prefix(getattr(out, cache_arg), len(ids))
+def encode_prefix(lm: LoadedModel, ids: Sequence[int], max_layer: int | None = None) -> Prefix:
+    """Run shared leading tokens once and keep their cache (batch 1); with ``max_layer`` only
+    the layers up to it, all that passes stopping there will read."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.model.config)
+    with torch.inference_mode(), ExitStack() as stack:
+        if max_layer is not None and max_layer < lm.n_layers - 1:
+            stack.enter_context(_stop_after(layer_modules(lm.model, lm.adapter)[max_layer]))
+        with suppress(_StopForward):
+            lm.model.base_model(
+                input_ids=torch.as_tensor([list(ids)], device=lm.device),
+                use_cache=True,
+                **{_cache_argument(lm.model): cache},
+            )
+    return Prefix(cache, len(ids))
 
 
 @functools.cache

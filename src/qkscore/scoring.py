@@ -83,7 +83,7 @@ def score_prompts(
     for members, shared in jobs:
         prefix = None
         if shared:
-            prefix = encode_prefix(lm, parts[members[0]][1].input_ids[:shared])
+            prefix = encode_prefix(lm, parts[members[0]][1].input_ids[:shared], max_layer)
         for start in range(0, len(members), batch_size):
             batch = [parts[j] for j in members[start : start + batch_size]]
             out, with_cands = _run_batch(

@@ -96,6 +96,7 @@ class Judge:
         model_answer: bool = True,
         batch_size: int = 8,
         device: str = "auto",
+        share_prefix: bool = True,
     ) -> None:
         from qkscore.models import LoadedModel, load_model
 
@@ -116,6 +117,8 @@ class Judge:
         self.rope = bool(self.profile.data.get("rope"))
         self.model_answer = model_answer
         self.batch_size = batch_size
+        # the steps of a chain (and pairs sent together) share their context: run it once
+        self.share_prefix = share_prefix and not self.rope
         if isinstance(model, LoadedModel):
             lm = model
         else:
@@ -206,6 +209,7 @@ class Judge:
                 max_layer=max_layer,
                 baseline=want_model,
                 n_options=2,
+                share_prefix=self.share_prefix,
             )
         scores = out.scores
         margin = self.selector.margin(scores)
