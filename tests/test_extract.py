@@ -179,6 +179,8 @@ def test_candidate_logprobs_equal_full_lm_head(family, side):
     got = extract(lm, ids, mask, PAIRS, candidate_ids=candidates).candidate_logprobs
     assert got.shape == (3, len(candidates))
     assert_rel_close(got, np.stack(expected_last), what=f"{family} last-token log-probs")
+    as_numpy = extract(lm, ids, mask, PAIRS, candidate_ids=np.array(candidates))
+    np.testing.assert_array_equal(as_numpy.candidate_logprobs, got)
     per_row = [candidates, candidates[::-1], candidates[1:] + candidates[:1]]
     got = extract(
         lm, ids, mask, PAIRS, rope=True, logit_positions=positions, candidate_ids=per_row

@@ -355,14 +355,21 @@ def test_serve_command_wiring(judge, tmp_path, monkeypatch):
     monkeypatch.setattr(cli_audit, "_judge", lambda *a, **k: judge)
     monkeypatch.setattr(service, "serve", lambda j, db, **kw: seen.update(judge=j, db=db, **kw))
     monkeypatch.setenv("QKSCORE_API_KEY", "k1")
+    monkeypatch.delenv("QKSCORE_AUDIT_HASH_KEY", raising=False)
     profile = str(judge.profile.path)
     db = tmp_path / "log.db"
     args = ["serve", "--profile", profile, "--port", "8123", "--no-store-text", "--db", str(db)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert seen == {"judge": judge, "db": db, "host": "127.0.0.1", "port": 8123,
-                    "store_text": False, "api_key": "k1"}  # fmt: skip
-    assert "API key required" in res.output and "http://127.0.0.1:8123/" in res.output
+                    "store_text": False, "api_key": "k1", "hash_key": None}  # fmt: skip
+    flat = " ".join(res.output.split())
+    assert "API key required" in flat and "http://127.0.0.1:8123/" in flat
+    assert "input hashes are unkeyed" in flat
+    monkeypatch.setenv("QKSCORE_AUDIT_HASH_KEY", "s3cret")
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and seen["hash_key"] == b"s3cret"
+    assert "unkeyed" not in res.output
 
 
 def test_docs_hidden_and_schema_behind_the_key(judge, tmp_path):
@@ -372,3 +379,24 @@ def test_docs_hidden_and_schema_behind_the_key(judge, tmp_path):
 
     assert run(go(create_app(judge, tmp_path / "a.db"))) == [404, 200]
     assert run(go(create_app(judge, tmp_path / "b.db", api_key="k"))) == [404, 404]
+
+
+def test_keyed_input_hashes_cannot_be_recomputed_without_the_key(tmp_path):
+    """With a hash key the logged hash is an HMAC: equal inputs still match each other, but
+    hashing a guessed text without the key does not reproduce it."""
+    key = b"server secret"
+    store = AuditStore(tmp_path / "audit.db", store_text=False, hash_key=key)
+    for _ in range(2):
+        store.append_check(
+            profile="p",
+            fingerprint="f",
+            context=CONTEXT,
+            statement=STATEMENTS[0],
+            verdict={"verdict": "valid", "margin": 1.0},
+        )
+    rows = store.query().items
+    assert rows[0]["input_hash"] == rows[1]["input_hash"]
+    assert rows[0]["input_hash"] == input_hash("check", CONTEXT, STATEMENTS[0], key)
+    assert rows[0]["input_hash"] != input_hash("check", CONTEXT, STATEMENTS[0])
+    assert rows[0]["statement"] is None
+    store.close()

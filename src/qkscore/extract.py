@@ -393,10 +393,10 @@ def _candidate_logprobs(lm, hidden, offsets, lengths, logit_positions, candidate
     if cap:
         logits = torch.tanh(logits / cap) * cap
     logprobs = logits.log_softmax(-1)
-    ids = candidate_ids
-    if ids and isinstance(ids[0], int):
-        ids = [list(ids)] * batch  # type: ignore[list-item]
-    index = torch.as_tensor(ids, device=hidden.device, dtype=torch.long)
+    # one list for every row, or one per row; numpy arrays and numpy ints welcome
+    index = torch.as_tensor(np.asarray(candidate_ids, dtype=np.int64), device=hidden.device)
+    if index.dim() == 1:
+        index = index.expand(batch, -1)
     return logprobs.gather(-1, index).cpu().numpy().astype(np.float32)
 
 

