@@ -589,6 +589,8 @@ def _random_model(name: str, dtype: str, device: str):
     packaged = get_alias(name)
     folder = str(packaged.converted_dir()) if packaged else name
     config = AutoConfig.from_pretrained(folder)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # a GGUF conversion's leftover: weights here are dense
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):  # initialise in place: random init on CPU is slow

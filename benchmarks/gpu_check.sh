@@ -9,8 +9,14 @@
 # check runs on a lent GPU machine that the 7 GB of weights cannot reach:
 #
 #   mkdir -p .gpu/qwen1.5b && cp ~/.cache/qkscore/models/qwen2.5-coder-1.5b-*/{config,tokenizer,tokenizer_config}.json .gpu/qwen1.5b/
-#   (and copy ../shared/data/prontoqa to .gpu/data/prontoqa; .gpu/ is git-ignored locally)
+#   (and copy ../shared/data/prontoqa to .gpu/data/prontoqa; .gpu/ is git-ignored)
 #   benchmarks/gpu_check.sh .gpu/qwen1.5b .gpu/data
+#
+# How it ran on this workplace's lent H200 (whose image has torch but an older transformers
+# and no platformdirs): carry .gpu/ holding that config folder, the data and two wheels
+# (`pip download --no-deps --python-version 3.12 -d .gpu/whl transformers==5.24.0
+# platformdirs`), then run: pip install --no-deps --target /tmp/site .gpu/whl/*.whl &&
+# PYTHONPATH=/tmp/site bash benchmarks/gpu_check.sh .gpu/qwen1.5b .gpu/data
 #
 # Where no GPU is present the script says so and exits 0 (GPU_CHECK_DEVICE=cpu forces a tiny
 # run on the CPU, to test the script itself). Budget: about 3 minutes on an H100/H200.
@@ -22,6 +28,7 @@ PY=${PYTHON:-python3}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
+"$PY" -c 'import torch' || { echo "gpu_check: $PY cannot import torch (set PYTHON=...)"; exit 1; }
 if [ "$DEVICE" = cuda ] && ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   echo "gpu_check: no GPU on this machine (torch.cuda.is_available() is False); nothing measured."
   exit 0
