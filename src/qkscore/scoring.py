@@ -90,15 +90,7 @@ def score_prompts(
                 lm, batch, shared, prefix, pad_id, n_opt, want_baseline,
                 rope=rope, attention_weights=attention_weights, max_layer=max_layer,
             )  # fmt: skip
-            depth = out.scores.shape[1]
-            for row, (item, part) in enumerate(batch):
-                for p, option in enumerate(part.pair_options):
-                    scores[item, :depth, :, option] = out.scores[row, :, :, p]
-                    if attention is not None:
-                        attention[item, :depth, :, option] = out.attention[row, :, :, p]
-                if with_cands and part.candidate_ids:
-                    k = len(part.candidate_ids)
-                    base[item, :k] = out.candidate_logprobs[row, :k]
+            _scatter(out, batch, with_cands, scores, attention, base)
             if on_batch is not None:
                 finished = 0
                 for item, _ in batch:
@@ -107,6 +99,19 @@ def score_prompts(
                 if finished:
                     on_batch(finished)
     return ScoredPrompts(scores=scores, baseline=base, attention=attention)
+
+
+def _scatter(out, batch, with_cands: bool, scores, attention, base) -> None:
+    """Copy each row's pair scores to its item and option (and its candidates' log-probs)."""
+    depth = out.scores.shape[1]
+    for row, (item, part) in enumerate(batch):
+        for p, option in enumerate(part.pair_options):
+            scores[item, :depth, :, option] = out.scores[row, :, :, p]
+            if attention is not None:
+                attention[item, :depth, :, option] = out.attention[row, :, :, p]
+        if with_cands and part.candidate_ids:
+            k = len(part.candidate_ids)
+            base[item, :k] = out.candidate_logprobs[row, :k]
 
 
 def _run_batch(lm, batch, shared, prefix, pad_id, n_opt, want_baseline, **kwargs):
