@@ -60,6 +60,7 @@ def test_run_folder_holds_provenance_items_and_arrays(reference: RunFolder):
     meta = reference.meta()
     assert meta["data"] == DATA and meta["template"]["name"] == "answer-statement"
     assert meta["model"]["fingerprint"] and meta["model"]["dtype"] == "float32"
+    assert meta["share_prefix"] is True  # the default for pre-rotary scans
     assert all(meta["scans"][s]["complete"] for s in ("main", *CONTROLS))
     items = reference.items()
     scores = reference.load()
