@@ -63,6 +63,8 @@ def test_evaluate_reports_on_the_evaluation_split_only(tmp_path):
     assert "depth" in report["breakdowns"][f"head {head_name(*SIGNAL)}"]
     # the context-reading head falls to chance without its context: no shortcut flag
     assert not any(c["flagged"] for c in report["controls"].values())
+    for c in report["controls"].values():  # the ensemble is held to the same control
+        assert 0.0 <= c["ensemble_accuracy"] <= 1.0
     json.dumps(report)  # the report is plain JSON
     assert head_name(*SIGNAL) in summary_markdown(report)
 

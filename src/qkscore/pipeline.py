@@ -191,6 +191,9 @@ def evaluate(
             acc_full = float((preds[f"head {name}"] == labels).mean())
             acc_ctrl = float((selector.predict(c_scores) == labels).mean())
             controls[control] = ev.shortcut_gap(acc_full, acc_ctrl)
+            if ens is not None:  # an ensemble can lean on the statement where its head does not
+                ens_ctrl = ens.predict(c_scores) == labels
+                controls[control]["ensemble_accuracy"] = float(ens_ctrl.mean())
             c_base = np.asarray(run.load(control, "baseline"))[idx]
             if np.isfinite(c_base).all():
                 controls[control]["model_accuracy"] = float((c_base.argmax(-1) == labels).mean())

@@ -37,18 +37,22 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if report.get("controls"):
         lines += [
             "",
-            "| control | head accuracy | gap to full context | model accuracy | flag |",
-            "|---|---|---|---|---|",
+            "| control | head accuracy | gap to full context | ensemble accuracy "
+            "| model accuracy | flag |",
+            "|---|---|---|---|---|---|",
         ]
         for name, c in report["controls"].items():
-            model_acc = c.get("model_accuracy")
             lines.append(
                 f"| {name} | {c['ablated']:.3f} | {c['gap']:+.3f} | "
-                f"{'n/a' if model_acc is None else f'{model_acc:.3f}'} | "
+                f"{_or_na(c.get('ensemble_accuracy'))} | {_or_na(c.get('model_accuracy'))} | "
                 f"{'SHORTCUT?' if c['flagged'] else 'ok'} |"
             )
     lines += ["", verdict(report)]
     return "\n".join(lines)
+
+
+def _or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def verdict(report: dict[str, Any]) -> str:
