@@ -60,6 +60,13 @@ class Prefix:
     length: int
 
 
+def prefix_supported(rope: bool, attention_weights: bool = False) -> bool:
+    """Whether a shared prefix's cache gives the scores of whole prompts: only for pre-rotary
+    q/k read by hooks; rotated keys and attention weights would need positions shifted by the
+    prefix inside the attention capture."""
+    return not rope and not attention_weights
+
+
 def encode_prefix(lm: LoadedModel, ids: Sequence[int], max_layer: int | None = None) -> Prefix:
     """Run shared leading tokens once and keep their cache (batch 1); with ``max_layer`` only
     the layers up to it, all that passes stopping there will read."""
@@ -158,7 +165,7 @@ def extract(
     capture = _Capture(lm, q_idx, k_idx, stop_at + 1, attention_weights)
     past, full_mask = None, attention_mask
     if prefix is not None:
-        if rope or attention_weights:
+        if not prefix_supported(rope, attention_weights):
             raise ValueError("a shared prefix supports pre-rotary scores only (rope=False)")
         if host_offsets.any():
             # left padding would leave holes between prefix and text, which sliding-window

@@ -219,6 +219,7 @@ def scan(
     PARARULE-Plus in file order); it applies to pre-rotary scans without attention weights,
     and like the batch size it changes scores only by rounding (benchmarks/bench_prefix.py).
     """
+    from qkscore.extract import prefix_supported
     from qkscore.models import LoadedModel, load_model
 
     run = RunFolder(out)
@@ -259,7 +260,7 @@ def scan(
         "n_options": max(p.n_options for p in prompts),
         "chunk_size": chunk_size,
         "batch_size": batch_size,
-        "share_prefix": share_prefix and not rope and not attention_weights,
+        "share_prefix": share_prefix and prefix_supported(rope, attention_weights),
         "scans": {},
     }
     if run.exists():

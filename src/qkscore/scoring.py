@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qkscore.extract import encode_prefix, extract
+from qkscore.extract import encode_prefix, extract, prefix_supported
 from qkscore.models.loading import LoadedModel
 from qkscore.prompts import Prompt, PromptPart
 
@@ -60,7 +60,7 @@ def score_prompts(
     runs the leading tokens that several parts share (one context, many statements) once and
     the rest of each part on their cache (pre-rotary scores only; see ``prefix_groups``).
     """
-    if share_prefix and (rope or attention_weights):
+    if share_prefix and not prefix_supported(rope, attention_weights):
         raise ValueError("share_prefix supports pre-rotary scores only (rope=False)")
     n_items = len(prompts)
     n_opt = n_options or max(p.n_options for p in prompts)

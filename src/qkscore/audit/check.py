@@ -98,6 +98,7 @@ class Judge:
         device: str = "auto",
         share_prefix: bool = True,
     ) -> None:
+        from qkscore.extract import prefix_supported
         from qkscore.models import LoadedModel, load_model
 
         self.profile = profile if isinstance(profile, Profile) else Profile.load(profile)
@@ -118,7 +119,7 @@ class Judge:
         self.model_answer = model_answer
         self.batch_size = batch_size
         # the steps of a chain (and pairs sent together) share their context: run it once
-        self.share_prefix = share_prefix and not self.rope
+        self.share_prefix = share_prefix and prefix_supported(self.rope)
         if isinstance(model, LoadedModel):
             lm = model
         else:

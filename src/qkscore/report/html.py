@@ -17,7 +17,6 @@ import contextlib
 import datetime as _dt
 import html
 import json
-import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +29,8 @@ from qkscore._version import __version__
 from qkscore.pipeline import evaluation_indices
 from qkscore.profile import Profile
 from qkscore.report import plots
+from qkscore.report.summary import finite as _finite
+from qkscore.report.summary import number as _num
 from qkscore.report.summary import verdict as _verdict
 from qkscore.run import MAIN, RunFolder
 
@@ -98,14 +99,6 @@ footer { margin-top: 40px; color: var(--muted); font-size: 0.85rem; }
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if _finite(value) else "n/a"
 
 
 def _signed_num(value: Any, digits: int = 3) -> str:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+
+def finite(value: Any) -> bool:
+    """A real number that can be printed as one (not None, a bool, NaN or infinite)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if finite(value) else "n/a"
 
 
 def _fmt(metric: dict[str, Any] | None) -> str:
@@ -44,15 +54,11 @@ def summary_markdown(report: dict[str, Any]) -> str:
         for name, c in report["controls"].items():
             lines.append(
                 f"| {name} | {c['ablated']:.3f} | {c['gap']:+.3f} | "
-                f"{_or_na(c.get('ensemble_accuracy'))} | {_or_na(c.get('model_accuracy'))} | "
+                f"{number(c.get('ensemble_accuracy'))} | {number(c.get('model_accuracy'))} | "
                 f"{'SHORTCUT?' if c['flagged'] else 'ok'} |"
             )
     lines += ["", verdict(report)]
     return "\n".join(lines)
-
-
-def _or_na(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def verdict(report: dict[str, Any]) -> str:
