@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Issue 4's measurements: scan, calibrate (400 balanced items) and evaluate Qwen2.5-Coder 0.5B
-# and 1.5B on ProntoQA (fictional, with distractors, 1-5 hops), debiased PARARULE-Plus and
-# Multi-LogiEval, with the context-ablated shortcut control. Every scan is resumable: run this
-# script again after an interruption and it continues where it stopped.
+# The readers issue's measurements: scan, calibrate (400 balanced items, every reader chosen by
+# cross-validation on them) and evaluate Qwen2.5-Coder 0.5B and 1.5B on ProntoQA (fictional,
+# 1-5 hops, with and without distractors), the built-in generator with distractors, debiased
+# PARARULE-Plus and Multi-LogiEval, with the context-ablated shortcut control. Every scan is
+# resumable: run this script again after an interruption and it continues where it stopped.
 #   bash benchmarks/findings.sh [MODEL ...]      (default: both Qwen sizes)
+#   ORDER="prontoqa-nodistractor prontoqa" ...   (a subset of the sets, in that order)
+#   SCAN_ONLY=1 ...                              (scans only; calibrate and evaluate later)
 # Results: runs/findings/<model>/<set>/{run/,profile.json,evaluation.json,summary.md}
+# Table: python benchmarks/findings_table.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QK=${QK:-.venv/bin/qkscore}
 SHARED=${QKSCORE_SHARED_DATA:-../shared/data}
 N=${N:-600}
+PRONTO=$SHARED/prontoqa/truefalse_0shot
 declare -A SETS=(
-  [prontoqa]="prontoqa:$SHARED/prontoqa/truefalse_0shot/*hop_0shot_random.json?sample=$N&balance=1&seed=0"
+  [prontoqa]="prontoqa:$PRONTO/*hop_0shot_random.json?sample=$N&balance=1&seed=0"
+  [prontoqa-nodistractor]="prontoqa:$PRONTO/*hop_0shot_random_nodistractor.json?sample=$N&balance=1&seed=0"
+  [generated-distractors]="generated:depth=1-3&n=$N&distractors=1&seed=0"
   [pararule-debiased]="pararule-plus:$SHARED/pararule_plus/Depth*/*_test.jsonl?debias=1&sample=$N&balance=1&seed=0"
   [multi-logieval]="multi-logieval:$SHARED/multi_logieval/data?sample=$N&balance=1&seed=0"
 )
-ORDER=${ORDER:-"prontoqa pararule-debiased multi-logieval"}
+ORDER=${ORDER:-"prontoqa-nodistractor prontoqa generated-distractors pararule-debiased multi-logieval"}
 MODELS=("$@")
 [ ${#MODELS[@]} -gt 0 ] || MODELS=(qwen2.5-coder-0.5b qwen2.5-coder-1.5b)
 for model in "${MODELS[@]}"; do
@@ -25,7 +32,8 @@ for model in "${MODELS[@]}"; do
     echo "=== $model / $set  ($(date -u +%H:%M:%S))"
     $QK scan --model "$model" --data "${SETS[$set]}" --template answer-statement \
       --out "$out/run" --control context-ablated --attention --batch-size 8
-    $QK calibrate "$out/run" --out "$out/profile.json" --calib-size 400
+    [ -n "${SCAN_ONLY:-}" ] && continue
+    $QK calibrate "$out/run" --out "$out/profile.json" --calib-size 400 --reader auto
     $QK evaluate "$out/run" --profile "$out/profile.json" --out "$out/evaluation.json" \
       | tee "$out/summary.md"
   done

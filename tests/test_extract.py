@@ -164,6 +164,34 @@ def test_max_layer_stops_early_and_keeps_scores(family):
 
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("family", list(FAMILIES))
+def test_hidden_states_at_query_positions_equal_output_hidden_states(family, side):
+    """The probe's input is the residual stream leaving a layer (= entering the next), read at
+    each pair's query token, whatever the padding."""
+    lm = build_tiny(family)
+    ids, mask, offsets = pad_batch(PROMPTS, side)
+    out = extract(lm, ids, mask, PAIRS, hidden_layers=[0, lm.n_layers - 1])
+    assert out.hidden.shape == (3, 2, max(len(p) for p in PAIRS), lm.d_model)
+    assert out.hidden.dtype == np.float16
+    with torch.inference_mode():
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as extract passes them
+        states = lm.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True
+        )
+    after_first = states.hidden_states[1].float().numpy()
+    for row, pairs in enumerate(PAIRS):
+        for j, (q, _k) in enumerate(pairs):
+            expected = after_first[row, offsets[row] + q]
+            np.testing.assert_allclose(out.hidden[row, 0, j], expected, rtol=2e-3, atol=2e-3)
+        assert np.isfinite(out.hidden[row, 1, : len(pairs)]).all()
+        assert np.isnan(out.hidden[row, :, len(pairs) :]).all(), "unused pair slots are NaN"
+    scores_alone = extract(lm, ids, mask, PAIRS).scores
+    np.testing.assert_array_equal(out.scores, scores_alone)  # the capture changes nothing
+    with pytest.raises(ValueError, match="hidden layer 1 outside the layers run, 0..0"):
+        extract(lm, ids, mask, PAIRS, max_layer=0, hidden_layers=[1])
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_candidate_logprobs_equal_full_lm_head(family, side):
     lm = build_tiny(family)
     candidates = [5, 17, 42, VOCAB - 1]

@@ -41,13 +41,15 @@ class Extraction:
 
     ``scores`` [batch, layers, heads, pairs]; ``candidate_logprobs`` [batch, candidates]
     (log-softmax over the vocabulary at each row's logit position); ``attention``
-    [batch, layers, heads, pairs] post-softmax weight of the key at the query row. Pair slots a
-    row does not use hold NaN.
+    [batch, layers, heads, pairs] post-softmax weight of the key at the query row; ``hidden``
+    [batch, len(hidden_layers), pairs, d_model] float16, the residual stream leaving each
+    chosen layer at each pair's query position. Pair slots a row does not use hold NaN.
     """
 
     scores: np.ndarray
     candidate_logprobs: np.ndarray | None = None
     attention: np.ndarray | None = None
+    hidden: np.ndarray | None = None
 
 
 @dataclass
@@ -126,6 +128,7 @@ def extract(
     attention_weights: bool = False,
     max_layer: int | None = None,
     prefix: Prefix | None = None,
+    hidden_layers: Sequence[int] | None = None,
 ) -> Extraction:
     """One forward pass: QK-scores, and optionally candidate log-probs and attention weights.
 
@@ -137,6 +140,9 @@ def extract(
     With ``prefix`` every row continues the prefix's tokens: ``input_ids`` hold only what
     follows it, padded on the right, and pairs and logit positions count from the first token
     after it (both positions of a pair must lie there). Pre-rotary scores only.
+
+    ``hidden_layers`` also keeps the residual stream at each pair's query position after those
+    layers (the hidden-state probe's input), from the same pass: one more hook per layer.
     """
     model = lm.model
     device = lm.device
@@ -161,6 +167,10 @@ def extract(
         raise ValueError(f"max_layer={max_layer} outside 0..{last}")
     if want_logits and stop_at < last:
         raise ValueError("candidate logits need the full pass; drop max_layer or candidate_ids")
+    hidden_layers = [int(x) for x in hidden_layers or ()]
+    for layer_no in hidden_layers:
+        if not 0 <= layer_no <= stop_at:
+            raise ValueError(f"hidden layer {layer_no} outside the layers run, 0..{stop_at}")
 
     capture = _Capture(lm, q_idx, k_idx, stop_at + 1, attention_weights)
     past, full_mask = None, attention_mask
@@ -181,6 +191,8 @@ def extract(
             stack.enter_context(capture.attention_capture(rope))
         if not rope:
             stack.enter_context(capture.projection_hooks())
+        if hidden_layers:
+            stack.enter_context(capture.hidden_hooks(hidden_layers))
         if stop_at < last:
             stack.enter_context(_stop_after(layer_modules(model, lm.adapter)[stop_at]))
         try:
@@ -200,10 +212,14 @@ def extract(
             )
     unused = ~valid.numpy()[:, None, None, :]
     scores = np.where(unused, np.nan, capture.scores()).astype(np.float32)
-    attn = None
+    attn = hidden = None
     if attention_weights:
         attn = np.where(unused, np.nan, capture.attention_scores()).astype(np.float32)
-    return Extraction(scores=scores, candidate_logprobs=logprobs, attention=attn)
+    if hidden_layers:
+        unused_rows = ~valid.numpy()[:, None, :, None]
+        hidden = np.where(unused_rows, np.nan, capture.hidden_states(hidden_layers))
+        hidden = hidden.astype(np.float16)
+    return Extraction(scores=scores, candidate_logprobs=logprobs, attention=attn, hidden=hidden)
 
 
 def _pad_offsets(mask: torch.Tensor) -> torch.Tensor:
@@ -263,6 +279,7 @@ class _Capture:
         self.q: list[torch.Tensor | None] = [None] * n_layers
         self.k: list[torch.Tensor | None] = [None] * n_layers
         self.attn: list[torch.Tensor | None] = [None] * n_layers
+        self.hidden: dict[int, torch.Tensor] = {}
 
     def _take(self, per_token: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``[B, T, heads, D]`` -> ``[B, P, heads, D]`` at the given positions, in the model's
@@ -304,6 +321,32 @@ class _Capture:
                 self.k[layer_no] = self._take(k, self.k_idx)
 
         return hook
+
+    @contextmanager
+    def hidden_hooks(self, layer_numbers: Sequence[int]):
+        """Forward hooks on whole decoder layers: their output is the residual stream."""
+        layers = layer_modules(self.lm.model, self.lm.adapter)
+        handles = []
+        for layer_no in layer_numbers:
+
+            def hook(_module, _inputs, output, layer_no=layer_no):
+                out = output[0] if isinstance(output, tuple) else output
+                self.hidden[layer_no] = self._take(out, self.q_idx)
+
+            handles.append(layers[layer_no].register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def hidden_states(self, layer_numbers: Sequence[int]) -> np.ndarray:
+        """``[B, len(layer_numbers), P, d_model]`` float16 (what ``hidden.npy`` stores)."""
+        missing = [n for n in layer_numbers if n not in self.hidden]
+        if missing:
+            raise RuntimeError(f"layer {missing[0]}: hidden-state capture did not run")
+        stacked = torch.stack([self.hidden[n] for n in layer_numbers], 1)
+        return stacked.to(torch.float16).cpu().numpy()
 
     @contextmanager
     def attention_capture(self, rope: bool):

@@ -9,6 +9,9 @@ touch the model again::
     scores.npy          float32 [items, layers, heads, options] (the main scan)
     baseline.npy        float32 [items, options] the model's log-probability of each option
     attention.npy       float32 [items, layers, heads, options] (only with attention weights)
+    hidden.npy          float16 [items, hidden layers, options, d_model]: the residual stream at
+                        each option's query position after the layers in run.json
+                        ``hidden_layers`` (the hidden-state probe's input)
     controls/NAME/...   the same arrays for a control scan (context-ablated, context-swapped)
     chunks/SCAN/*.npz   results as they come; merged into the arrays when a scan completes
 
@@ -36,6 +39,34 @@ from qkscore.prompts import Prompt, Template, get_template
 MAIN = "main"
 CONTROLS = ("context-ablated", "context-swapped")
 DEFAULT_CHUNK = 64
+#: Layers whose residual stream a scan keeps by default: enough for the probe to choose a depth,
+#: few enough that the array stays a few tens of KB per item.
+DEFAULT_HIDDEN_LAYERS = 8
+
+
+def hidden_layer_choice(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
+    """Layers to keep the residual stream of: ``"auto"`` (evenly spaced, the last included),
+    ``"none"``/``None``/empty (none), ``"all"``, or explicit zero-based numbers."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+        return []
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "auto":
+            count = min(DEFAULT_HIDDEN_LAYERS, n_layers)
+            return sorted({round((i + 1) * n_layers / count) - 1 for i in range(count)})
+        if text == "all":
+            return list(range(n_layers))
+        try:
+            spec = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(
+                f"hidden layers {spec!r}: expected auto, all, none or numbers like 4,8,12"
+            ) from None
+    layers = sorted({int(x) for x in spec})
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"hidden layer {bad[0]} outside the model's layers 0..{n_layers - 1}")
+    return layers
 
 
 class RunMismatchError(RuntimeError):
@@ -162,6 +193,8 @@ def _describe_items(items: Sequence[Item], prompts: Sequence[Prompt]) -> Iterato
         yield {
             "index": index,
             "id": item.id,
+            "context": item.context,
+            "statement": item.statement,
             "label": item.label,
             "answer_index": item.answer_index,
             "options": list(item.options),
@@ -184,6 +217,7 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
         "template": meta["template"],
         "data": meta["data"],
         "rope": meta["rope"],
+        "hidden_layers": meta.get("hidden_layers", []),
         "dtype": meta["model"].get("dtype"),
         "n_items": meta["n_items"],
         "chunk_size": meta["chunk_size"],
@@ -205,6 +239,7 @@ def scan(
     device_map: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     share_prefix: bool = True,
+    hidden_layers: str | Sequence[int] | None = "auto",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> RunFolder:
@@ -218,6 +253,9 @@ def scan(
     ``share_prefix`` runs a context that several items of a chunk share once (4x faster on
     PARARULE-Plus in file order); it applies to pre-rotary scans without attention weights,
     and like the batch size it changes scores only by rounding (benchmarks/bench_prefix.py).
+
+    ``hidden_layers`` (see :func:`hidden_layer_choice`) keeps the residual stream at the query
+    positions for the hidden-state probe baseline, from the same forward pass.
     """
     from qkscore.extract import prefix_supported
     from qkscore.models import LoadedModel, load_model
@@ -258,6 +296,7 @@ def scan(
         "n_layers": lm.n_layers,
         "n_heads": lm.n_heads,
         "n_options": max(p.n_options for p in prompts),
+        "hidden_layers": hidden_layer_choice(hidden_layers, lm.n_layers),
         "chunk_size": chunk_size,
         "batch_size": batch_size,
         "share_prefix": share_prefix and prefix_supported(rope, attention_weights),
@@ -425,11 +464,14 @@ def _scan_one(
                 attention_weights=attention_weights,
                 n_options=meta["n_options"],
                 share_prefix=meta.get("share_prefix", False),
+                hidden_layers=meta.get("hidden_layers"),
                 on_batch=advance,
             )
             arrays = {"scores": result.scores, "baseline": result.baseline}
             if result.attention is not None:
                 arrays["attention"] = result.attention
+            if result.hidden is not None:
+                arrays["hidden"] = result.hidden
             run.write_chunk(scan_name, start, arrays)
 
 

@@ -21,11 +21,13 @@ from qkscore.prompts import Prompt, PromptPart
 @dataclass
 class ScoredPrompts:
     """float32 arrays in item order: ``scores``/``attention`` [items, layers, heads, options],
-    ``baseline`` [items, options] (log-probability of each option's candidate token)."""
+    ``baseline`` [items, options] (log-probability of each option's candidate token);
+    ``hidden`` float16 [items, hidden layers, options, d_model] at each option's query."""
 
     scores: np.ndarray
     baseline: np.ndarray
     attention: np.ndarray | None = None
+    hidden: np.ndarray | None = None
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
@@ -51,6 +53,7 @@ def score_prompts(
     baseline: bool = True,
     n_options: int | None = None,
     share_prefix: bool = False,
+    hidden_layers: Sequence[int] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> ScoredPrompts:
     """Run every prompt part once; ``on_batch(n_items_finished)`` drives a progress bar.
@@ -67,6 +70,10 @@ def score_prompts(
     scores = np.full((n_items, lm.n_layers, lm.n_heads, n_opt), np.nan, dtype=np.float32)
     attention = np.full_like(scores, np.nan) if attention_weights else None
     base = np.full((n_items, n_opt), np.nan, dtype=np.float32)
+    hidden = None
+    if hidden_layers:
+        shape = (n_items, len(hidden_layers), n_opt, lm.d_model)
+        hidden = np.full(shape, np.nan, dtype=np.float16)
     want_baseline = baseline and max_layer is None
     parts = [(i, part) for i, p in enumerate(prompts) for part in p.parts]
     remaining = [len(p.parts) for p in prompts]
@@ -89,8 +96,9 @@ def score_prompts(
             out, with_cands = _run_batch(
                 lm, batch, shared, prefix, pad_id, n_opt, want_baseline,
                 rope=rope, attention_weights=attention_weights, max_layer=max_layer,
+                hidden_layers=hidden_layers,
             )  # fmt: skip
-            _scatter(out, batch, with_cands, scores, attention, base)
+            _scatter(out, batch, with_cands, scores, attention, base, hidden)
             if on_batch is not None:
                 finished = 0
                 for item, _ in batch:
@@ -98,10 +106,10 @@ def score_prompts(
                     finished += remaining[item] == 0
                 if finished:
                     on_batch(finished)
-    return ScoredPrompts(scores=scores, baseline=base, attention=attention)
+    return ScoredPrompts(scores=scores, baseline=base, attention=attention, hidden=hidden)
 
 
-def _scatter(out, batch, with_cands: bool, scores, attention, base) -> None:
+def _scatter(out, batch, with_cands: bool, scores, attention, base, hidden=None) -> None:
     """Copy each row's pair scores to its item and option (and its candidates' log-probs)."""
     depth = out.scores.shape[1]
     for row, (item, part) in enumerate(batch):
@@ -109,6 +117,8 @@ def _scatter(out, batch, with_cands: bool, scores, attention, base) -> None:
             scores[item, :depth, :, option] = out.scores[row, :, :, p]
             if attention is not None:
                 attention[item, :depth, :, option] = out.attention[row, :, :, p]
+            if hidden is not None:
+                hidden[item, :, option] = out.hidden[row, :, p]
         if with_cands and part.candidate_ids:
             k = len(part.candidate_ids)
             base[item, :k] = out.candidate_logprobs[row, :k]

@@ -33,6 +33,11 @@ def scan(
     share_prefix: bool = typer.Option(
         True, help="Run a context shared by several items once (pre-rotary scans)."
     ),
+    hidden_layers: str = typer.Option(
+        "auto",
+        help="Residual-stream layers kept for the hidden-state probe: auto (8 evenly spaced), "
+        "all, none, or numbers like 4,8,12.",
+    ),
 ) -> None:
     """Score every head on every item into a resumable run folder."""
     console = _console()
@@ -52,6 +57,7 @@ def scan(
         device_map=device_map,
         chunk_size=chunk_size,
         share_prefix=share_prefix,
+        hidden_layers=hidden_layers,
         log=console.print,
     )
     meta = run.meta()

@@ -73,6 +73,11 @@ class LoadedModel:
         return self.layout.n_heads
 
     @property
+    def d_model(self) -> int:
+        """Width of the residual stream (the hidden-state probe's features per position)."""
+        return int(_text_config(self.model.config).hidden_size)
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
