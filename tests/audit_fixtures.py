@@ -43,7 +43,7 @@ def build_profile(base: Path, lm) -> Path:
         with warnings.catch_warnings(), few_threads():
             warnings.simplefilter("ignore", CalibrationWarning)
             scan(lm, SPEC, "answer-statement", out / "run", progress=False, log=lambda *_: None)
-            calibrate(out / "run", calib_size=80, out=out / "profile.json")
+            calibrate(out / "run", calib_size=80, out=out / "profile.json", reader="head")
         _cache[key] = out / "profile.json"
     return _cache[key]
 

@@ -51,16 +51,17 @@ def test_evaluate_reports_on_the_evaluation_split_only(tmp_path):
     run = make_run(tmp_path / "run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        profile = calibrate(run, calib_size=400)
+        profile = calibrate(run, calib_size=400, reader="head")
     report = evaluate(run, profile, n_boot=200)
     assert report["n_eval"] == 200 and report["split"].startswith("evaluation split")
-    head = report["methods"][f"head {head_name(*SIGNAL)}"]
+    head = report["methods"]["head"]
+    assert head["label"] == f"head {head_name(*SIGNAL)}" and head["chosen"]
     assert head["accuracy"]["value"] > 0.8
     assert head["accuracy"]["low"] <= head["accuracy"]["value"] <= head["accuracy"]["high"]
-    assert {"model (own answer)", "majority class"} <= set(report["methods"])
-    assert 0.4 <= report["methods"]["majority class"]["accuracy"]["value"] <= 0.6
-    assert set(report["mcnemar"]) >= {f"head {head_name(*SIGNAL)} vs model"}
-    assert "depth" in report["breakdowns"][f"head {head_name(*SIGNAL)}"]
+    assert {"model_answer", "model_margin", "majority"} <= set(report["methods"])
+    assert 0.4 <= report["methods"]["majority"]["accuracy"]["value"] <= 0.6
+    assert set(report["mcnemar"]) >= {"head vs model_margin", "head vs model_answer"}
+    assert "depth" in report["breakdowns"]["head"]
     # the context-reading head falls to chance without its context: no shortcut flag
     assert not any(c["flagged"] for c in report["controls"].values())
     for c in report["controls"].values():  # the ensemble is held to the same control
@@ -73,7 +74,7 @@ def test_shortcut_head_is_flagged_by_the_ablated_control(tmp_path):
     run = make_run(tmp_path / "run", shortcut=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        profile = calibrate(run, calib_size=400)
+        profile = calibrate(run, calib_size=400, reader="head")
     assert profile.data["head"] == head_name(*SHORTCUT)
     report = evaluate(run, profile, n_boot=100)
     assert report["controls"]["context-ablated"]["flagged"]

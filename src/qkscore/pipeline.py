@@ -17,8 +17,20 @@ import numpy as np
 
 from qkscore import evaluate as ev
 from qkscore._version import __version__
+from qkscore.data.shallow import ShallowMatcher, supports_shallow
 from qkscore.heads import HeadSelector, TopKEnsemble, head_name
 from qkscore.profile import Profile
+from qkscore.readers import (
+    READERS,
+    HiddenStateProbe,
+    as_margin_scores,
+    choose_reader,
+    make_reader,
+    model_margin_selector,
+    proba_auroc,
+    reader_fit,
+    reader_predict_proba,
+)
 from qkscore.run import CONTROLS, MAIN, RunFolder
 
 MIN_CALIBRATION = 400
@@ -52,24 +64,72 @@ def balanced_split(labels: np.ndarray, size: int, seed: int = 0) -> tuple[np.nda
     return calib, rest
 
 
+#: Fewest items of each option a calibration split may hold: the readers choose their settings by
+#: 5-fold cross-validation, which needs every option in every fold.
+MIN_PER_CLASS = 5
+#: Below this many evaluation items the summary warns that its intervals are wide.
+MIN_EVALUATION = 50
+
+
+def check_calibration_labels(labels: np.ndarray, calib_size: int, where: str = "") -> None:
+    """Refuse a calibration split that cannot fit a reader, before anything is written.
+
+    A split with one option only would "select" a head that predicts that option for every
+    item (accuracy 1.0 on calibration, meaningless afterwards).
+    """
+    values, counts = np.unique(labels, return_counts=True)
+    found = ", ".join(f"{int(c)} of option {int(v)}" for v, c in zip(values, counts)) or "none"
+    per_class = calib_size // max(len(values), 2)
+    if len(values) < 2:
+        raise ValueError(
+            f"{where}cannot calibrate: the items hold one option only ({found}); calibration "
+            "needs items of at least two options"
+        )
+    if min(counts.min(), per_class) < MIN_PER_CLASS:
+        raise ValueError(
+            f"{where}cannot calibrate on {min(calib_size, len(labels))} items ({found}): "
+            f"calibration needs at least {MIN_PER_CLASS} items of each option in the split "
+            f"(--calib-size {calib_size} takes up to {per_class} per option)"
+        )
+
+
 def calibrate(
     run_path: str | Path,
     calib_size: int = MIN_CALIBRATION,
     seed: int = 0,
     out: str | Path | None = None,
-    metric: str = "accuracy",
+    metric: str = "auroc",
     ensemble: bool = True,
+    reader: str = "auto",
+    cv: int = 5,
+    calibration_ids: Sequence[str] | None = None,
 ) -> Profile:
-    """Rank every head on a balanced calibration split and store the choice as a profile."""
+    """Fit every reader and the fair baselines on a balanced calibration split; keep them all
+    in a profile, with the reader chosen by cross-validated AUROC on that split alone.
+
+    ``reader="auto"`` picks among every reader (``qkscore.readers.READERS``); a name fits that
+    one as the profile's reader (the others are still fitted for the evaluation table). The
+    evaluation items are never read here: their labels cannot change what is written.
+    ``calibration_ids`` reuses a split (e.g. another profile's ``calibration.item_ids``)
+    instead of drawing a balanced one.
+    """
     run = RunFolder(run_path)
     meta = run.meta()
     if not meta.get("scans", {}).get(MAIN, {}).get("complete"):
         raise RuntimeError(f"{run.path}: the main scan is not complete; run `qkscore scan` again")
+    if reader != "auto" and reader not in READERS:
+        raise ValueError(f"unknown reader {reader!r}; choose from auto, {', '.join(READERS)}")
     records = run.items()
     labels = run.labels(records)
-    calib, rest = balanced_split(labels, calib_size, seed)
+    check_calibration_labels(labels, calib_size, f"{run.path}: ")
+    if calibration_ids is None:
+        calib, rest = balanced_split(labels, calib_size, seed)
+    else:
+        calib, rest = _split_by_ids(records, calibration_ids, run.path)
     scores = np.asarray(run.load(MAIN))[calib]
     y = labels[calib]
+    check_calibration_labels(y, calib_size, f"{run.path}: ")
+    baseline = np.asarray(run.load(MAIN, "baseline"))[calib]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         selector = HeadSelector(metric=metric).fit(scores, y)
@@ -77,6 +137,33 @@ def calibrate(
     notes = sorted({str(w.message) for w in caught})
     for w in caught:  # recorded in the profile, and still shown to the caller
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    candidates = [r for r in READERS if ensemble or r != "ensemble"]
+    if reader != "auto" and reader not in candidates:
+        raise ValueError(f"reader {reader!r} was asked for but the ensemble is switched off")
+    asked = candidates if reader == "auto" else [reader]
+    choice = choose_reader(scores, y, baseline, asked, cv=cv, seed=seed, metric=metric)
+    if reader != "auto":
+        if "skipped" in choice["cv"][reader]:
+            raise ValueError(f"reader {reader!r} cannot be used here: {choice['cv'][reader]}")
+        choice["rule"] = "asked for (--reader); the others fitted but not cross-validated"
+    choice["requested"] = reader
+    if np.isfinite(baseline).all():  # a threshold does not move an AUROC: no folds needed
+        choice["model_margin_auroc"] = proba_auroc(_softmax(baseline.astype(np.float64)), y)
+    readers: dict[str, Any] = {}
+    for name in candidates:
+        if "skipped" in choice["cv"].get(name, {}):
+            continue
+        if name == "head":
+            readers[name] = selector.to_dict()
+        elif name == "ensemble" and ens is not None:
+            readers[name] = ens.to_dict()
+        else:
+            try:
+                fitted = reader_fit(make_reader(name, seed, metric), scores, y, baseline)
+            except ValueError as err:  # e.g. the hybrid without the model's answer
+                choice["cv"].setdefault(name, {"skipped": str(err)})
+                continue
+            readers[name] = fitted.to_dict()
     layer, head = selector.head_
     best = selector.ranking_[0]
     data: dict[str, Any] = {
@@ -87,6 +174,10 @@ def calibrate(
         "rope": meta["rope"],
         "data": meta["data"],
         "run": str(run.path),
+        "reader": choice["chosen"],
+        "reader_choice": choice,
+        "readers": readers,
+        "baselines": _fit_baselines(run, meta, calib, y, baseline),
         "head": head_name(layer, head),
         "layer": int(layer),
         "head_index": int(head),
@@ -96,6 +187,7 @@ def calibrate(
             "size": int(len(calib)),
             "seed": seed,
             "metric": metric,
+            "cv_folds": cv,
             "label_counts": {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))},
             "accuracy": best["accuracy"],
             "balanced_accuracy": best["balanced_accuracy"],
@@ -112,6 +204,32 @@ def calibrate(
     if out is not None:
         profile.save(out)
     return profile
+
+
+def _split_by_ids(
+    records: Sequence[dict[str, Any]], ids: Sequence[str], where: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    wanted = set(ids)
+    calib = np.array([i for i, r in enumerate(records) if r["id"] in wanted], dtype=int)
+    if len(calib) != len(wanted):
+        raise ValueError(f"{where}: {len(wanted) - len(calib)} calibration ids are not in the run")
+    rest = np.setdiff1d(np.arange(len(records)), calib)
+    return calib, rest
+
+
+def _fit_baselines(
+    run: RunFolder, meta: dict[str, Any], calib: np.ndarray, y: np.ndarray, baseline: np.ndarray
+) -> dict[str, Any]:
+    """The model's margin with a fitted threshold, and the hidden-state probe, on the same
+    calibration items the readers saw (so every contender gets the same chance)."""
+    out: dict[str, Any] = {"model_margin": None, "hidden_probe": None}
+    if np.isfinite(baseline).all():
+        out["model_margin"] = model_margin_selector(baseline, y).to_dict()
+    if run.has(MAIN, "hidden"):
+        hidden = np.asarray(run.load(MAIN, "hidden"))[calib]
+        probe = HiddenStateProbe(random_state=0).fit(hidden, y, meta.get("hidden_layers"))
+        out["hidden_probe"] = probe.to_dict()
+    return out
 
 
 def evaluation_indices(
@@ -133,7 +251,13 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Score the profile's head, its ensemble and the baselines on the evaluation items."""
+    """Score every reader of the profile and the fair baselines on the evaluation items.
+
+    Methods are keyed by stable machine names (``head``, ``ensemble``, ``linear``,
+    ``linear-l1``, ``hybrid``, ``model_answer``, ``model_margin``, ``attention``,
+    ``hidden_probe``, ``shallow``, ``majority``); each carries a display ``label``. Every
+    reader is also scored under each control scan the run holds.
+    """
     run = RunFolder(run_path)
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
     meta = run.meta()
@@ -145,58 +269,81 @@ def evaluate(
         raise ValueError(f"{run.path}: no evaluation items left outside the calibration split")
     labels = all_labels[idx]
     records = [all_records[i] for i in idx]
-    scores = np.asarray(run.load(MAIN))[idx]
-    selector = prof.selector()
-    layer, head = prof.head
+    inputs = _scan_inputs(run, MAIN, idx)
+    readers = prof.readers()
     name = prof.data["head"]
+    layer, head = prof.head
     preds: dict[str, np.ndarray] = {}
     margins: dict[str, np.ndarray | None] = {}
-    preds[f"head {name}"] = selector.predict(scores)
-    margins[f"head {name}"] = _positive_score(selector.predict_proba(scores))
-    ens = prof.ensemble()
-    if ens is not None:
-        preds[f"ensemble (k={ens.k_})"] = ens.predict(scores)
-        margins[f"ensemble (k={ens.k_})"] = _positive_score(ens.predict_proba(scores))
-    baseline = np.asarray(run.load(MAIN, "baseline"))[idx]
-    if np.isfinite(baseline).all():
-        preds["model (own answer)"] = baseline.argmax(-1)
-        margins["model (own answer)"] = _positive_score(_softmax(baseline))
+    labels_of: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+
+    def add(key: str, label: str, kind: str, proba_or_pred: np.ndarray, is_proba: bool) -> None:
+        if is_proba:
+            preds[key] = proba_or_pred.argmax(-1)
+            margins[key] = _positive_score(proba_or_pred)
+        else:
+            preds[key], margins[key] = proba_or_pred, None
+        labels_of[key], kinds[key] = label, kind
+
+    for key, reader in readers.items():
+        proba = _reader_proba(reader, inputs)
+        if proba is not None:
+            add(key, _reader_label(key, reader), "reader", proba, True)
+    base = inputs["baseline"]
+    if np.isfinite(base).all():
+        add("model_answer", "model (own answer)", "baseline", _softmax(base), True)
+        margin_sel = prof.baseline("model_margin")
+        if margin_sel is not None:
+            mproba = margin_sel.predict_proba(as_margin_scores(base))
+            preds["model_margin"] = margin_sel.predict(as_margin_scores(base))
+            margins["model_margin"] = _positive_score(mproba)
+            labels_of["model_margin"] = "model margin (threshold fit on calibration)"
+            kinds["model_margin"] = "baseline"
     if run.has(MAIN, "attention"):
-        preds[f"attention {name}"], margins[f"attention {name}"] = _attention_baseline(
-            run, prof, idx, layer, head, all_records, all_labels
-        )
+        p, m = _attention_baseline(run, prof, idx, layer, head, all_records, all_labels)
+        preds["attention"], margins["attention"] = p, m
+        labels_of["attention"], kinds["attention"] = f"attention {name}", "baseline"
+    probe = prof.baseline("hidden_probe")
+    if probe is not None and inputs.get("hidden") is not None:
+        add("hidden_probe", f"hidden-state probe (layer {probe.layer_})", "baseline",
+            probe.predict_proba(inputs["hidden"]), True)  # fmt: skip
+    notes: list[str] = []
+    shallow = _shallow_predictions(prof, all_records, records, notes)
+    if shallow is not None:
+        add("shallow", "shallow matching (no model)", "baseline", shallow, True)
     calib_labels = _calibration_labels(prof)
-    preds["majority class"] = np.full_like(labels, np.bincount(calib_labels).argmax())
-    margins["majority class"] = None
-    methods = {
-        m: ev.metric_report(p, labels, score=margins[m], n_boot=n_boot, seed=seed)
-        for m, p in preds.items()
-    }
+    add("majority", "majority class", "baseline",
+        np.full_like(labels, np.bincount(calib_labels).argmax()), False)  # fmt: skip
+    methods = {}
+    for key, p in preds.items():
+        methods[key] = ev.metric_report(p, labels, score=margins[key], n_boot=n_boot, seed=seed)
+        methods[key]["label"] = labels_of[key]
+        methods[key]["kind"] = kinds[key]
+    chosen = prof.reader_name if prof.reader_name in preds else "head"
+    methods[chosen]["chosen"] = True
     tests = {}
-    if "model (own answer)" in preds:
-        model_ok = preds["model (own answer)"] == labels
-        for m in preds:
-            if m.startswith(("head", "ensemble")):
-                tests[f"{m} vs model"] = ev.mcnemar(preds[m] == labels, model_ok)._asdict()
+    for reader_key in [chosen, *[k for k in ("head",) if k != chosen]]:
+        for other in ("model_margin", "model_answer", "shallow", "hidden_probe"):
+            if other in preds:
+                tests[f"{reader_key} vs {other}"] = ev.mcnemar(
+                    preds[reader_key] == labels, preds[other] == labels
+                )._asdict()
     meta_list = [r.get("meta", {}) for r in records]
     breakdowns = {
-        m: ev.breakdown(preds[m], labels, meta_list)
-        for m in preds
-        if m.startswith(("head", "model", "ensemble"))
+        k: ev.breakdown(preds[k], labels, meta_list)
+        for k in preds
+        if kinds[k] == "reader" or k in ("model_answer", "model_margin")
     }
     controls = {}
     for control in CONTROLS:
         if run.has(control):
-            c_scores = np.asarray(run.load(control))[idx]
-            acc_full = float((preds[f"head {name}"] == labels).mean())
-            acc_ctrl = float((selector.predict(c_scores) == labels).mean())
-            controls[control] = ev.shortcut_gap(acc_full, acc_ctrl)
-            if ens is not None:  # an ensemble can lean on the statement where its head does not
-                ens_ctrl = ens.predict(c_scores) == labels
-                controls[control]["ensemble_accuracy"] = float(ens_ctrl.mean())
-            c_base = np.asarray(run.load(control, "baseline"))[idx]
-            if np.isfinite(c_base).all():
-                controls[control]["model_accuracy"] = float((c_base.argmax(-1) == labels).mean())
+            controls[control] = _control_report(run, control, idx, labels, readers, prof, preds)
+    if len(idx) < MIN_EVALUATION:
+        notes.append(
+            f"only {len(idx)} evaluation items (fewer than {MIN_EVALUATION}): intervals are wide "
+            "and small differences mean little"
+        )
     return {
         "qkscore_version": __version__,
         "run": str(run.path),
@@ -206,6 +353,8 @@ def evaluate(
         "template": meta["template"].get("name"),
         "data": meta["data"],
         "calibration_data": prof.data.get("data"),
+        "reader": chosen,
+        "reader_choice": prof.data.get("reader_choice"),
         "head": name,
         "sign": prof.data.get("sign"),
         "split": split,
@@ -215,8 +364,86 @@ def evaluate(
         "mcnemar": tests,
         "breakdowns": breakdowns,
         "controls": controls,
+        "notes": notes,
         "calibration": {k: v for k, v in prof.data["calibration"].items() if k != "item_ids"},
     }
+
+
+def _scan_inputs(run: RunFolder, scan_name: str, idx: np.ndarray) -> dict[str, Any]:
+    """What readers and baselines read from one scan, at the evaluation items."""
+    out: dict[str, Any] = {
+        "scores": np.asarray(run.load(scan_name))[idx],
+        "baseline": np.asarray(run.load(scan_name, "baseline"))[idx],
+        "hidden": None,
+    }
+    if run.has(scan_name, "hidden"):
+        out["hidden"] = np.asarray(run.load(scan_name, "hidden"))[idx]
+    return out
+
+
+def _reader_proba(reader: Any, inputs: dict[str, Any]) -> np.ndarray | None:
+    """A reader's option probabilities, or None when it needs the model's answer and the
+    scan has none."""
+    base = inputs["baseline"]
+    if getattr(reader, "needs_baseline", False) and not np.isfinite(base).all():
+        return None
+    return reader_predict_proba(reader, inputs["scores"], base)
+
+
+def _reader_label(key: str, reader: Any) -> str:
+    if isinstance(reader, HeadSelector):
+        return f"head {reader.head_name_}"
+    if isinstance(reader, TopKEnsemble):
+        return f"ensemble (k={reader.k_})"
+    if key.startswith("linear"):
+        return f"{key} over all heads ({reader.n_kept_} kept, C={reader.C_:g})"
+    return key
+
+
+def _shallow_predictions(
+    prof: Profile,
+    all_records: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    notes: list[str],
+) -> np.ndarray | None:
+    """The shallow-matching baseline, fit on this run's calibration items (same split the
+    readers saw); None (with a note) where it does not apply."""
+    calib_ids = set(prof.data["calibration"]["item_ids"])
+    calib = [r for r in all_records if r["id"] in calib_ids]
+    if not calib:
+        notes.append("shallow matching not fitted: the calibration items are in another run")
+        return None
+    if not supports_shallow(calib):
+        return None
+    try:
+        matcher = ShallowMatcher().fit(calib, [r["answer_index"] for r in calib])
+        return matcher.predict_proba(records)
+    except ValueError as err:  # an older run folder without the item texts
+        notes.append(f"shallow matching not fitted: {err}")
+        return None
+
+
+def _control_report(run, control, idx, labels, readers, prof, preds) -> dict[str, Any]:
+    """Accuracy of every reader (and the model and probe) on a control scan's items."""
+    inputs = _scan_inputs(run, control, idx)
+    accuracy: dict[str, float] = {}
+    for key, reader in readers.items():
+        proba = _reader_proba(reader, inputs)
+        if proba is not None:
+            accuracy[key] = float((proba.argmax(-1) == labels).mean())
+    if np.isfinite(inputs["baseline"]).all():
+        accuracy["model_answer"] = float((inputs["baseline"].argmax(-1) == labels).mean())
+    probe = prof.baseline("hidden_probe")
+    if probe is not None and inputs["hidden"] is not None:
+        accuracy["hidden_probe"] = float((probe.predict(inputs["hidden"]) == labels).mean())
+    chosen = prof.reader_name if prof.reader_name in accuracy else "head"
+    out = ev.shortcut_gap(float((preds[chosen] == labels).mean()), accuracy[chosen])
+    out["reader"] = chosen
+    out["accuracy"] = accuracy
+    out["head_accuracy"] = accuracy.get("head")
+    out["ensemble_accuracy"] = accuracy.get("ensemble")
+    out["model_accuracy"] = accuracy.get("model_answer")
+    return out
 
 
 def _calibration_labels(prof: Profile) -> np.ndarray:
@@ -254,7 +481,8 @@ def _attention_baseline(run, prof, idx, layer, head, records, labels):
 def transfer(
     runs: Sequence[str | Path], calib_size: int = MIN_CALIBRATION, seed: int = 0
 ) -> dict[str, Any]:
-    """Calibrate on each run (row) and test its head on every run (column).
+    """Calibrate on each run (row) and test on every run (column): the single head and the
+    reader each row chose.
 
     On the diagonal the test items are that run's evaluation split; off the diagonal all items.
     """
@@ -263,13 +491,22 @@ def transfer(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for r in runs:
-            profiles[str(r)] = calibrate(r, calib_size=calib_size, seed=seed, ensemble=False)
-    matrix = []
+            profiles[str(r)] = calibrate(r, calib_size=calib_size, seed=seed)
+    head_matrix, reader_matrix = [], []
     for row in names:
-        cells = []
+        heads, readers = [], []
+        chosen = profiles[row].reader_name
         for col in names:
             report = evaluate(col, profiles[row], n_boot=200, seed=seed)
-            head = next(v for k, v in report["methods"].items() if k.startswith("head"))
-            cells.append(head["accuracy"]["value"])
-        matrix.append(cells)
-    return {"runs": names, "heads": [profiles[n].data["head"] for n in names], "accuracy": matrix}
+            heads.append(report["methods"]["head"]["accuracy"]["value"])
+            method = report["methods"].get(chosen)
+            readers.append(None if method is None else method["accuracy"]["value"])
+        head_matrix.append(heads)
+        reader_matrix.append(readers)
+    return {
+        "runs": names,
+        "heads": [profiles[n].data["head"] for n in names],
+        "accuracy": head_matrix,
+        "readers": [profiles[n].reader_name for n in names],
+        "reader_accuracy": reader_matrix,
+    }

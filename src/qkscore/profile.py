@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qkscore.heads import HeadSelector, TopKEnsemble, parse_head_name
+from qkscore.readers import HiddenStateProbe, reader_from_dict
 
 
 class ProfileMismatchError(RuntimeError):
@@ -34,10 +35,44 @@ class Profile:
             raise FileNotFoundError(f"profile {p} does not exist") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"{p}:{err.lineno}: not valid profile JSON ({err.msg})") from None
-        for key in ("model", "template", "selector", "head"):
-            if key not in data:
-                raise ValueError(f"{p}: field '{key}' missing: not a qkscore profile")
-        return cls(data, p)
+        profile = cls(data, p)
+        profile.validate()
+        return profile
+
+    def validate(self) -> None:
+        """Refuse a profile that would judge wrongly or crash later: missing fields, saved
+        estimators that do not restore, a head outside the calibrated geometry."""
+        where = self.path or "profile"
+        if not isinstance(self.data, dict):
+            raise ValueError(f"{where}: not a qkscore profile (a JSON object is expected)")
+        for key in ("model", "template", "selector", "head", "calibration"):
+            if key not in self.data:
+                raise ValueError(f"{where}: field '{key}' missing: not a qkscore profile")
+        try:
+            selector = self.selector()
+            layer, head = self.head
+            if not (0 <= layer < selector.n_layers_ and 0 <= head < selector.n_heads_):
+                raise ValueError(
+                    f"head {self.data['head']} is outside the calibrated "
+                    f"{selector.n_layers_} layers x {selector.n_heads_} heads"
+                )
+            self.ensemble()
+            self.readers()
+            for name in ("model_margin", "hidden_probe"):
+                self.baseline(name)
+            if self.reader_name not in self.readers():
+                raise ValueError(f"reader {self.reader_name!r} is not among the saved readers")
+            counts = self.data["calibration"]["label_counts"]
+            if len(counts) < 2:
+                raise ValueError(
+                    f"calibrated on one option only ({counts}): it cannot tell valid from invalid"
+                )
+        except (KeyError, TypeError, IndexError) as err:
+            raise ValueError(
+                f"{where}: field {err} missing or malformed: a corrupt profile"
+            ) from None
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         from qkscore.run import write_json
@@ -57,6 +92,38 @@ class Profile:
         if ens:
             layers += [parse_head_name(h)[0] for h in ens.get("heads", [])]
         return max(layers)
+
+    @property
+    def reader_name(self) -> str:
+        """The reader chosen at calibration (``head`` for profiles made before readers)."""
+        return str(self.data.get("reader") or "head")
+
+    def readers(self) -> dict[str, Any]:
+        """Every fitted reader, by name; profiles made before readers hold the head (and the
+        ensemble) only."""
+        saved = self.data.get("readers")
+        if saved:
+            return {name: reader_from_dict(d) for name, d in saved.items()}
+        out: dict[str, Any] = {"head": self.selector()}
+        ens = self.ensemble()
+        if ens is not None:
+            out["ensemble"] = ens
+        return out
+
+    def reader(self) -> Any:
+        """The chosen reader, ready to predict."""
+        return self.readers()[self.reader_name]
+
+    def baseline(self, name: str) -> Any:
+        """A fitted baseline (``model_margin`` or ``hidden_probe``), or None."""
+        saved = (self.data.get("baselines") or {}).get(name)
+        if not saved:
+            return None
+        return (
+            HiddenStateProbe.from_dict(saved)
+            if name == "hidden_probe"
+            else (HeadSelector.from_dict(saved))
+        )
 
     @property
     def fingerprint(self) -> str:

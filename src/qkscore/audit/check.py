@@ -1,14 +1,17 @@
 """Judge one statement (or a chain of them) against a context with a calibrated profile.
 
-The profile names one attention head, its direction (sign) and threshold; a statement is judged
-valid when that head's query at the "True" answer token aligns with the statement's key more
-than the "False" one does, by more than the threshold. No text is generated.
+The profile holds the reader chosen at calibration (``qkscore.readers``): the paper's single
+head (a statement is valid when that head's query at the "True" answer token aligns with the
+statement's key more than the "False" one does, by more than a threshold), a top-k ensemble, a
+linear readout of every head's margin, or that readout stacked with the model's own margin.
+The verdict is the profile reader's; the single head's scores are reported beside it for
+reference. No text is generated.
 
 ``model_answer=True`` also runs the whole forward pass to read the model's own True/False
-answer (the log-probabilities of the two answer letters), so a caller can see where the head
+answer (the log-probabilities of the two answer letters), so a caller can see where the reader
 and the model disagree. ``model_answer=False`` is the fast path: the pass stops after the
-chosen head's layer, skipping the layers above and the LM head (and so the ensemble, whose
-heads may sit deeper).
+deepest layer the reader reads, skipping the layers above and the LM head (and so the ensemble
+columns). A hybrid reader needs the model's answer, so it always runs the whole pass.
 
 A :class:`Judge` holds one model; its calls are serialised with a lock so a server may call it
 from many threads.
@@ -28,8 +31,10 @@ import numpy as np
 
 from qkscore.audit.chain import ChainResult, assemble_chain, context_with_steps, split_steps
 from qkscore.data import Item
+from qkscore.heads import HeadSelector, TopKEnsemble
 from qkscore.profile import Profile, ProfileMismatchError
 from qkscore.prompts import template_from_description
+from qkscore.readers import reader_deepest_layer, reader_predict_proba
 
 __all__ = ["Judge", "ProfileMismatchError", "Verdict"]
 
@@ -38,11 +43,14 @@ VALID, INVALID = "valid", "invalid"
 
 @dataclass
 class Verdict:
-    """The head's judgement of one statement.
+    """The reader's judgement of one statement.
 
-    ``score`` is the head's signed QK difference ``sign * (qk_True - qk_False)``; ``margin`` is
-    ``score - threshold``, positive for "valid"; ``probability`` is the profile's calibrated
-    P(valid) (Platt scaling fit on the calibration set). ``model_answer`` / ``model_probability``
+    ``reader`` names the profile's reader. For the single-head reader ``score`` is the head's
+    signed QK difference ``sign * (qk_True - qk_False)`` and ``margin`` is ``score - threshold``;
+    for the other readers ``margin`` is their log-odds (vote share - 0.5 for an ensemble),
+    ``score`` equals it and ``threshold`` is 0. ``margin`` is positive for "valid";
+    ``probability`` is the reader's calibrated P(valid). ``head`` and ``qk_scores`` always
+    describe the profile's single head, for reference. ``model_answer`` / ``model_probability``
     are the model's own answer (True = valid) and its probability, renormalised over the two
     answer tokens; ``disagree`` is True when the model and the head differ. The three are None
     on the fast path. ``ensemble_*`` come from the profile's top-k ensemble when it has one
@@ -59,6 +67,7 @@ class Verdict:
     margin: float
     score: float
     threshold: float
+    reader: str
     head: str
     qk_scores: dict[str, float]
     model_answer: bool | None
@@ -86,13 +95,15 @@ class Judge:
     ``model`` is a :class:`~qkscore.models.LoadedModel` or anything ``load_model`` accepts; by
     default the model the profile names. A model whose fingerprint differs from the profile's
     is refused (:class:`ProfileMismatchError`): another model's heads mean something else.
+    ``dtype`` defaults to float32: in bf16, judging in batches instead of one at a time flipped
+    5.5% of verdicts (rounding moves borderline margins), and an audit must reproduce.
     """
 
     def __init__(
         self,
         profile: Profile | str | Path,
         model: Any = None,
-        dtype: str = "auto",
+        dtype: str = "float32",
         model_answer: bool = True,
         batch_size: int = 8,
         device: str = "auto",
@@ -112,6 +123,9 @@ class Judge:
                 "statement needs a True/False profile"
             )
         self.ensemble = self.profile.ensemble()
+        self.reader_name = self.profile.reader_name
+        self.reader = self.profile.reader()
+        self.reader_needs_model = bool(getattr(self.reader, "needs_baseline", False))
         self.head = str(self.profile.data["head"])
         self.threshold = float(self.selector.threshold_[self.profile.head])
         self.sign = int(self.selector.sign_[self.profile.head])
@@ -154,6 +168,8 @@ class Judge:
             "digest": self.profile.digest,
             "model": d["model"].get("name"),
             "fingerprint": self.lm.fingerprint,
+            "reader": self.reader_name,
+            "reader_choice": d.get("reader_choice"),
             "head": self.head,
             "sign": self.sign,
             "threshold": self.threshold,
@@ -181,6 +197,7 @@ class Judge:
         if not pairs:
             return []
         want_model = self.model_answer if model_answer is None else model_answer
+        want_model = want_model or self.reader_needs_model  # a hybrid reads the model's answer
         items = []
         for i, (context, statement) in enumerate(pairs):
             if not isinstance(statement, str) or not statement.strip():
@@ -188,9 +205,9 @@ class Judge:
             if context is not None and not isinstance(context, str):
                 raise ValueError("the context must be text")
             items.append(Item(id=f"q{i}", context=context or "", statement=statement, label="True"))
-        # The fast path reads the chosen head only: the verdict comes from it, and stopping at
-        # its layer (not the ensemble's deepest) is where the time saving lies.
-        max_layer = None if want_model else self.profile.head[0]
+        # The fast path stops after the deepest layer the reader reads (for the single head,
+        # its layer): that is where the time saving lies.
+        max_layer = None if want_model else reader_deepest_layer(self.reader)
         # The tokenizer is inside the lock too: a fast tokenizer mutates its padding settings
         # on every call and fails ("Already borrowed") when two threads call it at once.
         with self._lock:
@@ -213,13 +230,15 @@ class Judge:
                 share_prefix=self.share_prefix,
             )
         scores = out.scores
-        margin = self.selector.margin(scores)
-        proba = self.selector.predict_proba(scores)[:, 0]
+        if max_layer is not None:  # layers past the reader's deepest are not read: zero them
+            scores = np.nan_to_num(scores, nan=0.0)
+        margin, proba = self._reader_margin(scores, out.baseline)
         ens_p = ens_pred = None
         if self.ensemble is not None and want_model:  # vote ties go to the best-ranked head
             ens_p = self.ensemble.predict_proba(scores)[:, 0]
             ens_pred = self.ensemble.predict(scores)
         latency = (time.perf_counter() - start) * 1000 / len(items)
+        threshold = self.threshold if self.reader_name == "head" else 0.0
         layer, index = self.profile.head
         verdicts = []
         for i in range(len(items)):
@@ -243,8 +262,9 @@ class Judge:
                     valid=valid,
                     probability=float(proba[i]),
                     margin=m,
-                    score=m + self.threshold,
-                    threshold=self.threshold,
+                    score=m + threshold,
+                    threshold=threshold,
+                    reader=self.reader_name,
                     head=self.head,
                     qk_scores={
                         "True": float(scores[i, layer, index, 0]),
@@ -261,6 +281,18 @@ class Judge:
                 )
             )
         return verdicts
+
+    def _reader_margin(self, scores: np.ndarray, baseline: np.ndarray) -> tuple:
+        """The reader's margin (positive = valid) and P(valid) for each item."""
+        reader = self.reader
+        proba = reader_predict_proba(reader, scores, baseline)[:, 0]
+        if isinstance(reader, HeadSelector):
+            return reader.margin(scores), proba
+        if isinstance(reader, TopKEnsemble):
+            return proba - 0.5, proba
+        if self.reader_needs_model:
+            return reader.decision_function(scores, baseline=baseline), proba
+        return reader.decision_function(scores), proba
 
     def verify_chain(
         self, context: str, steps: Sequence[str] | str, model_answer: bool | None = None

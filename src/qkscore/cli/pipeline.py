@@ -11,7 +11,7 @@ from rich.table import Table
 
 from qkscore.cli._shared import console as _console
 
-DEMO_DATA = "generated:depth=1-3&n=800&distractors=0&seed=0"
+DEMO_DATA = "generated:depth=1-3&n=800&distractors=1&seed=0"
 DEMO_MODEL = "smollm2-135m"
 
 
@@ -70,32 +70,57 @@ def scan(
 def calibrate(
     run: Path = typer.Argument(..., help="Run folder from `qkscore scan`."),
     out: Path = typer.Option(..., "--out", "-o", help="Profile JSON to write."),
-    calib_size: int = typer.Option(400, help="Balanced calibration items."),
+    calib_size: int = typer.Option(400, min=2, help="Balanced calibration items."),
     seed: int = typer.Option(0),
-    metric: str = typer.Option("accuracy", help="accuracy, balanced_accuracy or auroc."),
+    reader: str = typer.Option(
+        "auto",
+        help="auto (best cross-validated AUROC on the calibration split), head, ensemble, "
+        "linear, linear-l1 or hybrid.",
+    ),
+    metric: str = typer.Option(
+        "auroc", help="Single-head ranking: auroc, accuracy, balanced_accuracy."
+    ),
+    cv: int = typer.Option(5, min=2, help="Folds for choosing the reader and its settings."),
     no_ensemble: bool = typer.Option(False, help="Skip the top-k ensemble."),
 ) -> None:
-    """Pick the head (and a top-k ensemble) on a balanced calibration split."""
+    """Fit every reader and the fair baselines on a balanced calibration split; pick the
+    reader by cross-validation on that split alone."""
     console = _console()
     from qkscore.pipeline import calibrate as run_calibrate
 
-    profile = run_calibrate(run, calib_size, seed, out, metric, ensemble=not no_ensemble)
+    profile = run_calibrate(
+        run, calib_size, seed, out, metric, ensemble=not no_ensemble, reader=reader, cv=cv
+    )
     cal = profile.data["calibration"]
     for note in cal["warnings"]:
         console.print(f"[yellow]warning:[/] {note}")
-    table = Table(title=f"Top heads on {cal['size']} calibration items")
+    choice = profile.data["reader_choice"]
+    table = Table(title=f"Readers, {cv}-fold cross-validation on {cal['size']} calibration items")
+    for col in ("reader", "CV AUROC", "CV accuracy", ""):
+        table.add_column(col)
+    for name, result in choice["cv"].items():
+        if "skipped" in result:
+            table.add_row(name, "-", "-", f"skipped: {result['skipped']}")
+            continue
+        mark = "chosen" if name == choice["chosen"] else ""
+        table.add_row(name, f"{result['auroc']:.3f}", f"{result['accuracy']:.3f}", mark)
+    console.print(table)
+    table = Table(title="Top single heads (in-sample on the calibration items)")
     for col in ("head", "sign", "accuracy", "balanced acc.", "AUROC"):
         table.add_column(col)
-    for row in profile.data["ranking"][:10]:
+    for row in profile.data["ranking"][:5]:
         table.add_row(
             row["name"],
             f"{row['sign']:+d}",
             f"{row['accuracy']:.3f}",
             f"{row['balanced_accuracy']:.3f}",
-            f"{row['auroc']:.3f}",
+            "n/a" if row["auroc"] is None else f"{row['auroc']:.3f}",
         )
     console.print(table)
-    console.print(f"[green]profile written to {out}[/] (head {profile.data['head']})")
+    console.print(
+        f"[green]profile written to {out}[/] (reader {choice['chosen']}: {choice['rule']}; "
+        f"best single head {profile.data['head']})"
+    )
 
 
 def evaluate(
@@ -134,13 +159,18 @@ def transfer(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    table = Table(title="Head accuracy: calibrated on row, tested on column")
-    table.add_column("calibrated on (head)")
-    for name in result["runs"]:
-        table.add_column(Path(name).name)
-    for name, head, row in zip(result["runs"], result["heads"], result["accuracy"]):
-        table.add_row(f"{Path(name).name} ({head})", *(f"{v:.3f}" for v in row))
-    console.print(table)
+    for what, chosen, matrix in (
+        ("Single head", result["heads"], result["accuracy"]),
+        ("Chosen reader", result["readers"], result["reader_accuracy"]),
+    ):
+        table = Table(title=f"{what} accuracy: calibrated on row, tested on column")
+        table.add_column("calibrated on")
+        for name in result["runs"]:
+            table.add_column(Path(name).name)
+        for name, which, row in zip(result["runs"], chosen, matrix):
+            cells = ("n/a" if v is None else f"{v:.3f}" for v in row)
+            table.add_row(f"{Path(name).name} ({which})", *cells)
+        console.print(table)
 
 
 def report(

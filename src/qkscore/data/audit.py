@@ -64,6 +64,8 @@ class AuditReport:
     flagged: bool
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    shallow_accuracy: float | None = None
+    shallow_fold_accuracies: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,10 +81,12 @@ class AuditReport:
             else f"{self.statement_only_accuracy:.3f}"
             + (f" ± {self.accuracy_std:.3f}" if self.accuracy_std is not None else "")
         )
+        shallow = "n/a" if self.shallow_accuracy is None else f"{self.shallow_accuracy:.3f}"
         lines = [
             f"items: {self.count}  labels: {self.label_counts}",
             f"statement-only accuracy ({self.folds_used}-fold): {acc}  "
             f"(majority {self.majority_rate:.3f}, threshold {self.threshold:.2f})",
+            f"shallow context-statement matching ({self.folds_used}-fold): {shallow}",
             f"label rates with negation: {self.negated['rates']}  without: {self.plain['rates']}",
         ]
         for label, words in self.top_words.items():
@@ -149,6 +153,7 @@ def audit_items(
     accuracy: float | None = None
     std: float | None = None
     fold_acc: list[float] = []
+    shallow_folds: list[float] | None = None
     folds_used = 0
     top_words: dict[str, list[tuple[str, float]]] = {}
     cues: list[tuple[str, str, float]] = []
@@ -194,11 +199,22 @@ def audit_items(
             accuracy = sum(fold_acc) / len(fold_acc)
             mean = accuracy
             std = (sum((a - mean) ** 2 for a in fold_acc) / len(fold_acc)) ** 0.5
+            shallow_folds = _shallow_cross_validate(items, folds_used, seed, groups)
+            if shallow_folds is None:
+                notes.append("shallow matching applies to True/False items only")
 
+    shallow_folds = shallow_folds or []
+    shallow = sum(shallow_folds) / len(shallow_folds) if shallow_folds else None
     flagged = accuracy is not None and accuracy >= threshold
     if flagged:
         reasons.append(
             f"a classifier that sees only the statement scores {accuracy:.3f} >= {threshold:.2f}"
+        )
+    if shallow is not None and shallow >= threshold:
+        flagged = True
+        reasons.append(
+            f"shallow context-statement matching (word overlap and polarity, no reasoning) "
+            f"scores {shallow:.3f} >= {threshold:.2f}"
         )
         strong = [c for c in cues[:3] if c[2] >= 0.25 * cues[0][2]] if cues else []
         if strong:
@@ -231,7 +247,40 @@ def audit_items(
         flagged=flagged,
         reasons=reasons,
         notes=notes,
+        shallow_accuracy=None if shallow is None else round(shallow, 4),
+        shallow_fold_accuracies=[round(a, 4) for a in shallow_folds],
     )
+
+
+def _splits(y: Any, folds: int, seed: int, groups: Sequence[str] | None):
+    """The audit's folds: stratified, grouped by context when groups are given."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    x = np.zeros(len(y))
+    if groups is not None:
+        return StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+            x, y, groups=np.asarray(groups, dtype=object)
+        )
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y)
+
+
+def _shallow_cross_validate(
+    items: Sequence[Item], folds: int, seed: int, groups: Sequence[str] | None
+) -> list[float] | None:
+    """Fold accuracies of the shallow matcher (None where it does not apply)."""
+    import numpy as np
+
+    from qkscore.data.shallow import ShallowMatcher, supports_shallow
+
+    if not supports_shallow(items):
+        return None
+    y = np.array([it.answer_index for it in items])
+    accs = []
+    for train, test in _splits(y, folds, seed, groups):
+        clf = ShallowMatcher(random_state=seed).fit([items[i] for i in train], y[train])
+        accs.append(float((clf.predict([items[i] for i in test]) == y[test]).mean()))
+    return accs
 
 
 def _cross_validate(
@@ -247,7 +296,6 @@ def _cross_validate(
     import numpy as np
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
 
     def model() -> Any:
@@ -260,13 +308,7 @@ def _cross_validate(
     x = np.asarray(texts, dtype=object)
     y = np.asarray(labels, dtype=object)
     accs: list[float] = []
-    if groups is not None:
-        splits = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(
-            x, y, groups=np.asarray(groups, dtype=object)
-        )
-    else:
-        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y)
-    for train, test in splits:
+    for train, test in _splits(y, folds, seed, groups):
         clf = model().fit(x[train], y[train])
         accs.append(float((clf.predict(x[test]) == y[test]).mean()))
 

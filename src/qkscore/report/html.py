@@ -219,7 +219,13 @@ def _array(values: Any) -> np.ndarray | None:
 
 
 def _head_method(methods: Mapping[str, Any]) -> str | None:
-    return next((k for k in methods if k.startswith("head")), None)
+    return "head" if "head" in methods else None
+
+
+def _chosen_method(ev: Mapping[str, Any]) -> str | None:
+    """The evaluation's chosen reader (the single head for evaluations made before readers)."""
+    methods = ev.get("methods") or {}
+    return next((k for k, m in methods.items() if m.get("chosen")), _head_method(methods))
 
 
 def _option_names(records: list[dict[str, Any]], n_options: int) -> list[str]:
@@ -251,7 +257,12 @@ def _header(meta: Mapping[str, Any], prof: Profile, ev: Mapping[str, Any]) -> st
         ("Data", meta.get("data", ev.get("data")), f"{meta.get('n_items', '?')} items in the run"),
         ("Template", template.get("name", ev.get("template")), _template_line(template)),
         (
-            "Head chosen",
+            "Reader chosen",
+            prof.reader_name,
+            _reader_line(prof),
+        ),
+        (
+            "Best single head",
             prof.data.get("head"),
             f"sign {_sign_text(prof.data.get('sign'))}, threshold {_num(threshold, 4)}",
         ),
@@ -312,6 +323,17 @@ def _header(meta: Mapping[str, Any], prof: Profile, ev: Mapping[str, Any]) -> st
         + "".join(_note(n) for n in notes)
         + "</header>"
     )
+
+
+def _reader_line(prof: Profile) -> str:
+    choice = prof.data.get("reader_choice") or {}
+    cv = choice.get("cv") or {}
+    scored = ", ".join(
+        f"{k} {_num(v.get('auroc'))}" for k, v in cv.items() if v.get("auroc") is not None
+    )
+    if not scored:
+        return "profile made before readers: the single head"
+    return f"{choice.get('rule', '')}; CV AUROC {scored}"
 
 
 def _template_line(template: Mapping[str, Any]) -> str:
@@ -400,6 +422,7 @@ def _heads_section(prof: Profile) -> str:
             "Thresholds are in signed units: option 0 is predicted when "
             "sign &times; (score<sub>0</sub> &minus; score<sub>1</sub>) exceeds the threshold.</p>"
         )
+    body.append(_linear_weights(prof))
     ens = prof.data.get("ensemble")
     if ens and ens.get("heads"):
         body.append(
@@ -408,6 +431,28 @@ def _heads_section(prof: Profile) -> str:
             f"{_e(', '.join(ens['heads']))}.</p>"
         )
     return _section("heads", "How the head was chosen", "".join(body))
+
+
+def _linear_weights(prof: Profile) -> str:
+    """The linear reader's weights beside the single-head map: where all heads' readout draws
+    its evidence (empty when the profile has no linear reader)."""
+    saved = (prof.data.get("readers") or {}).get("linear")
+    if not saved:
+        return ""
+    try:
+        reader = prof.readers()["linear"]
+    except (KeyError, ValueError):
+        return ""
+    fig = plots.weight_heatmap(
+        reader.weights_, title=f"Linear reader (L2, C={reader.C_:g}): weight per head"
+    )
+    caption = (
+        "Weight of each head's standardised True-False margin in the linear reader (logistic "
+        "regression over every head, C chosen by cross-validation on the calibration split). "
+        "Red pushes towards option 0 (True), blue towards option 1; the signal of one head is "
+        "rarely where the weight concentrates."
+    )
+    return _figure(fig, "layer by head linear reader weights", caption)
 
 
 def _distribution_section(run: RunFolder, prof: Profile) -> str:
@@ -468,25 +513,23 @@ def _methods_section(ev: Mapping[str, Any]) -> str:
     if not methods:
         return _section("methods", "Methods compared", _note("The evaluation holds no methods."))
     tests = ev.get("mcnemar") or {}
-    head = _head_method(methods)
+    chosen = _chosen_method(ev)
     rows, classes = [], []
     for name, m in methods.items():
-        t = tests.get(f"{name} vs model")
+        t = tests.get(f"{name} vs model_margin") or tests.get(f"{name} vs model")
         rows.append(
             [
-                _e(name),
+                _e(m.get("label", name)) + (" <strong>(chosen)</strong>" if name == chosen else ""),
                 _e(m.get("n", (m.get("accuracy") or {}).get("n", ""))),
                 _metric(m.get("accuracy")),
                 _metric(m.get("balanced_accuracy")),
                 _metric(m.get("auroc")),
                 _e(f"{_pvalue(t.get('pvalue'))} (stat {_num(t.get('statistic'), 2)})")
                 if t
-                else (
-                    '<span class="muted">reference</span>' if name == "model (own answer)" else ""
-                ),
+                else ('<span class="muted">reference</span>' if name == "model_margin" else ""),
             ]
         )
-        classes.append("chosen" if name == head else "")
+        classes.append("chosen" if name == chosen else "")
     body = [
         _table(
             [
@@ -495,28 +538,30 @@ def _methods_section(ev: Mapping[str, Any]) -> str:
                 "accuracy [95% CI]",
                 "balanced accuracy [95% CI]",
                 "AUROC [95% CI]",
-                "McNemar vs model: p",
+                "McNemar vs calibrated model margin: p",
             ],
             rows,
             numeric={1, 2, 3, 4, 5},
             row_classes=classes,
         ),
         '<p class="muted">Intervals are percentile bootstraps over the evaluation items. '
-        "McNemar compares which items the head (or ensemble) and the model's own answer get "
-        "right (exact binomial test for few discordant pairs). AUROC takes option 0 as the "
-        "positive class and exists only for two-option items.</p>",
+        "McNemar compares which items a reader and the model's margin (with a threshold fit on "
+        "the same calibration items, the fair baseline) get right (exact binomial test for few "
+        "discordant pairs). Shallow matching needs no model: word overlap and polarity between "
+        "context and statement. AUROC takes option 0 as the positive class and exists only for "
+        "two-option items.</p>",
     ]
     missing = []
-    if "model (own answer)" not in methods:
+    if "model_answer" not in methods:
         missing.append(
             "the model's own answer (its option log-probabilities are missing or not finite)"
         )
-    if not any(k.startswith("attention") for k in methods):
+    if "attention" not in methods:
         missing.append(
             "the attention-score baseline (scan with <code>--attention</code> to store "
             "attention weights)"
         )
-    if not any(k.startswith("ensemble") for k in methods):
+    if "ensemble" not in methods:
         missing.append("the top-k ensemble (calibrated without one)")
     if missing:
         body.append(_note("Not in this evaluation: " + "; ".join(missing) + "."))
@@ -526,8 +571,8 @@ def _methods_section(ev: Mapping[str, Any]) -> str:
 def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> str:
     title = "Accuracy by depth, distractors, rule and logic"
     breakdowns = ev.get("breakdowns") or {}
-    head = _head_method(breakdowns)
-    shown = [m for m in (head, "model (own answer)") if m and m in breakdowns]
+    chosen = _chosen_method(ev)
+    shown = [m for m in dict.fromkeys((chosen, "head", "model_margin")) if m and m in breakdowns]
     keys: list[str] = []
     for m in shown:
         keys += [k for k in breakdowns[m] if k not in keys]
@@ -551,8 +596,8 @@ def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> str:
             )
         )
     header = ["key", "value", "n"] + [_e(m) for m in shown]
-    if len(shown) == 2:
-        header.append("head &minus; model")
+    if len(shown) >= 2:
+        header.append(f"{_e(shown[0])} &minus; {_e(shown[-1])}")
     rows = []
     for key in keys:
         values: list[str] = []
@@ -563,9 +608,9 @@ def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> str:
             n = max((c.get("n", 0) for c in cells), default=0)
             accs = [c.get("accuracy") for c in cells]
             row = [_e(key), _e(v), _e(n)] + [_e(_num(a)) for a in accs]
-            if len(shown) == 2:
-                both = all(_finite(a) for a in accs)
-                row.append(_e(_signed_num(accs[0] - accs[1]) if both else "n/a"))
+            if len(shown) >= 2:
+                both = _finite(accs[0]) and _finite(accs[-1])
+                row.append(_e(_signed_num(accs[0] - accs[-1]) if both else "n/a"))
             rows.append(row)
     body.append(_table(header, rows, numeric=set(range(2, len(header)))))
     return _section("breakdowns", title, "".join(body))
@@ -609,8 +654,8 @@ def _controls_section(ev: Mapping[str, Any]) -> str:
         _table(
             [
                 "control",
-                "head acc. (full context)",
-                "head acc. (control)",
+                "chosen reader acc. (full context)",
+                "chosen reader acc. (control)",
                 "gap",
                 "ensemble acc. (control)",
                 "model acc. (control)",
@@ -626,6 +671,20 @@ def _controls_section(ev: Mapping[str, Any]) -> str:
         "from the context falls towards chance there; one that keeps an accuracy of "
         "<em>flag at</em> or more is answering from the statement alone.</p>",
     ]
+    per_method = [c.get("accuracy") or {} for c in controls.values()]
+    methods = list(dict.fromkeys(k for acc in per_method for k in acc))
+    if methods:
+        body.append("<h3>Every reader under the controls</h3>")
+        body.append(
+            _table(
+                ["control", *[_e(m) for m in methods]],
+                [
+                    [_e(name), *[_e(_num(acc.get(m))) for m in methods]]
+                    for name, acc in zip(controls, per_method)
+                ],
+                numeric=set(range(1, len(methods) + 1)),
+            )
+        )
     if any(c.get("flagged") for c in controls.values()):
         body.insert(
             0,
@@ -724,7 +783,7 @@ def render_report(
     meta = run.meta()
     prof = _load_profile(profile)
     ev = dict(evaluation)
-    majority = (ev.get("methods") or {}).get("majority class", {}).get("accuracy", {})
+    majority = (ev.get("methods") or {}).get("majority", {}).get("accuracy", {})
     chance = majority.get("value") if _finite(majority.get("value")) else None
     model_name = (meta.get("model") or {}).get("name", ev.get("model", ""))
     generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -142,6 +142,25 @@ def head_heatmap(
     return fig
 
 
+def weight_heatmap(weights: Any, title: str = "Linear reader weight per head") -> Figure:
+    """Layer x head map of a linear reader's weights (standardised units), diverging around 0:
+    where the readout of every head draws its evidence, beside the single-head accuracy map."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.size == 0:
+        raise ValueError(f"weights must be a non-empty [layers, heads] array, got {w.shape}")
+    n_layers, n_heads = w.shape
+    bound = float(np.max(np.abs(w))) or 1.0
+    fig = _new_figure(min(7.5, max(3.4, 0.3 * n_heads + 2.4)), min(12.0, 0.19 * n_layers + 1.5))
+    ax = fig.subplots()
+    im = ax.imshow(w, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", origin="upper")
+    fig.colorbar(im, ax=ax, label="weight (per standardised margin)", shrink=0.85, pad=0.02)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("head (H, zero-based)")
+    ax.set_ylabel("layer (L, zero-based)")
+    _integer_axes(ax)
+    return fig
+
+
 def score_distributions(
     values_by_group: Mapping[str, Any],
     threshold: float | None = None,

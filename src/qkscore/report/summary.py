@@ -24,69 +24,149 @@ def _fmt(metric: dict[str, Any] | None) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def summary_markdown(report: dict[str, Any]) -> str:
-    """Methods table with 95% intervals, McNemar tests, controls and a plain-words verdict."""
+def _chosen(report: dict[str, Any]) -> str | None:
+    methods = report.get("methods") or {}
+    return next(
+        (k for k, m in methods.items() if m.get("chosen")), "head" if "head" in methods else None
+    )
+
+
+def _acc(m: dict[str, Any] | None) -> float | None:
+    return None if not m else (m.get("accuracy") or {}).get("value")
+
+
+def fair_comparison(report: dict[str, Any]) -> list[str]:
+    """The lines a summary leads with: the chosen reader beside the model's margin with a
+    threshold fit on the same calibration items, and beside shallow matching."""
+    methods = report["methods"]
+    chosen = _chosen(report)
+    if chosen is None:
+        return []
+    cv = ((report.get("reader_choice") or {}).get("cv") or {}).get(chosen) or {}
+    cv_text = f", CV AUROC {number(cv.get('auroc'))} on calibration" if cv.get("auroc") else ""
     lines = [
-        f"### qkscore: {report['model']} on `{report['data']}`",
-        "",
-        f"Template `{report['template']}`, head **{report['head']}** "
-        f"(sign {report.get('sign')}), {report['n_eval']} items ({report['split']}).",
+        f"**Fair comparison** on {report['n_eval']} evaluation items:",
+        f"- reader **{methods[chosen].get('label', chosen)}** (chosen{cv_text}): accuracy "
+        f"{_fmt(methods[chosen].get('accuracy'))}, AUROC {_fmt(methods[chosen].get('auroc'))}",
+    ]
+    for key, what in (
+        ("model_margin", "model's own margin, threshold fit on the same calibration items"),
+        ("shallow", "shallow matching, no model (word overlap and polarity)"),
+        ("hidden_probe", methods.get("hidden_probe", {}).get("label", "hidden-state probe")),
+    ):
+        if key in methods:
+            lines.append(
+                f"- {what}: accuracy {_fmt(methods[key].get('accuracy'))}, "
+                f"AUROC {_fmt(methods[key].get('auroc'))}"
+            )
+    return lines
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """Fair comparison first, then every method with 95% intervals, McNemar tests, controls
+    and a plain-words verdict."""
+    lines = [f"### qkscore: {report['model']} on `{report['data']}`", ""]
+    lines += fair_comparison(report)
+    lines += ["", verdict(report), ""]
+    lines += [
+        f"Template `{report['template']}`; best single head **{report['head']}** "
+        f"(sign {report.get('sign')}); {report['n_eval']} items ({report['split']}).",
         "",
         "| method | accuracy | balanced accuracy | AUROC |",
         "|---|---|---|---|",
     ]
     for name, m in report["methods"].items():
+        label = m.get("label", name) + (" (chosen)" if m.get("chosen") else "")
         lines.append(
-            f"| {name} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('balanced_accuracy'))} "
+            f"| {label} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('balanced_accuracy'))} "
             f"| {_fmt(m.get('auroc'))} |"
         )
     if report.get("mcnemar"):
         lines += ["", "McNemar (exact for few discordant pairs):"]
         for name, t in report["mcnemar"].items():
             lines.append(f"- {name}: p = {t['pvalue']:.3g}")
-    if report.get("controls"):
+    controls = report.get("controls") or {}
+    if controls:
+        methods = list(dict.fromkeys(k for c in controls.values() for k in c.get("accuracy", {})))
         lines += [
             "",
-            "| control | head accuracy | gap to full context | ensemble accuracy "
-            "| model accuracy | flag |",
-            "|---|---|---|---|---|---|",
+            "| control | chosen reader | gap to full context | "
+            + " | ".join(methods)
+            + " | flag |",
+            "|---|---|---|" + "---|" * len(methods) + "---|",
         ]
-        for name, c in report["controls"].items():
+        for name, c in controls.items():
+            acc = c.get("accuracy", {})
             lines.append(
                 f"| {name} | {c['ablated']:.3f} | {c['gap']:+.3f} | "
-                f"{number(c.get('ensemble_accuracy'))} | {number(c.get('model_accuracy'))} | "
-                f"{'SHORTCUT?' if c['flagged'] else 'ok'} |"
+                + " | ".join(number(acc.get(m)) for m in methods)
+                + f" | {'SHORTCUT?' if c['flagged'] else 'ok'} |"
             )
-    lines += ["", verdict(report)]
+    for note in report.get("notes") or []:
+        lines += ["", f"Note: {note}"]
     return "\n".join(lines)
 
 
-def verdict(report: dict[str, Any]) -> str:
-    """Say plainly whether the head beat the model and chance, rather than dress chance up."""
+#: "Beats" is said only when McNemar's test rejects equal accuracy at this level.
+ALPHA = 0.05
+
+
+def _compare(report: dict[str, Any], chosen: str, other: str) -> tuple[int, float | None]:
+    """+1 if the chosen reader is significantly better than ``other``, -1 if worse, else 0."""
     methods = report["methods"]
-    head = next((m for k, m in methods.items() if k.startswith("head")), None)
-    model = methods.get("model (own answer)")
-    majority = methods.get("majority class")
-    if head is None:
+    test = (report.get("mcnemar") or {}).get(f"{chosen} vs {other}")
+    a, b = _acc(methods.get(chosen)), _acc(methods.get(other))
+    if test is None or a is None or b is None:
+        return 0, None
+    p = test.get("pvalue")
+    if p is not None and p < ALPHA:
+        return (1 if a > b else -1 if a < b else 0), p
+    return 0, p
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """Say plainly whether the reader beat the fair baselines and chance; "beats" only when
+    McNemar's test says so, never on a point estimate."""
+    methods = report["methods"]
+    chosen = _chosen(report)
+    if chosen is None:
         return ""
-    acc = head["accuracy"]
+    acc = methods[chosen]["accuracy"]
+    name = f"The {chosen} reader"
     parts = []
+    majority = methods.get("majority")
     chance = majority["accuracy"]["value"] if majority else None
     if chance is not None and acc.get("low") is not None and acc["low"] <= chance:
         parts.append(
-            "The head's 95% interval includes the majority-class rate: no evidence "
-            "of signal beyond chance."
+            f"{name}'s 95% interval includes the majority-class rate: no evidence of signal "
+            "beyond chance."
         )
-    elif model is not None:
-        if acc.get("low") is not None and acc["low"] > model["accuracy"]["value"]:
-            parts.append("The head beats the model's own answer.")
-        elif model["accuracy"].get("low") is not None and acc["value"] < model["accuracy"]["low"]:
-            parts.append("The head does worse than the model's own answer.")
+    for other, what in (("model_margin", "the model's own margin with a calibrated threshold"),
+                        ("model_answer", "the model's own answer")):  # fmt: skip
+        if other not in methods:
+            continue
+        sign, p = _compare(report, chosen, other)
+        p_text = f" (McNemar p = {p:.3g})" if p is not None else ""
+        if sign > 0:
+            parts.append(f"{name} beats {what}{p_text}.")
+        elif sign < 0:
+            parts.append(f"{name} does worse than {what}{p_text}.")
         else:
-            parts.append("The head and the model's own answer are not clearly different.")
+            parts.append(f"{name} is not clearly different from {what}{p_text}.")
+        break  # the fair baseline when there is one, the raw answer otherwise
+    if "shallow" in methods:
+        sign, p = _compare(report, chosen, "shallow")
+        if sign <= 0:
+            parts.append(
+                f"{name} does no better than shallow matching (word overlap and polarity, no "
+                f"model: {number(_acc(methods['shallow']))}): its accuracy here is not evidence "
+                "of reasoning."
+            )
     if any(c.get("flagged") for c in report.get("controls", {}).values()):
         parts.append(
-            "Warning: the head keeps its accuracy without the real context; it likely "
+            "Warning: the reader keeps its accuracy without the real context; it likely "
             "reads the statement alone (a shortcut), not the inference."
         )
+    if report["n_eval"] < 50:
+        parts.append(f"Only {report['n_eval']} evaluation items: treat every figure as rough.")
     return " ".join(parts)
