@@ -1,10 +1,12 @@
-"""Print the findings table from benchmarks/findings.sh's run folders.
+"""Print the readers findings tables from benchmarks/findings.sh's run folders.
 
     python benchmarks/findings_table.py [runs/findings]
 
-One row per (model, set): the chosen head and the top-k ensemble against the model's own
-answer and the attention-score baseline, with 95% bootstrap intervals, McNemar's p (head vs
-model) and the head's accuracy on the context-ablated control.
+Table 1, accuracy (AUROC) on the evaluation split with 95% bootstrap intervals: every reader
+beside the fair baselines (the model's margin with a threshold fitted on the same calibration
+items, the hidden-state probe, shallow matching with no model) and the model's raw answer.
+Table 2, the same readers under the context-ablated control, and the cross-validated AUROC
+each reader had on the calibration split (the figure the choice was made on).
 """
 
 from __future__ import annotations
@@ -13,54 +15,78 @@ import json
 import sys
 from pathlib import Path
 
+COLUMNS = (
+    ("model_answer", "model's answer"),
+    ("model_margin", "model margin, calibrated"),
+    ("shallow", "shallow matching"),
+    ("hidden_probe", "hidden-state probe"),
+    ("head", "single head"),
+    ("ensemble", "top-k ensemble"),
+    ("linear", "linear QK reader"),
+    ("linear-l1", "linear L1"),
+    ("hybrid", "hybrid"),
+)
 
-def _acc(method: dict) -> str:
-    a = method["accuracy"]
+
+def _cell(method: dict | None, key: str = "accuracy") -> str:
+    if not method or not method.get(key):
+        return "n/a"
+    a = method[key]
     return f"{a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
 
 
-def rows(root: Path) -> list[str]:
-    out = []
-    for path in sorted(root.glob("*/*/evaluation.json")):
-        r = json.loads(path.read_text())
-        methods = r["methods"]
-        head = next(k for k in methods if k.startswith("head"))
-        ens = next((k for k in methods if k.startswith("ensemble")), None)
-        att = next((k for k in methods if k.startswith("attention")), None)
-        p = r["mcnemar"].get(f"{head} vs model", {}).get("pvalue")
-        ablated = r["controls"].get("context-ablated", {})
-        out.append(
-            " | ".join(
-                [
-                    "",
-                    path.parent.parent.name,
-                    path.parent.name,
-                    str(r["n_eval"]),
-                    f"{r['head']} ({r['sign']:+d})",
-                    _acc(methods[head]),
-                    f"{_acc(methods[ens])} {ens.split()[1][1:-1]}" if ens else "n/a",
-                    _acc(methods["model (own answer)"]),
-                    _acc(methods[att]) if att else "n/a",
-                    f"{p:.2f}" if p is not None else "n/a",
-                    f"{ablated['ablated']:.3f}{' FLAG' if ablated.get('flagged') else ''}"
-                    if ablated
-                    else "n/a",
-                    "",
-                ]
-            ).strip()
-        )
-    return out
+def _both(method: dict | None) -> str:
+    if not method:
+        return "n/a"
+    auc = method.get("auroc")
+    return _cell(method) + (f" ({auc['value']:.3f})" if auc else "")
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def evaluations(root: Path) -> list[tuple[str, str, dict]]:
+    return [
+        (p.parent.parent.name, p.parent.name, json.loads(p.read_text()))
+        for p in sorted(root.glob("*/*/evaluation.json"))
+    ]
 
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/findings")
+    found = evaluations(root)
+    print("Accuracy [95% CI] (AUROC) on the evaluation split; chosen reader in bold\n")
+    print("| model | set | n | chosen | " + " | ".join(t for _, t in COLUMNS) + " |")
+    print("|" + "---|" * (4 + len(COLUMNS)))
+    for model, name, r in found:
+        chosen = r.get("reader", "head")
+        cells = []
+        for key, _ in COLUMNS:
+            text = _both(r["methods"].get(key))
+            cells.append(f"**{text}**" if key == chosen else text)
+        print(f"| {model} | {name} | {r['n_eval']} | {chosen} | " + " | ".join(cells) + " |")
+    print("\nContext-ablated control (accuracy) and calibration CV AUROC per reader\n")
+    readers = ("head", "ensemble", "linear", "linear-l1", "hybrid")
     print(
-        "| model | set | eval n | head (sign) | head acc. [95% CI] | ensemble | model's answer "
-        "| attention baseline | McNemar p | head, context-ablated |"
+        "| model | set | "
+        + " | ".join(f"{k} ablated" for k in (*readers, "model_answer", "hidden_probe"))
+        + " | "
+        + " | ".join(f"{k} CV" for k in readers)
+        + " | margin CV |"
     )
-    print("|" + "---|" * 10)
-    for row in rows(root):
-        print(row)
+    print("|" + "---|" * (2 + len(readers) * 2 + 3))
+    for model, name, r in found:
+        ablated = (r.get("controls") or {}).get("context-ablated", {}).get("accuracy", {})
+        choice = r.get("reader_choice") or {}
+        cv = choice.get("cv") or {}
+        print(
+            f"| {model} | {name} | "
+            + " | ".join(_num(ablated.get(k)) for k in (*readers, "model_answer", "hidden_probe"))
+            + " | "
+            + " | ".join(_num(cv.get(k, {}).get("auroc")) for k in readers)
+            + f" | {_num(choice.get('model_margin_auroc'))} |"
+        )
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ __all__ = [
     "get_template",
     "render_batch",
     "template_from_description",
+    "with_fewshot",
 ]
 
 #: Bumped whenever the rendered text or position rules change, so run records stay comparable.
@@ -605,6 +606,38 @@ def get_template(name: str | Template, **overrides: Any) -> Template:
     if bad:
         raise ValueError(f"unknown template setting(s) {bad}; known: {sorted(known)}")
     return dataclasses.replace(base, **overrides)
+
+
+def with_fewshot(
+    template: Template, items: Sequence[Item], n: int, seed: int = 0
+) -> tuple[Template, list[Item]]:
+    """The template with ``n`` solved examples taken from ``items``, and the items left.
+
+    Shots are drawn label-balanced (round robin over the labels, seeded) and removed from the
+    items, so a shot is never also scored. ``n=0`` returns both unchanged.
+    """
+    import random
+
+    items = list(items)
+    if n <= 0:
+        return template, items
+    if n >= len(items):
+        raise ValueError(f"{n} few-shot examples leave none of the {len(items)} items to score")
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        by_label.setdefault(item.label, []).append(i)
+    pools = [rng.sample(idx, len(idx)) for _, idx in sorted(by_label.items())]
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for pool in pools:
+            if pool and len(chosen) < n:
+                chosen.append(pool.pop())
+    taken = set(chosen)
+    shots = tuple(items[i] for i in chosen)
+    return get_template(template, k_shot=shots), [
+        it for i, it in enumerate(items) if i not in taken
+    ]
 
 
 def render_batch(

@@ -34,7 +34,7 @@ import numpy as np
 
 from qkscore._version import __version__
 from qkscore.data import Item, load_items
-from qkscore.prompts import Prompt, Template, get_template
+from qkscore.prompts import Prompt, Template, get_template, with_fewshot
 
 MAIN = "main"
 CONTROLS = ("context-ablated", "context-swapped")
@@ -240,6 +240,8 @@ def scan(
     chunk_size: int = DEFAULT_CHUNK,
     share_prefix: bool = True,
     hidden_layers: str | Sequence[int] | None = "auto",
+    chat_template: bool | None = None,
+    num_fewshot: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> RunFolder:
@@ -256,6 +258,9 @@ def scan(
 
     ``hidden_layers`` (see :func:`hidden_layer_choice`) keeps the residual stream at the query
     positions for the hidden-state probe baseline, from the same forward pass.
+    ``chat_template`` (None: the template's own setting) wraps prompts in the tokenizer's chat
+    template; ``num_fewshot`` takes that many solved examples from the data (label-balanced,
+    removed from the scanned items) and shows them before every item.
     """
     from qkscore.extract import prefix_supported
     from qkscore.models import LoadedModel, load_model
@@ -263,11 +268,13 @@ def scan(
     run = RunFolder(out)
     spec = data if isinstance(data, str) else "<items given in Python>"
     items = load_items(data) if isinstance(data, str) else list(data)
+    overrides = {} if chat_template is None else {"use_chat_template": bool(chat_template)}
+    tmpl = get_template(template, **overrides)
+    tmpl, items = with_fewshot(tmpl, items, num_fewshot)
     if limit is not None:
         items = items[:limit]
     if not items:
         raise ValueError(f"data {spec!r} holds no items")
-    tmpl = get_template(template) if isinstance(template, str) else template
     for control in controls:
         control_items(items[:2], control)  # validate names before any work
     wanted = [MAIN, *controls]

@@ -27,6 +27,7 @@ for _command in (
     _pipeline.calibrate,
     _pipeline.evaluate,
     _pipeline.transfer,
+    _pipeline.sweep,
     _pipeline.report,
     _pipeline.probe,
     _audit.check,

@@ -38,6 +38,14 @@ def scan(
         help="Residual-stream layers kept for the hidden-state probe: auto (8 evenly spaced), "
         "all, none, or numbers like 4,8,12.",
     ),
+    chat_template: bool | None = typer.Option(
+        None,
+        "--chat-template/--no-chat-template",
+        help="Wrap prompts in the tokenizer's chat template (default: the template's setting).",
+    ),
+    num_fewshot: int = typer.Option(
+        0, min=0, help="Solved examples from the data shown before every item (not scored)."
+    ),
 ) -> None:
     """Score every head on every item into a resumable run folder."""
     console = _console()
@@ -58,6 +66,8 @@ def scan(
         chunk_size=chunk_size,
         share_prefix=share_prefix,
         hidden_layers=hidden_layers,
+        chat_template=chat_template,
+        num_fewshot=num_fewshot,
         log=console.print,
     )
     meta = run.meta()
@@ -171,6 +181,47 @@ def transfer(
             cells = ("n/a" if v is None else f"{v:.3f}" for v in row)
             table.add_row(f"{Path(name).name} ({which})", *cells)
         console.print(table)
+
+
+def sweep(
+    model: str = typer.Option(..., "--model", "-m", help="Alias, hub id, folder or .gguf file."),
+    data: str = typer.Option(..., "--data", "-d", help="Data spec FORMAT:PATH?k=v."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the settings' runs."),
+    grid: str = typer.Option(
+        "template=answer-statement;rope=false;chat_template=false,true;num_fewshot=0,3",
+        help="Settings to try: template, rope, chat_template, num_fewshot, swap_options, "
+        "as 'key=v1,v2;key2=...' (a key alone tries its usual values).",
+    ),
+    calib_size: int = typer.Option(400, min=2, help="Balanced calibration items per setting."),
+    limit: int | None = typer.Option(None, min=1, help="Keep the first N items."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+    dtype: str = typer.Option("auto", help="auto (bf16), float32, float16, bfloat16."),
+    control: list[str] = typer.Option([], help="context-ablated and/or context-swapped."),
+    as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
+) -> None:
+    """Scan every prompt setting of a grid, fit every reader, rank (setting, reader) pairs by
+    calibration cross-validation only, and show the evaluation figure of the pick."""
+    console = _console()
+    from qkscore.sweep import leaderboard_markdown
+    from qkscore.sweep import sweep as run_sweep
+
+    result = run_sweep(
+        model,
+        data,
+        out,
+        grid,
+        calib_size=calib_size,
+        limit=limit,
+        batch_size=batch_size,
+        dtype=dtype,
+        controls=control,
+        log=console.print,
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        console.print(Markdown(leaderboard_markdown(result)))
+        console.print(f"[green]wrote {out}/leaderboard.md and leaderboard.json[/]")
 
 
 def report(
