@@ -36,7 +36,10 @@ request differs in any of them is refused with :class:`RunMismatchError` naming 
 difference, before the model loads where the difference can be seen without it. Adding a
 control scan to a finished folder is a new scan of the same request, not a change. The batch
 size may differ (resuming with a smaller one after running out of memory): like the thread
-count it changes scores only by rounding.
+count it changes scores only by rounding, and a resumed scan says so when it differs. The
+shared prefix also changes scores only by rounding, but it is a choice of method that run.json
+reports as a fact about every array and nothing needs it changed mid-scan, so it is part of the
+request.
 """
 
 from __future__ import annotations
