@@ -260,6 +260,66 @@ def test_local_folder_loads_with_stable_fingerprint(tmp_path):
     assert other.fingerprint != first.fingerprint  # same config, other weights
 
 
+def test_fingerprint_follows_the_weights_not_the_path_or_config(tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = _save_tiny_folder(tmp_path / "tiny")
+    twin = tmp_path / "twin"
+    shutil.copytree(folder, twin)
+    first = loading_mod.model_fingerprint(str(folder))
+    assert first == loading_mod.model_fingerprint(str(folder))  # the same folder twice
+    assert first == loading_mod.model_fingerprint(str(twin))  # a copy: the same weights
+    assert first == load_model(str(folder), dtype="float32", device="cpu").fingerprint
+    # a rank-one edit of one matrix (as model-editing methods make), same config and sizes
+    weights = load_file(twin / "model.safetensors")
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = weights[name]
+    weights[name] = w + 1e-3 * torch.outer(torch.ones(w.shape[0]), torch.ones(w.shape[1]))
+    save_file(weights, twin / "model.safetensors", metadata={"format": "pt"})
+    edited = loading_mod.model_fingerprint(str(twin))
+    assert edited != first
+    # files above the whole-hash size are sampled; the per-tensor samples reach the edit even
+    # with the evenly spaced blocks shrunk to nothing
+    for name, value in (("_HASH_WHOLE", 0), ("_EDGE", 16), ("_BLOCK", 16), ("_BLOCKS", 2)):
+        monkeypatch.setattr(loading_mod, name, value)
+    monkeypatch.setattr(loading_mod, "_file_digests", {})
+    sampled, sampled_edit = (loading_mod.model_fingerprint(str(f)) for f in (folder, twin))
+    assert sampled != sampled_edit and sampled != first
+
+
+def test_fingerprint_of_a_hub_id_reads_its_cached_snapshot(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    snapshot = _save_tiny_folder(tmp_path / "models--org--tiny" / "snapshots" / "abc123")
+    other = _save_tiny_folder(tmp_path / "other", seed=1)
+
+    def cached(repo_id, filename, **_kw):
+        found = snapshot if repo_id == "org/tiny" else other
+        return str(found / filename)
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
+    assert loading_mod.model_fingerprint("org/tiny") == loading_mod.model_fingerprint(str(snapshot))
+    assert loading_mod.model_fingerprint("org/tiny") != loading_mod.model_fingerprint("org/x")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *_a, **_k: None)
+    assert loading_mod.model_fingerprint("org/tiny") is None  # unknown until downloaded
+
+
+def test_fingerprint_is_cheap_beside_loading(smollm2, monkeypatch):
+    """The packaged alias keeps its GGUF hash; hashing its 540 MB converted folder afresh (the
+    path a local folder or hub model takes) samples a few MB, far below the load time."""
+    import time
+
+    packaged = ALIASES["smollm2-135m"]
+    assert loading_mod.model_fingerprint("smollm2-135m") == packaged.sha256[:16]
+    assert smollm2.fingerprint == packaged.sha256[:16]
+    monkeypatch.setattr(loading_mod, "_file_digests", {})
+    start = time.perf_counter()
+    loading_mod._fingerprint_folder(packaged.converted_dir())
+    assert time.perf_counter() - start < 1.0
+
+
 def test_dtype_resolution():
     assert resolve_dtype("auto", "cpu") == torch.bfloat16  # 1.9x faster than fp32 on CPU here
     assert resolve_dtype("float32", "cpu") == torch.float32

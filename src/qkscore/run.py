@@ -4,7 +4,8 @@ A run folder holds everything later steps need, so calibration, evaluation and r
 touch the model again::
 
     run.json            provenance: model (name, fingerprint, source, dtype), template, data spec,
-                        rope, package version, time, and the state of each scan
+                        rope, package version, time, the items' content hash and the state of
+                        each scan
     items.jsonl         id, label, answer index, options, meta, the prompt's token positions
     scores.npy          float32 [items, layers, heads, options] (the main scan)
     baseline.npy        float32 [items, options] the model's log-probability of each option
@@ -13,20 +14,46 @@ touch the model again::
                         each option's query position after the layers in run.json
                         ``hidden_layers`` (the hidden-state probe's input)
     controls/NAME/...   the same arrays for a control scan (context-ablated, context-swapped)
-    chunks/SCAN/*.npz   results as they come; merged into the arrays when a scan completes
+    chunks/SCAN/chunk-START.npz   results as they come; merged into the arrays when a scan
+                        completes
+    chunks/SCAN/chunk-START.json  the chunk's record: SHA-256, item range, array shapes and the
+                        digest of the request that wrote it
+    chunks/SCAN/bad/    chunks that failed verification, kept for inspection and scored again
 
 Chunk boundaries depend only on the item order and ``chunk_size``, so a scan killed at any
-moment and started again forms the same batches and ends with exactly the same scores.
+moment and started again forms the same batches and ends with exactly the same scores (with
+the same batch size and thread count: those change the last bits by rounding).
+
+A chunk is written atomically and then its record; a kill between the two leaves a chunk
+without a record, which like any chunk whose bytes, request or shapes disagree with its record
+is named in a warning, moved to ``bad/`` and scored again. Chunks are verified when a scan
+resumes and again, as they are read, when they are merged.
+
+A folder belongs to one request: :func:`_identity` lists every setting that changes the
+arrays (model fingerprint, dtype, template, data spec and the items' content hash, item and
+option counts, chunk size, rope, attention weights, shared prefix, hidden layers). A scan whose
+request differs in any of them is refused with :class:`RunMismatchError` naming each
+difference, before the model loads where the difference can be seen without it. Adding a
+control scan to a finished folder is a new scan of the same request, not a change. The batch
+size may differ (resuming with a smaller one after running out of memory): like the thread
+count it changes scores only by rounding, and a resumed scan says so when it differs. The
+shared prefix also changes scores only by rounding, but it is a choice of method that run.json
+reports as a fact about every array and nothing needs it changed mid-scan, so it is part of the
+request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import functools
+import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +98,42 @@ def hidden_layer_choice(spec: str | Sequence[int] | None, n_layers: int) -> list
 
 class RunMismatchError(RuntimeError):
     """A run folder made with another model, template, data or settings."""
+
+
+class RunFolderError(RuntimeError):
+    """A run folder's file is damaged or disagrees with its run.json."""
+
+
+class ChunkError(RuntimeError):
+    """Chunks of a scan are missing or failed verification (bad ones were set aside).
+
+    ``starts`` are the first item indices of the chunks to score again."""
+
+    def __init__(self, message: str, starts: Sequence[int]) -> None:
+        super().__init__(message)
+        self.starts = list(starts)
+
+
+class _BadChunk(Exception):
+    """Why one chunk failed verification (internal)."""
+
+
+#: The item fields a scan's arrays and labels depend on; run.json keeps their hash.
+ITEM_FIELDS = ("id", "context", "statement", "label", "options", "answer_index")
+
+
+def items_sha256(items: Iterable[Item | Mapping[str, Any]]) -> str:
+    """SHA-256 over one canonical JSON line per item (the fields in :data:`ITEM_FIELDS`, in
+    item order), from :class:`Item` objects or from items.jsonl records alike."""
+    digest = hashlib.sha256()
+    for item in items:
+        get = item.get if isinstance(item, Mapping) else lambda k, it=item: getattr(it, k, None)
+        record = {key: get(key) for key in ITEM_FIELDS}
+        if record["options"] is not None:
+            record["options"] = list(record["options"])
+        line = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+        digest.update(line.encode() + b"\n")
+    return digest.hexdigest()
 
 
 def control_items(items: Sequence[Item], control: str) -> list[Item]:
@@ -132,14 +195,52 @@ class RunFolder:
     def meta(self) -> dict[str, Any]:
         if not self.exists():
             raise FileNotFoundError(f"{self.path} is not a qkscore run folder (no run.json)")
-        return json.loads(self.meta_path.read_text())
+        try:
+            text = self.meta_path.read_bytes().decode()
+            meta = json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            what = "is empty" if self.meta_path.stat().st_size == 0 else f"is unreadable ({err})"
+            raise RunFolderError(
+                f"{self.meta_path} {what}: the folder's provenance is lost, so it can be neither "
+                "trusted nor resumed. Delete the folder and scan again."
+            ) from err
+        if not isinstance(meta, dict) or "scans" not in meta:
+            raise RunFolderError(f"{self.meta_path} is not a qkscore run.json (no scans)")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         write_json(self.meta_path, meta)
 
     def items(self) -> list[dict[str, Any]]:
-        with open(self.path / "items.jsonl") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+        """The items.jsonl records, refused when they disagree with run.json (count or content
+        hash) or a line is not JSON: a truncated file would otherwise calibrate on fewer items."""
+        meta = self.meta()
+        path = self.path / "items.jsonl"
+        records = []
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    records.append(json.loads(raw))
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise RunFolderError(
+                        f"{path} line {number} is not a JSON record ({err}): the file is damaged"
+                    ) from None
+        n_items = meta.get("n_items")
+        if n_items is not None and len(records) != n_items:
+            raise RunFolderError(
+                f"{path} has {len(records)} records but run.json says {n_items}: the file is "
+                "damaged (a re-run of the same `qkscore scan` writes it again)"
+            )
+        recorded = meta.get("items_sha256")
+        if recorded and items_sha256(records) != recorded:
+            raise RunFolderError(
+                f"{path}: content hash differs from run.json's items_sha256, so the records are "
+                "not the items this folder was scanned with (a re-run of the same `qkscore "
+                "scan` writes them again)"
+            )
+        return records
 
     def labels(self, records: Sequence[dict[str, Any]] | None = None) -> np.ndarray:
         """Gold option index per item; pass ``items()`` already read to skip a second read."""
@@ -171,21 +272,183 @@ class RunFolder:
     def chunk_path(self, scan: str, start: int) -> Path:
         return self.chunk_dir(scan) / f"chunk-{start:08d}.npz"
 
-    def write_chunk(self, scan: str, start: int, arrays: dict[str, np.ndarray]) -> None:
-        _atomic_write_bytes(
-            self.chunk_path(scan, start), lambda fh: np.savez(fh, **arrays), suffix=".npz"
+    def chunk_record_path(self, scan: str, start: int) -> Path:
+        return self.chunk_dir(scan) / f"chunk-{start:08d}.json"
+
+    def write_chunk(
+        self, scan: str, start: int, arrays: dict[str, np.ndarray], identity: str | None = None
+    ) -> None:
+        """Write a chunk atomically, then its record (checksum, item range, shapes): a kill in
+        between leaves a chunk without a record, which verification sets aside."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        data = buffer.getvalue()
+        rows = {len(a) for a in arrays.values()}
+        if len(rows) != 1:
+            raise ValueError(f"chunk {start} of scan {scan!r}: arrays disagree on rows {rows}")
+        _atomic_write_bytes(self.chunk_path(scan, start), lambda fh: fh.write(data), ".npz")
+        write_json(
+            self.chunk_record_path(scan, start),
+            {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "start": start,
+                "stop": start + rows.pop(),
+                "identity": identity if identity is not None else self._chunk_identity(),
+                "arrays": {k: [list(a.shape), str(a.dtype)] for k, a in arrays.items()},
+            },
         )
 
-    def merge_chunks(self, scan: str, n_items: int, chunk_size: int) -> None:
-        """Concatenate a finished scan's chunks in item order into its arrays."""
-        starts = range(0, n_items, chunk_size)
-        parts: dict[str, list[np.ndarray]] = {}
+    def _chunk_identity(self, meta: dict[str, Any] | None = None) -> str:
+        return identity_digest(_identity(meta if meta is not None else self.meta()))
+
+    def read_chunk(
+        self, scan: str, start: int, meta: dict[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
+        """A chunk's arrays after checking it against its record and run.json; raises
+        :class:`_BadChunk` with the reason otherwise, FileNotFoundError when it is absent."""
+        meta = meta if meta is not None else self.meta()
+        path, record_path = self.chunk_path(scan, start), self.chunk_record_path(scan, start)
+        stop = min(start + meta["chunk_size"], meta["n_items"])
+        data = path.read_bytes()
+        if not data:
+            raise _BadChunk("is empty (0 bytes)")
+        if not record_path.exists():
+            raise _BadChunk(
+                f"has no checksum record {record_path.name} (the scan was killed between "
+                "writing the two, or the chunk is not this scan's)"
+            )
+        try:
+            record = json.loads(record_path.read_bytes())
+            recorded_sha = record["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise _BadChunk(
+                f"has an unreadable checksum record {record_path.name} ({err})"
+            ) from None
+        if record.get("identity") != self._chunk_identity(meta):
+            raise _BadChunk("was written by a different scan request than run.json describes")
+        if (record.get("start"), record.get("stop")) != (start, stop):
+            raise _BadChunk(
+                f"is recorded for items {record.get('start')}..{record.get('stop')} but should "
+                f"hold items {start}..{stop}"
+            )
+        if hashlib.sha256(data).hexdigest() != recorded_sha:
+            raise _BadChunk(
+                f"does not match its checksum ({len(data)} bytes, {record.get('size')} "
+                "recorded): the file is damaged or torn"
+            )
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {key: z[key] for key in z.files}
+        except Exception as err:  # anything np.load raises on a bad file
+            raise _BadChunk(f"cannot be read ({type(err).__name__}: {err})") from None
+        layout = _chunk_layout(meta)
+        if sorted(arrays) != sorted(layout):
+            raise _BadChunk(f"holds arrays {sorted(arrays)}, expected {sorted(layout)}")
+        for key, (shape, dtype) in layout.items():
+            got = arrays[key]
+            want = (stop - start, *shape)
+            fits = len(got.shape) == len(want) and all(
+                w is None or g == w for g, w in zip(got.shape, want)
+            )
+            if not fits or str(got.dtype) != dtype:
+                raise _BadChunk(
+                    f"holds {key} of shape {tuple(got.shape)} {got.dtype}, expected "
+                    f"{tuple('?' if w is None else w for w in want)} {dtype}"
+                )
+        return arrays
+
+    def set_aside(
+        self, scan: str, start: int, reason: str, log: Callable[[str], None] = print
+    ) -> Path:
+        """Move a bad chunk (and its record) to ``chunks/SCAN/bad/`` and say so."""
+        bad = self.chunk_dir(scan) / "bad"
+        bad.mkdir(parents=True, exist_ok=True)
+        path = self.chunk_path(scan, start)
+        dest, k = bad / path.name, 0
+        while dest.exists():
+            k += 1
+            dest = bad / f"{path.stem}.{k}{path.suffix}"
+        os.replace(path, dest)
+        record = self.chunk_record_path(scan, start)
+        if record.exists():
+            os.replace(record, dest.with_suffix(".json"))
+        log(f"warning: chunk {path} {reason}; moved to {dest}, its items will be scored again")
+        return dest
+
+    def check_chunks(
+        self, scan: str, starts: Iterable[int], log: Callable[[str], None] = print
+    ) -> list[int]:
+        """Verify the chunks at ``starts``; set aside bad ones. Returns the starts still to
+        score (absent or set aside)."""
+        meta = self.meta()
+        todo = []
         for start in starts:
-            with np.load(self.chunk_path(scan, start)) as z:
-                for key in z.files:
-                    parts.setdefault(key, []).append(z[key])
+            try:
+                self.read_chunk(scan, start, meta)
+            except FileNotFoundError:
+                todo.append(start)
+            except (_BadChunk, OSError) as err:
+                self.set_aside(scan, start, str(err), log)
+                todo.append(start)
+        return todo
+
+    def merge_chunks(
+        self, scan: str, n_items: int, chunk_size: int, log: Callable[[str], None] = print
+    ) -> None:
+        """Verify a finished scan's chunks and concatenate them in item order into its arrays.
+
+        Raises :class:`ChunkError` (writing no array) when chunks are absent or fail
+        verification; the bad ones are set aside first, so scoring ``err.starts`` again and
+        merging once more completes the scan."""
+        meta = self.meta()
+        if (meta["n_items"], meta["chunk_size"]) != (n_items, chunk_size):
+            raise ValueError(f"{self.meta_path} describes another item count or chunk size")
+        parts: dict[str, list[np.ndarray]] = {}
+        missing = []
+        for start in range(0, n_items, chunk_size):
+            try:
+                arrays = self.read_chunk(scan, start, meta)
+            except FileNotFoundError:
+                missing.append(start)
+                continue
+            except (_BadChunk, OSError) as err:
+                self.set_aside(scan, start, str(err), log)
+                missing.append(start)
+                continue
+            for key, block in arrays.items():
+                parts.setdefault(key, []).append(block)
+        if missing:
+            raise ChunkError(
+                f"scan {scan!r} of {self.path}: chunks at items {missing} are missing or bad",
+                missing,
+            )
         for key, blocks in parts.items():
             save_array(self.array_path(scan, key), np.concatenate(blocks))
+        for tmp in self.chunk_dir(scan).glob(".chunk-*"):
+            tmp.unlink(missing_ok=True)  # temporary files of writes a kill interrupted
+
+
+def identity_digest(identity: Mapping[str, Any]) -> str:
+    """A short digest of a request's identity, stamped on every chunk it writes."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _chunk_layout(meta: Mapping[str, Any]) -> dict[str, tuple[tuple, str]]:
+    """Each array a chunk holds: its shape after the item axis (``None``: not in run.json) and
+    its dtype, as :func:`qkscore.scoring.score_prompts` makes them."""
+    per_head = (meta["n_layers"], meta["n_heads"], meta["n_options"])
+    layout: dict[str, tuple[tuple, str]] = {
+        "scores": (per_head, "float32"),
+        "baseline": ((meta["n_options"],), "float32"),
+    }
+    if meta.get("attention_weights"):
+        layout["attention"] = (per_head, "float32")
+    if meta.get("hidden_layers"):
+        hidden = (len(meta["hidden_layers"]), meta["n_options"], meta.get("d_model"))
+        layout["hidden"] = (hidden, "float16")
+    return layout
 
 
 def _describe_items(items: Sequence[Item], prompts: Sequence[Prompt]) -> Iterator[dict]:
@@ -210,18 +473,39 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _identity(meta: dict[str, Any]) -> dict[str, Any]:
-    """What must agree for two scans to share one folder."""
+def _identity(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Every recorded setting that changes a scan's arrays, by name: two scans share a folder
+    only when these agree key by key. A new setting that changes the arrays gets a line here
+    (with the value folders made before it existed had); nothing else needs to change."""
+    model = meta.get("model") or {}
     return {
-        "model": meta["model"].get("fingerprint") or meta["model"].get("name"),
-        "template": meta["template"],
-        "data": meta["data"],
-        "rope": meta["rope"],
+        "model": model.get("fingerprint") or model.get("name"),
+        "dtype": model.get("dtype"),
+        "template": meta.get("template"),
+        "data": meta.get("data"),
+        "items": meta.get("items_sha256"),
+        "n_items": meta.get("n_items"),
+        "n_options": meta.get("n_options"),
+        "chunk_size": meta.get("chunk_size"),
+        "rope": meta.get("rope"),
+        "attention_weights": meta.get("attention_weights", False),
+        "share_prefix": meta.get("share_prefix", False),
         "hidden_layers": meta.get("hidden_layers", []),
-        "dtype": meta["model"].get("dtype"),
-        "n_items": meta["n_items"],
-        "chunk_size": meta["chunk_size"],
     }
+
+
+def _folder_identity(run: RunFolder, old: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity a folder records; for folders made before run.json kept the items' hash,
+    the hash of its items.jsonl when the records hold every hashed field."""
+    identity = _identity(old)
+    if identity["items"] is None:
+        try:
+            records = run.items()
+        except (OSError, RunFolderError):
+            records = []
+        if records and all(all(k in r for k in ITEM_FIELDS) for r in records):
+            identity["items"] = items_sha256(records)
+    return identity
 
 
 def scan(
@@ -278,10 +562,28 @@ def scan(
     for control in controls:
         control_items(items[:2], control)  # validate names before any work
     wanted = [MAIN, *controls]
+    items_hash = items_sha256(items)
+    shared = share_prefix and prefix_supported(rope, attention_weights)
+    old: dict[str, Any] | None = None
     if run.exists():
         old = run.meta()
-        _check_same_request(run, old, spec, tmpl, rope, len(items), chunk_size, model)
-        if all(old["scans"].get(s, {}).get("complete") for s in wanted):
+        request = _request_before_loading(
+            old,
+            model,
+            dtype,
+            spec,
+            tmpl,
+            items,
+            items_hash,
+            rope,
+            attention_weights,
+            chunk_size,
+            shared,
+            hidden_layers,
+        )
+        _refuse_differences(run, _folder_identity(run, old), request)
+        same_model = "model" in request or old["model"].get("name") == str(model)
+        if same_model and _complete(run, old, wanted) and _items_file_ok(run):
             log(f"{run.path}: nothing to do, scans {', '.join(wanted)} are complete")
             return run
     shard = Shard.from_env()
@@ -297,32 +599,45 @@ def scan(
         "model": lm.describe(),
         "template": tmpl.describe(),
         "data": spec,
+        "items_sha256": items_hash,
         "rope": rope,
         "attention_weights": attention_weights,
         "n_items": len(items),
         "n_layers": lm.n_layers,
         "n_heads": lm.n_heads,
+        "d_model": lm.d_model,
         "n_options": max(p.n_options for p in prompts),
         "hidden_layers": hidden_layer_choice(hidden_layers, lm.n_layers),
         "chunk_size": chunk_size,
         "batch_size": batch_size,
-        "share_prefix": share_prefix and prefix_supported(rope, attention_weights),
+        "share_prefix": shared,
         "scans": {},
     }
-    if run.exists():
-        old = run.meta()
-        if _identity(old) != _identity(meta):
-            raise RunMismatchError(_mismatch_message(run, _identity(old), _identity(meta)))
+    write_items = old is None
+    if old is not None:
+        _refuse_differences(run, _folder_identity(run, old), _identity(meta))
         meta["created"], meta["scans"] = old["created"], old.get("scans", {})
-    elif shard.rank == 0:
-        run.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(
-            run.path / "items.jsonl",
-            lambda fh: fh.writelines(
-                (json.dumps(r) + "\n").encode() for r in _describe_items(items, prompts)
-            ),
-        )
+        for name in wanted:
+            if not _complete(run, meta, [name]):
+                meta["scans"].pop(name, None)  # arrays missing: merge (and score) again
+        if old.get("batch_size") != batch_size and shard.rank == 0:
+            log(
+                f"{run.path}: batch size {batch_size}, the folder was started with "
+                f"{old.get('batch_size')}: the chunks scored now may differ from an "
+                "uninterrupted scan in the last bits (rounding)"
+            )
+        write_items = not _items_file_ok(run)
+        if write_items and shard.rank == 0:
+            log(f"warning: {run.path / 'items.jsonl'} is damaged; writing it again")
     if shard.rank == 0:
+        run.path.mkdir(parents=True, exist_ok=True)
+        if write_items:
+            _atomic_write_bytes(
+                run.path / "items.jsonl",
+                lambda fh: fh.writelines(
+                    (json.dumps(r) + "\n").encode() for r in _describe_items(items, prompts)
+                ),
+            )
         run.write_meta(meta)
     shard.barrier()
     for scan_name in wanted:
@@ -331,7 +646,9 @@ def scan(
         scan_prompts = prompts
         if scan_name != MAIN:
             scan_prompts = [tmpl.render(it, lm.tokenizer) for it in control_items(items, scan_name)]
-        _scan_one(
+
+        score = functools.partial(
+            _scan_one,
             run,
             lm,
             scan_name,
@@ -341,12 +658,16 @@ def scan(
             rope,
             attention_weights,
             chunk_size,
-            progress and shard.rank == 0,
-            shard,
+            log=log,
         )
+        score(progress and shard.rank == 0, shard)
         shard.barrier()  # every shard's chunks are on disk before one process merges them
         if shard.rank == 0:
-            run.merge_chunks(scan_name, len(items), chunk_size)
+            try:
+                run.merge_chunks(scan_name, len(items), chunk_size, log=log)
+            except ChunkError as err:  # a chunk went bad or missing after it was checked
+                score(progress, Shard(), starts=err.starts)
+                run.merge_chunks(scan_name, len(items), chunk_size, log=log)
             meta["scans"][scan_name] = {
                 "complete": True,
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -355,6 +676,77 @@ def scan(
             run.write_meta(meta)
         shard.barrier()
     return run
+
+
+def _request_before_loading(
+    old,
+    model,
+    dtype,
+    spec,
+    tmpl,
+    items,
+    items_hash,
+    rope,
+    attention_weights,
+    chunk_size,
+    shared,
+    hidden_layers,
+) -> dict[str, Any]:
+    """The part of this scan's identity known before the model loads (see :func:`_identity`):
+    everything but what only the loaded model tells, such as its fingerprint when that needs a
+    download or a whole-file hash."""
+    from qkscore.models import LoadedModel, model_fingerprint
+    from qkscore.models.loading import resolve_device, resolve_dtype
+
+    request: dict[str, Any] = {
+        "template": tmpl.describe(),
+        "data": spec,
+        "items": items_hash,
+        "n_items": len(items),
+        "n_options": max(len(item.options) for item in items),
+        "chunk_size": chunk_size,
+        "rope": rope,
+        "attention_weights": attention_weights,
+        "share_prefix": shared,
+    }
+    if isinstance(model, LoadedModel):
+        request["model"] = model.fingerprint
+        request["dtype"] = str(model.dtype).removeprefix("torch.")
+    else:
+        fingerprint = model_fingerprint(str(model))
+        if fingerprint:
+            request["model"] = fingerprint
+        request["dtype"] = str(resolve_dtype(dtype, resolve_device("auto"))).removeprefix("torch.")
+    # "auto" depends on the layer count: the folder's, if the model is the same (else the model
+    # differs and is refused once loaded)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        request["hidden_layers"] = hidden_layer_choice(hidden_layers, int(old["n_layers"]))
+    return request
+
+
+def _refuse_differences(run: RunFolder, folder: Mapping[str, Any], request: Mapping) -> None:
+    """Raise :class:`RunMismatchError` naming each key of ``request`` the folder disagrees on
+    (compared as run.json stores them, so a tuple equals the list it was written as)."""
+    folder, request = _jsonable(dict(folder)), _jsonable(dict(request))
+    if any(folder.get(key) != value for key, value in request.items()):
+        raise RunMismatchError(_mismatch_message(run, folder, request))
+
+
+def _complete(run: RunFolder, meta: Mapping[str, Any], scans: Sequence[str]) -> bool:
+    """Whether run.json marks these scans complete and their arrays are all on disk."""
+    names = list(_chunk_layout(meta)) if "n_layers" in meta else ["scores", "baseline"]
+    return all(
+        meta.get("scans", {}).get(s, {}).get("complete") and all(run.has(s, n) for n in names)
+        for s in scans
+    )
+
+
+def _items_file_ok(run: RunFolder) -> bool:
+    try:
+        run.items()
+    except (OSError, RunFolderError):
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,34 +792,23 @@ class Shard:
             dist.barrier()
 
 
-def _check_same_request(run, old, spec, tmpl, rope, n_items, chunk_size, model) -> None:
-    """Cheap refusal before loading a model: data, template and settings must match."""
-    from qkscore.models import LoadedModel
-
-    name = model.name if isinstance(model, LoadedModel) else str(model)
-    mine = {
-        "data": spec,
-        "template": tmpl.describe(),
-        "rope": rope,
-        "n_items": n_items,
-        "chunk_size": chunk_size,
-        "model": name,
-    }
-    theirs = {k: old.get(k) for k in mine}
-    theirs["template"] = old.get("template")
-    theirs["model"] = old["model"].get("name")
-    if isinstance(model, LoadedModel):
-        mine["model"], theirs["model"] = model.fingerprint, old["model"].get("fingerprint")
-    if mine != theirs:
-        raise RunMismatchError(_mismatch_message(run, theirs, mine))
+#: How a difference is told when the values themselves say little.
+_DIFFERENCE = {
+    "items": "content hash differs (data changed since the folder was made)",
+}
 
 
-def _mismatch_message(run: RunFolder, old: dict, new: dict) -> str:
-    diffs = [
-        f"  {k}: folder has {old.get(k)!r}, this scan asks for {new.get(k)!r}"
-        for k in new
-        if old.get(k) != new.get(k)
-    ]
+def _mismatch_message(run: RunFolder, old: Mapping, new: Mapping) -> str:
+    diffs = []
+    for key in new:
+        if old.get(key) == new.get(key):
+            continue
+        if key in _DIFFERENCE and old.get(key) is not None:
+            diffs.append(f"  {key}: {_DIFFERENCE[key]}")
+        elif old.get(key) is None:
+            diffs.append(f"  {key}: folder has no record of it, this scan asks for {new[key]!r}")
+        else:
+            diffs.append(f"  {key}: folder has {old.get(key)!r}, this scan asks for {new[key]!r}")
     return (
         f"{run.path} was made by a different scan and is not mixed with this one:\n"
         + "\n".join(diffs)
@@ -447,14 +828,21 @@ def _scan_one(
     chunk_size,
     progress,
     shard: Shard | None = None,
+    log: Callable[[str], None] = print,
+    starts: Sequence[int] | None = None,
 ) -> None:
-    """Score this process's chunks that are not on disk yet, writing each as it finishes."""
+    """Score this process's chunks that are not on disk yet (or ``starts``), writing each as it
+    finishes; chunks already on disk are verified first and bad ones set aside."""
     from qkscore.scoring import score_prompts
 
     n = len(prompts)
     shard = shard or Shard()
     owned = [s for s in range(0, n, chunk_size) if shard.owns(s // chunk_size)]
-    starts = [s for s in owned if not run.chunk_path(scan_name, s).exists()]
+    if starts is None:
+        starts = run.check_chunks(scan_name, owned, log)
+    else:
+        owned = list(starts)
+    identity = run._chunk_identity(meta)
     total = sum(min(chunk_size, n - s) for s in owned)
     done = total - sum(min(chunk_size, n - s) for s in starts)
     label = f"scan {scan_name}" + (
@@ -479,7 +867,7 @@ def _scan_one(
                 arrays["attention"] = result.attention
             if result.hidden is not None:
                 arrays["hidden"] = result.hidden
-            run.write_chunk(scan_name, start, arrays)
+            run.write_chunk(scan_name, start, arrays, identity)
 
 
 class _progress:

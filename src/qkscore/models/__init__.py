@@ -10,7 +10,7 @@ from qkscore.models.adapters import (
     supported_model_types,
 )
 from qkscore.models.aliases import ALIASES, ModelNotAvailableError, PackagedModel, cache_dir
-from qkscore.models.loading import LoadedModel, load_model, load_tokenizer
+from qkscore.models.loading import LoadedModel, load_model, load_tokenizer, model_fingerprint
 
 __all__ = [
     "ADAPTERS",
@@ -26,5 +26,6 @@ __all__ = [
     "head_layout",
     "load_model",
     "load_tokenizer",
+    "model_fingerprint",
     "supported_model_types",
 ]

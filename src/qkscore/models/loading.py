@@ -172,7 +172,7 @@ def load_model(
     model.eval()
     adapter = adapter_for(model)
     layout = head_layout(_text_config(model.config))
-    fingerprint = source.get("sha256", "")[:16] or _fingerprint_folder(folder, model.config)
+    fingerprint = _fingerprint_loaded(folder, source, model.config)
     return LoadedModel(
         model=model,
         tokenizer=_with_padding(tokenizer),
@@ -350,17 +350,120 @@ def _strip_quantization_config(folder: Path) -> None:
         config_path.write_text(json.dumps(config, indent=2))
 
 
-def _fingerprint_folder(folder: str, config) -> str:
-    """A short id of the weights: config plus strided samples of every weight file's bytes,
-    so a fine-tune with the same config differs while hashing stays fast for large files."""
+#: Weight files the fingerprint reads, at the top of a model folder.
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+#: Files up to this size are hashed whole; larger ones are sampled (see ``_file_digest``).
+_HASH_WHOLE = 32 << 20
+_EDGE, _BLOCK, _BLOCKS, _TENSOR_SAMPLE = 1 << 20, 1 << 16, 64, 1 << 12
+_file_digests: dict[tuple, str] = {}
+
+
+def model_fingerprint(name_or_path: str) -> str | None:
+    """The fingerprint ``load_model`` gives this model, without loading it; ``None`` when that
+    needs more than a cheap look (a hub id not in the local cache, a GGUF file to hash whole).
+
+    Run folders use it to refuse a different model before spending the load."""
+    packaged = get_alias(name_or_path)
+    if packaged is not None:
+        return packaged.sha256[:16]
+    if name_or_path.lower().endswith(".gguf"):
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _fingerprint_folder(path) if (path / "config.json").is_file() else None
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        return None
+    snapshot = _hub_snapshot(name_or_path)
+    return _fingerprint_folder(snapshot) if snapshot is not None else None
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model (where from_pretrained read it), if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an invalid repo id and the like: the caller falls back
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _fingerprint_loaded(folder: str, source: dict[str, Any], config) -> str:
+    """The fingerprint of a just-loaded model: the GGUF's hash for aliases and GGUF files, else
+    the weights in its folder (for a hub id, the cached snapshot it was read from)."""
+    if source.get("sha256"):
+        return source["sha256"][:16]
+    path = Path(folder) if source.get("kind") != "hub" else _hub_snapshot(folder)
+    if path is not None and (path / "config.json").is_file():
+        return _fingerprint_folder(path)
+    # a hub model read from somewhere this process cannot see: only its config and revision
+    log.warning("no weight files found for %s; its fingerprint covers only the config", folder)
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
-    path = Path(folder)
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
-    for f in files:
-        size = f.stat().st_size
-        digest.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            for i in range(64):
-                fh.seek(size * i // 64)
-                digest.update(fh.read(1 << 16))
+    digest.update(json.dumps(source, sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def _fingerprint_folder(folder: str | Path) -> str:
+    """A short id of a model folder's weights: its config.json and, per weight file, the name,
+    size and content (whole up to 32 MiB; above that, samples that touch every tensor).
+
+    Two fine-tunes with one config differ; the same files always give the same id. A hub
+    snapshot's weight files are links to blobs named by the file's SHA-256, which is then
+    hashed too, exact at no cost. Sampling reads a few MB however big the model is, so loading
+    is not slowed (tests/test_models.py times it)."""
+    path = Path(folder)
+    config = json.loads((path / "config.json").read_text())
+    digest = hashlib.sha256(b"qkscore fingerprint 2\n")
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    files = sorted({f for pattern in _WEIGHT_PATTERNS for f in path.glob(pattern) if f.is_file()})
+    for f in files:
+        digest.update(f"\n{f.name}:{_file_digest(f)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of one weight file's size and content or content samples, cached per process by
+    (path, size, mtime, inode) so reloading the same model does not read it again."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key in _file_digests:
+        return _file_digests[key]
+    size = stat.st_size
+    digest = hashlib.sha256(f"{size}".encode())
+    blob = path.resolve().name if path.is_symlink() else ""
+    if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+        digest.update(f"blob {blob}".encode())  # the hub cache names LFS blobs by their SHA-256
+    with open(path, "rb") as fh:
+        if size <= _HASH_WHOLE:
+            while block := fh.read(1 << 22):
+                digest.update(block)
+        else:
+            for offset, length in _sample_ranges(fh, path, size):
+                fh.seek(offset)
+                digest.update(fh.read(length))
+    _file_digests[key] = digest.hexdigest()
+    return _file_digests[key]
+
+
+def _sample_ranges(fh, path: Path, size: int) -> list[tuple[int, int]]:
+    """Byte ranges to hash in a large weight file: the first and last MiB, 64 evenly spaced
+    64 KiB blocks and, for safetensors, the whole header plus the start, middle and end of every
+    tensor's data, so an edit to any one tensor (a merged LoRA, a rank-one model edit) shows."""
+    ranges = [(0, _EDGE), (max(0, size - _EDGE), _EDGE)]
+    ranges += [(size * i // _BLOCKS, _BLOCK) for i in range(_BLOCKS)]
+    if path.suffix == ".safetensors":
+        try:
+            header_len = int.from_bytes(fh.read(8), "little")
+            if 0 < header_len <= min(size - 8, 100 << 20):  # the format caps it at 100 MB
+                ranges.append((0, 8 + header_len))
+                header = json.loads(fh.read(header_len))
+                base = 8 + header_len
+                for name in sorted(k for k in header if k != "__metadata__"):
+                    begin, end = (base + int(x) for x in header[name]["data_offsets"])
+                    length = min(_TENSOR_SAMPLE, end - begin)
+                    ranges += [
+                        (p, length) for p in (begin, (begin + end - length) // 2, end - length)
+                    ]
+        except (ValueError, KeyError, TypeError):
+            pass  # not a readable header: the evenly spaced samples still cover the file
+    return ranges
