@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from audit_fixtures import CONTEXT, STATEMENTS, live_server
-from qkscore.audit.service import create_app
+from qkscore.audit.service import ServeLimits, create_app
 from qkscore.audit.store import AuditStore, input_hash, parse_time
 from tiny_models import few_threads
 
@@ -306,7 +306,9 @@ def test_fifty_concurrent_requests(judge, tmp_path):
     distinct = [f"{s[:-1]} and Max is number {i}." for i in range(2) for s in STATEMENTS]
     statements = [distinct[i % len(distinct)] for i in range(50)]  # each sent 5 times
     expected = {s: judge.check(CONTEXT, s, model_answer=False) for s in distinct}
-    app = create_app(judge, tmp_path / "audit.db", raise_unexpected=True)
+    # 49 wait at once: room for them all, and time on a busy machine
+    limits = ServeLimits(max_queue=64, request_timeout=300)
+    app = create_app(judge, tmp_path / "audit.db", raise_unexpected=True, limits=limits)
 
     async def go(base):
         async with httpx.AsyncClient(base_url=base, timeout=300) as c:
@@ -361,14 +363,19 @@ def test_serve_command_wiring(judge, tmp_path, monkeypatch):
     args = ["serve", "--profile", profile, "--port", "8123", "--no-store-text", "--db", str(db)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert seen == {"judge": judge, "db": db, "host": "127.0.0.1", "port": 8123,
-                    "store_text": False, "api_key": "k1", "hash_key": None}  # fmt: skip
+    store = seen.pop("db")  # opened (and checked) before the model loads
+    assert isinstance(store, AuditStore) and store.path == db and store.store_text is False
+    store.close()
+    assert seen == {"judge": judge, "host": "127.0.0.1", "port": 8123, "store_text": False,
+                    "api_key": "k1", "hash_key": None, "limits": service.ServeLimits()}  # fmt: skip
     flat = " ".join(res.output.split())
     assert "API key required" in flat and "http://127.0.0.1:8123/" in flat
     assert "input hashes are unkeyed" in flat
     monkeypatch.setenv("QKSCORE_AUDIT_HASH_KEY", "s3cret")
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and seen["hash_key"] == b"s3cret"
+    assert seen["db"].hash_key == b"s3cret"
+    seen["db"].close()
     assert "unkeyed" not in res.output
 
 

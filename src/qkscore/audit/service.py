@@ -9,8 +9,11 @@ Routes (``/v1`` routes need the API key when one is set; ``/healthz`` and the da
     GET  /v1/profile       the profile's head, calibration figures and head heatmap arrays
     GET  /v1/audit         logged decisions, newest first (limit/offset or cursor; verdict,
                            kind and time filters)
-    GET  /healthz          liveness, model and profile digest
+    GET  /healthz          liveness; with the key (or when none is set) also model, profile
+                           digest, head, dtype, queue and limits
     GET  /                 the dashboard (self-contained HTML; fetches the two GET routes)
+
+``HEAD`` on ``/`` and ``/healthz`` answers as ``GET`` does.
 
 One model serves every request. Judging runs in a worker thread so the event loop keeps
 answering (health checks, the dashboard, the audit log) while the model works; a capacity
@@ -18,6 +21,17 @@ limiter of one lets queued requests wait in the event loop instead of occupying 
 the judge's own lock keeps the model safe from any other caller. Bad input gets a 4xx with a
 message naming the field; a failure inside the model gets a 503 with its reason, never a bare
 500.
+
+Three limits keep one request from holding the model for everyone (``serve`` options):
+
+* a compute budget in tokens, counted with (a private copy of) the judge's tokenizer before
+  the request queues: a check costs its context plus statement tokens; a chain judges step
+  ``i`` against the context and steps ``0..i-1``, so it costs ``steps x context`` plus each
+  step's tokens once for itself and once for every later step. Over budget: 413, naming both;
+* ``max_queue``: at most that many requests wait for the model; the next gets 503 at once,
+  with ``Retry-After`` (the recent mean model time per request times the queue ahead);
+* ``request_timeout``: a request that waited that long for the model gets 503 (with
+  ``Retry-After``). A running pass is not interrupted: the budget bounds it instead.
 """
 
 from __future__ import annotations
@@ -26,7 +40,11 @@ import contextlib
 import logging
 import math
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,9 +57,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from qkscore.audit.chain import split_steps
 from qkscore.audit.check import Judge
-from qkscore.audit.store import AuditStore
+from qkscore.audit.store import MAX_INT64, AuditStore
+from qkscore.audit.text import require_text
 
-__all__ = ["Limits", "create_app"]
+__all__ = ["Limits", "ServeLimits", "TokenCounter", "create_app", "request_cost"]
 
 log = logging.getLogger("qkscore.serve")
 
@@ -54,16 +73,37 @@ class Limits:
     statement_chars: int = 2_000
     chain_steps: int = 64
     chain_chars: int = 40_000
-    max_pending: int = 256
 
 
 LIMITS = Limits()
 
 
-def _not_blank(value: str, what: str) -> str:
-    if not value.strip():
-        raise ValueError(f"{what} must not be blank")
-    return value
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may cost and how long it may wait (``qkscore serve`` options).
+
+    The default budget takes a check at the longest context (20,000 characters are 5,000 to
+    7,500 SmolLM2 tokens) or a chain of 8 short steps on a 4,000-token context: on one CPU
+    thread SmolLM2-135M judges 600-1,400 budget tokens a second, so a full budget holds the
+    model for under a minute there; raise it on a GPU.
+    """
+
+    max_tokens_per_request: int = 32_768
+    request_timeout: float = 60.0
+    max_queue: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_tokens_per_request < 1:
+            raise ValueError(
+                f"max_tokens_per_request must be >= 1, got {self.max_tokens_per_request}"
+            )
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+
+    def describe(self) -> dict[str, Any]:
+        return {**asdict(self), **asdict(LIMITS)}
 
 
 class CheckRequest(BaseModel):
@@ -80,7 +120,12 @@ class CheckRequest(BaseModel):
     @field_validator("statement")
     @classmethod
     def _statement(cls, v: str) -> str:
-        return _not_blank(v, "statement")
+        return require_text(v, "statement")
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: str) -> str:
+        return require_text(v, "context", allow_empty=True)
 
 
 Step = Annotated[str, Field(min_length=1, max_length=LIMITS.statement_chars)]
@@ -96,19 +141,29 @@ class ChainRequest(BaseModel):
     )
     model_answer: bool | None = None
 
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: str) -> str:
+        return require_text(v, "context", allow_empty=True)
+
     @model_validator(mode="after")
     def _one_chain(self) -> ChainRequest:
         if (self.steps is None) == (self.chain is None):
             raise ValueError("give exactly one of 'steps' (a list) or 'chain' (text)")
         if self.steps is not None:
             for i, s in enumerate(self.steps):
-                _not_blank(s, f"step {i}")
+                require_text(s, f"step {i}")
         else:
-            n = len(split_steps(self.chain or ""))
-            if n == 0:
+            require_text(self.chain or "", "chain")
+            steps = split_steps(self.chain or "")
+            if not steps:
                 raise ValueError("'chain' holds no sentence")
-            if n > LIMITS.chain_steps:
-                raise ValueError(f"'chain' splits into {n} steps; at most {LIMITS.chain_steps}")
+            if len(steps) > LIMITS.chain_steps:
+                raise ValueError(
+                    f"'chain' splits into {len(steps)} steps; at most {LIMITS.chain_steps}"
+                )
+            for i, step in enumerate(steps):
+                require_text(step, f"step {i}")
         return self
 
     def step_list(self) -> list[str]:
@@ -116,12 +171,67 @@ class ChainRequest(BaseModel):
 
 
 class ServiceError(Exception):
-    """An error with an HTTP status and a message for the client."""
+    """An error with an HTTP status and a message for the client (503s carry Retry-After)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+class TokenCounter:
+    """Counts tokens as the judge's tokenizer splits them, safely from any thread.
+
+    The judge tokenizes under its own lock, and a fast tokenizer fails ("Already borrowed")
+    when two threads use it while one changes its padding settings; so the counter works on a
+    private copy of the Rust tokenizer with padding and truncation off, which only reads.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.no_truncation()
+            copy.no_padding()
+            self._copy = copy
+        else:  # a slow (pure Python) tokenizer: no Rust state to borrow
+            self._copy = None
+            self._tokenizer = tokenizer
+            self._lock = threading.Lock()
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        if self._copy is not None:
+            encoded = self._copy.encode_batch(list(texts), add_special_tokens=False)
+            return [len(e.ids) for e in encoded]
+        with self._lock:
+            return [len(self._tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+_counters: weakref.WeakKeyDictionary[Any, TokenCounter] = weakref.WeakKeyDictionary()
+_counters_lock = threading.Lock()
+
+
+def _counter_for(tokenizer: Any) -> TokenCounter:
+    """One counter per tokenizer (copying it takes about half a second)."""
+    with _counters_lock:
+        try:
+            return _counters[tokenizer]
+        except (KeyError, TypeError):
+            pass
+        counter = TokenCounter(tokenizer)
+        with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
+            _counters[tokenizer] = counter
+        return counter
+
+
+def request_cost(context_tokens: int, step_tokens: Sequence[int]) -> int:
+    """Tokens the judge reads for a statement (one step) or a chain: step ``i`` is judged on the
+    context plus steps ``0..i-1``, so each step counts once for itself and once per later step."""
+    n = len(step_tokens)
+    return n * context_tokens + sum(t * (n - i) for i, t in enumerate(step_tokens))
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -177,14 +287,20 @@ def _profile_view(judge: Judge) -> dict[str, Any]:
 
 def create_app(
     judge: Judge,
-    db_path: str | Path,
+    db_path: str | Path | AuditStore,
     store_text: bool = True,
     api_key: str | None = None,
     *,
     hash_key: bytes | None = None,
     raise_unexpected: bool = False,
+    limits: ServeLimits | None = None,
 ) -> FastAPI:
     """The service around one loaded :class:`Judge`, logging to the SQLite file ``db_path``.
+
+    ``db_path`` may be an open :class:`AuditStore` (the CLI opens it before loading the model,
+    so a bad ``--db`` fails first); the app closes it on shutdown. A path that cannot hold the
+    log raises :class:`~qkscore.audit.store.AuditStoreError`. ``limits``: the compute budget,
+    queue length and queue timeout (:class:`ServeLimits`; its defaults when None).
 
     ``api_key`` (the CLI reads ``QKSCORE_API_KEY``) protects every ``/v1`` route; clients send
     ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. ``raise_unexpected`` re-raises errors
@@ -194,7 +310,13 @@ def create_app(
     from qkscore._version import __version__
     from qkscore.audit.dashboard import DASHBOARD_HTML
 
-    store = AuditStore(db_path, store_text=store_text, hash_key=hash_key)
+    limits = limits or ServeLimits()
+    counter = _counter_for(judge.lm.tokenizer)
+    if isinstance(db_path, AuditStore):
+        store = db_path
+        store.store_text, store.hash_key = store_text, hash_key
+    else:
+        store = AuditStore(db_path, store_text=store_text, hash_key=hash_key)
     model_limiter = anyio.CapacityLimiter(1)
 
     @contextlib.asynccontextmanager
@@ -215,7 +337,8 @@ def create_app(
     )
     app.state.judge = judge
     app.state.store = store
-    app.state.pending = 0
+    app.state.waiting = 0  # requests queued for the model (the one running not counted)
+    app.state.mean_model_s = 1.0  # moving mean of model time per request, for Retry-After
     app.state.unexpected_errors = []
 
     # ---- errors ---------------------------------------------------------------------------
@@ -227,12 +350,11 @@ def create_app(
 
     @app.exception_handler(ServiceError)
     async def _on_service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         resp = _error(exc.status, exc.message)
-        if headers:
-            resp.headers.update(headers)
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
         if exc.status == 503:
-            resp.headers["Retry-After"] = "1"
+            resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
 
     @app.exception_handler(Exception)
@@ -243,45 +365,120 @@ def create_app(
 
     # ---- auth -----------------------------------------------------------------------------
 
-    def require_key(request: Request) -> None:
-        if not api_key:
-            return
+    def given_key(request: Request) -> str | None:
         given = request.headers.get("x-api-key")
         auth = request.headers.get("authorization", "")
         if given is None and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
+        return given or None
+
+    def require_key(request: Request) -> None:
+        if not api_key:
+            return
+        given = given_key(request)
         if not given:
             raise ServiceError(401, "this server needs an API key: X-API-Key or Bearer header")
         if not secrets.compare_digest(given.encode(), api_key.encode()):
             raise ServiceError(401, "wrong API key")
 
-    # ---- judging --------------------------------------------------------------------------
+    def has_key(request: Request) -> bool:
+        """True when no key is set or the request carries the right one."""
+        if not api_key:
+            return True
+        given = given_key(request)
+        return bool(given) and secrets.compare_digest(given.encode(), api_key.encode())
+
+    # ---- limits and judging ---------------------------------------------------------------
+
+    def dtype_name() -> str:
+        return str(judge.lm.dtype).removeprefix("torch.")
+
+    def retry_after() -> int:
+        """Seconds until a retry may find room: mean model time per request x queue ahead."""
+        ahead = app.state.waiting + 1
+        return max(1, min(3600, math.ceil(app.state.mean_model_s * ahead)))
+
+    async def within_budget(context: str, statements: list[str], what: str) -> int:
+        """The request's cost in tokens (see ``request_cost``), refused over the budget."""
+        counts = await anyio.to_thread.run_sync(counter.count, [context, *statements])
+        ctx, steps = counts[0], counts[1:]
+        cost = request_cost(ctx, steps)
+        budget = limits.max_tokens_per_request
+        if cost > budget:
+            if what == "check":
+                detail = f"context {ctx:,} + statement {steps[0]:,}"
+            else:
+                detail = (
+                    f"{len(steps)} steps x context {ctx:,} + {cost - len(steps) * ctx:,} for the "
+                    "steps, each judged after the steps before it"
+                )
+            raise ServiceError(
+                413,
+                f"this request costs {cost:,} tokens ({detail}); the budget is {budget:,} tokens "
+                "per request (max_tokens_per_request): shorten the context or send fewer steps",
+            )
+        return cost
+
+    @contextlib.asynccontextmanager
+    async def model_slot() -> AsyncIterator[None]:
+        """Hold the model: at once when free, else in a queue of at most ``max_queue``
+        requests for at most ``request_timeout`` seconds; 503 with Retry-After otherwise."""
+        try:
+            model_limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            if app.state.waiting >= limits.max_queue:
+                log.warning("queue full: %d waiting; answered 503", app.state.waiting)
+                raise ServiceError(
+                    503,
+                    f"busy: {app.state.waiting} requests are waiting for the model, the most "
+                    f"this server queues (max_queue {limits.max_queue}); retry later",
+                    retry_after(),
+                ) from None
+            app.state.waiting += 1
+            try:
+                with anyio.move_on_after(limits.request_timeout) as scope:
+                    await model_limiter.acquire()
+            finally:
+                app.state.waiting -= 1
+            if scope.cancelled_caught:
+                log.warning("waited %gs for the model; answered 503", limits.request_timeout)
+                raise ServiceError(
+                    503,
+                    f"timed out: waited {limits.request_timeout:g} s for the model "
+                    "(request_timeout); retry later",
+                    retry_after(),
+                ) from None
+        try:
+            yield
+        finally:
+            model_limiter.release()
 
     async def judged(work) -> Any:
         """Run ``work`` on the model in a worker thread, one at a time, mapping failures."""
-        if app.state.pending >= LIMITS.max_pending:
-            raise ServiceError(503, f"busy: {app.state.pending} requests are waiting; retry")
-        app.state.pending += 1
-        try:
-            return await anyio.to_thread.run_sync(work, limiter=model_limiter)
-        except ValueError as err:  # input the template or the model cannot take
-            raise ServiceError(400, str(err)) from err
-        except Exception as err:
-            log.exception("judging failed")
-            app.state.unexpected_errors.append(repr(err))
-            if raise_unexpected:
-                raise
-            raise ServiceError(
-                503, f"the model could not judge this request: {type(err).__name__}: {err}"
-            ) from err
-        finally:
-            app.state.pending -= 1
+        async with model_slot():
+            start = time.perf_counter()
+            try:
+                return await anyio.to_thread.run_sync(work)
+            except ValueError as err:  # input the template or the model cannot take
+                raise ServiceError(400, str(err)) from err
+            except Exception as err:
+                log.exception("judging failed")
+                app.state.unexpected_errors.append(repr(err))
+                if raise_unexpected:
+                    raise
+                raise ServiceError(
+                    503, f"the model could not judge this request: {type(err).__name__}: {err}"
+                ) from err
+            finally:
+                spent = time.perf_counter() - start
+                app.state.mean_model_s = 0.8 * app.state.mean_model_s + 0.2 * spent
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
     @v1.post("/check")
     async def check(req: CheckRequest) -> dict[str, Any]:
         """Judge whether the statement follows from the context."""
+        await within_budget(req.context, [req.statement], "check")
 
         def work() -> dict[str, Any]:
             verdict = judge.check(req.context, req.statement, req.model_answer).to_dict()
@@ -291,6 +488,7 @@ def create_app(
                 context=req.context,
                 statement=req.statement,
                 verdict=verdict,
+                dtype=dtype_name(),
             )
             return {**verdict, "audit_id": audit_id}
 
@@ -300,6 +498,7 @@ def create_app(
     async def verify_chain(req: ChainRequest) -> dict[str, Any]:
         """Judge each step against the context plus the steps before it."""
         steps = req.step_list()
+        await within_budget(req.context, steps, "chain")
 
         def work() -> dict[str, Any]:
             result = judge.verify_chain(req.context, steps, req.model_answer).to_dict()
@@ -309,6 +508,7 @@ def create_app(
                 context=req.context,
                 steps=steps,
                 chain=result,
+                dtype=dtype_name(),
             )
             return {**result, "audit_id": audit_id}
 
@@ -316,14 +516,17 @@ def create_app(
 
     @v1.get("/profile")
     async def profile() -> dict[str, Any]:
-        """The profile: head, threshold, calibration figures and the head heatmap arrays."""
-        return _profile_view(judge)
+        """The profile: head, threshold, calibration figures and the head heatmap arrays, with
+        the dtype the model runs in and the request limits."""
+        return {**_profile_view(judge), "dtype": dtype_name(), "limits": limits.describe()}
 
     @v1.get("/audit")
     def audit(
         limit: int = Query(50, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
-        cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page"),
+        offset: int = Query(0, ge=0, le=MAX_INT64),
+        cursor: int | None = Query(
+            None, ge=0, le=MAX_INT64, description="next_cursor of the previous page"
+        ),
         verdict: str | None = Query(None, pattern="^(valid|invalid)$"),
         kind: str | None = Query(None, pattern="^(check|chain)$"),
         since: str | None = Query(None, description="unix seconds or ISO 8601"),
@@ -347,19 +550,29 @@ def create_app(
     app.include_router(v1)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    @app.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
+    async def healthz(request: Request) -> dict[str, Any]:
+        """Liveness for anyone; what runs (model, profile, head, queue, limits) only for a
+        caller with the key when one is set."""
+        if not has_key(request):
+            return {"status": "ok"}
         return {
             "status": "ok",
             "model": judge.lm.name,
             "fingerprint": judge.fingerprint,
             "profile": judge.profile.digest,
             "head": judge.head,
-            "pending": app.state.pending,
+            "dtype": dtype_name(),
+            "busy": model_limiter.borrowed_tokens > 0,
+            "queue": app.state.waiting,
+            "limits": limits.describe(),
             "auth": bool(api_key),
             "store_text": store_text,
         }
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route(
+        "/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False
+    )
     async def dashboard() -> HTMLResponse:
         return HTMLResponse(DASHBOARD_HTML)
 
@@ -368,15 +581,18 @@ def create_app(
 
 def serve(
     judge: Judge,
-    db_path: str | Path,
+    db_path: str | Path | AuditStore,
     host: str = "127.0.0.1",
     port: int = 8000,
     store_text: bool = True,
     api_key: str | None = None,
     hash_key: bytes | None = None,
+    limits: ServeLimits | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(judge, db_path, store_text=store_text, api_key=api_key, hash_key=hash_key)
+    app = create_app(
+        judge, db_path, store_text=store_text, api_key=api_key, hash_key=hash_key, limits=limits
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,12 +1,16 @@
 """An append-only SQLite audit log of every judged request.
 
-Each row records when, with which profile (its digest) and model (fingerprint), a hash of the
-inputs, optionally the texts themselves, the scores and the verdict, so a decision can be traced
-and re-checked later. The database runs in WAL mode: the dashboard reads while requests append,
-and a crash loses at most the row being written.
+Each row records when, with which profile (its digest) and model (fingerprint, and the dtype it
+ran in), a hash of the inputs, optionally the texts themselves, the scores and the verdict, so a
+decision can be traced and re-checked later. The database runs in WAL mode: the dashboard reads
+while requests append, and a crash loses at most the row being written.
 
 One connection, guarded by a lock, serves all threads: writes are a few hundred bytes each and
 the model call they follow is serialised anyway, so a pool would buy nothing.
+
+Opening a log checks it can serve (a writable SQLite file whose ``audit`` table, when present,
+has this schema) and migrates an older one in place: a log from before ``dtype`` was recorded
+gets the column (``ALTER TABLE ... ADD COLUMN``; its old rows read ``dtype`` None).
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AuditStore", "AuditPage", "input_hash", "parse_time"]
+__all__ = ["AuditStore", "AuditStoreError", "AuditPage", "input_hash", "parse_time"]
 
-SCHEMA_VERSION = 1
+# 2: the dtype column
+SCHEMA_VERSION = 2
+# SQLite integers are signed 64-bit: larger offsets and cursors cannot be bound
+MAX_INT64 = 2**63 - 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
     time TEXT NOT NULL,
@@ -47,12 +54,15 @@ CREATE TABLE IF NOT EXISTS audit (
     first_failure INTEGER,
     n_steps INTEGER,
     latency_ms REAL,
-    result TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
-CREATE INDEX IF NOT EXISTS audit_verdict ON audit (verdict, id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+    result TEXT NOT NULL,
+    dtype TEXT
+)""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
+    "CREATE INDEX IF NOT EXISTS audit_verdict ON audit (verdict, id)",
+)
 
 _COLUMNS = (
     "id",
@@ -74,7 +84,10 @@ _COLUMNS = (
     "n_steps",
     "latency_ms",
     "result",
+    "dtype",
 )
+# columns added after the first schema, with their SQL types: an older log gets them on open
+_ADDED = {"dtype": "TEXT"}
 
 
 def input_hash(kind: str, context: str, payload: Any, key: bytes | None = None) -> str:
@@ -132,8 +145,15 @@ class AuditPage:
         }
 
 
+class AuditStoreError(ValueError):
+    """The path cannot hold the audit log: a folder, not SQLite, another schema, not writable."""
+
+
 class AuditStore:
-    """Append judged requests to an SQLite file and page through them."""
+    """Append judged requests to an SQLite file and page through them.
+
+    Raises :class:`AuditStoreError`, with a one-line reason, when ``path`` cannot serve.
+    """
 
     def __init__(
         self, path: str | Path, store_text: bool = True, hash_key: bytes | None = None
@@ -142,20 +162,71 @@ class AuditStore:
         self.store_text = store_text
         self.hash_key = hash_key
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise AuditStoreError(f"{path} is a folder, not an SQLite file")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise AuditStoreError(
+                    f"cannot create {path}: {self.path.parent} is not a folder"
+                ) from None
+            except OSError as err:
+                raise AuditStoreError(
+                    f"cannot create the folder {self.path.parent}: {err.strerror}"
+                ) from None
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as err:
+            raise AuditStoreError(f"cannot open {path}: {err}") from None
         self._conn.row_factory = sqlite3.Row
-        with self._lock:
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            self.journal_mode = str(mode).lower()
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+        try:
+            with self._lock:
+                self._open()
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise AuditStoreError(_explain(path, err)) from None
+        except AuditStoreError:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        """WAL mode, the schema (an older log migrated), and a real write: a read-only file or
+        folder fails here, at startup, not on the first judged request."""
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout=5000")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        self.journal_mode = str(mode).lower()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")  # one opener at a time migrates
+        try:
+            for sql in _TABLES:
+                conn.execute(sql)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(audit)")}
+            missing = [c for c in _COLUMNS if c not in have and c not in _ADDED]
+            if missing:
+                names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                raise AuditStoreError(
+                    f"{self.path} holds an 'audit' table of another schema (no column {names}): "
+                    "give another file"
+                )
+            for column, sql_type in _ADDED.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE audit ADD COLUMN {column} {sql_type}")
+            for sql in _INDEXES:
+                conn.execute(sql)
+            # always writes (never lowers a newer log's version): the writability probe
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT(key) "
+                "DO UPDATE SET value = CASE WHEN CAST(value AS INTEGER) < CAST(excluded.value "
+                "AS INTEGER) THEN excluded.value ELSE value END",
                 (str(SCHEMA_VERSION),),
             )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -171,8 +242,9 @@ class AuditStore:
         context: str,
         statement: str,
         verdict: Mapping[str, Any],
+        dtype: str | None = None,
     ) -> int:
-        """Log one ``check``; returns the row id."""
+        """Log one ``check``; returns the row id. ``dtype``: what the model ran in."""
         return self._insert(
             kind="check",
             profile=profile,
@@ -190,6 +262,7 @@ class AuditStore:
             n_steps=None,
             latency_ms=verdict.get("latency_ms"),
             result=dict(verdict),
+            dtype=dtype,
         )
 
     def append_chain(
@@ -200,6 +273,7 @@ class AuditStore:
         context: str,
         steps: list[str],
         chain: Mapping[str, Any],
+        dtype: str | None = None,
     ) -> int:
         """Log one chain verification; its margin and probability are the first failing step's
         (or the weakest step's when all pass), the step a reviewer reads first."""
@@ -227,6 +301,7 @@ class AuditStore:
             n_steps=len(per_step),
             latency_ms=result.get("latency_ms"),
             result=result,
+            dtype=dtype,
         )
 
     def _insert(self, **row: Any) -> int:
@@ -266,8 +341,10 @@ class AuditStore:
         ``cursor`` (the ``next_cursor`` of the previous page: rows with a smaller id)."""
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be between 1 and 1000, got {limit}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
+        if not 0 <= offset <= MAX_INT64:
+            raise ValueError(f"offset must be between 0 and {MAX_INT64}, got {offset}")
+        if cursor is not None and not 0 <= cursor <= MAX_INT64:
+            raise ValueError(f"cursor must be between 0 and {MAX_INT64}, got {cursor}")
         if verdict not in (None, "", "valid", "invalid"):
             raise ValueError(f"verdict must be 'valid' or 'invalid', got {verdict!r}")
         if kind not in (None, "", "check", "chain"):
@@ -305,6 +382,15 @@ class AuditStore:
         items = [_row(r) for r in rows[:limit]]
         next_cursor = items[-1]["id"] if more and items else None
         return AuditPage(items, total, limit, offset, next_cursor)
+
+
+def _explain(path: str | Path, err: sqlite3.Error) -> str:
+    text = str(err)
+    if "not a database" in text:
+        return f"{path} is not an SQLite database"
+    if "readonly" in text or "unable to open" in text:
+        return f"{path} cannot be written: {text}"
+    return f"{path}: {text}"
 
 
 def _weakest(steps: list[Mapping[str, Any]]) -> int | None:

@@ -16,6 +16,10 @@ from qkscore.cli._shared import fail as _fail
 PROFILE_HELP = "Profile JSON from `qkscore calibrate`."
 MODEL_HELP = "Model to load instead of the one the profile names (must have its fingerprint)."
 FAST_HELP = "Skip the model's own answer and stop the pass at the chosen head's layer."
+DTYPE_HELP = (
+    "float32 (the default: verdicts reproduce), bfloat16, float16, or auto (bfloat16; faster, "
+    "but batching can flip borderline verdicts)."
+)
 
 
 def _text(value: str | None, file: Path | None, what: str, required: bool) -> str:
@@ -41,6 +45,16 @@ def _judge(profile: Path, model: str | None, dtype: str, model_answer: bool):
         raise _fail(str(err)) from None
 
 
+def _visible(text: str, what: str) -> None:
+    """The service's rule: no judging text that is blank after Unicode normalisation."""
+    from qkscore.audit.text import require_text
+
+    try:
+        require_text(text, what)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
@@ -58,13 +72,14 @@ def check(
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    dtype: str = typer.Option("auto", help="auto, float32, float16, bfloat16."),
+    dtype: str = typer.Option("float32", help=DTYPE_HELP),
 ) -> None:
     """Judge whether a statement follows from a context, with the profile's head."""
     ctx = _text(context, context_file, "context", required=False)
     st = _text(statement, statement_file, "statement", required=True)
-    if not st.strip():
-        raise _fail("the statement is empty: nothing to judge")
+    _visible(st, "the statement")
+    if ctx.strip():
+        _visible(ctx, "the context")
     judge = _judge(profile, model, dtype, not fast)
     try:
         verdict = judge.check(ctx, st)
@@ -106,7 +121,7 @@ def verify_chain(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    dtype: str = typer.Option("auto", help="auto, float32, float16, bfloat16."),
+    dtype: str = typer.Option("float32", help=DTYPE_HELP),
 ) -> None:
     """Judge each step of a chain of thought against the context and the steps before it."""
     ctx = _text(context, context_file, "context", required=False)
@@ -122,6 +137,12 @@ def verify_chain(
             raise _fail(f"{chain}:{err.lineno}: not a JSON list ({err.msg})") from None
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
             raise _fail(f"{chain}: expected a JSON list of strings")
+    from qkscore.audit.chain import split_steps
+
+    for i, step in enumerate(split_steps(steps) if isinstance(steps, str) else steps):
+        _visible(step, f"step {i} of {chain}")
+    if ctx.strip():
+        _visible(ctx, "the context")
     judge = _judge(profile, model, dtype, not fast)
     try:
         result = judge.verify_chain(ctx, steps)
@@ -167,9 +188,21 @@ def serve(
     ),
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP + " (per-request default)"),
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    dtype: str = typer.Option("auto", help="auto, float32, float16, bfloat16."),
+    dtype: str = typer.Option("float32", help=DTYPE_HELP),
     threads: int = typer.Option(
         0, help="torch CPU threads (0: torch's default; 1 is faster on a busy small machine)."
+    ),
+    max_tokens_per_request: int = typer.Option(
+        32_768,
+        min=1,
+        help="Compute budget of one request in tokens: context + statement for a check; for a "
+        "chain, steps x context plus each step once per step it precedes or is. Over it: 413.",
+    ),
+    request_timeout: float = typer.Option(
+        60.0, min=0.001, help="Seconds a request may wait for the model before a 503."
+    ),
+    max_queue: int = typer.Option(
+        64, min=0, help="Requests that may wait for the model; the next gets 503 + Retry-After."
     ),
 ) -> None:
     """Serve /v1/check, /v1/verify-chain, /v1/audit and the dashboard at /.
@@ -179,22 +212,36 @@ def serve(
     --no-store-text the texts cannot be guessed back from them.
     """
     try:
+        from qkscore.audit.service import ServeLimits
         from qkscore.audit.service import serve as run_server
     except ImportError as err:
         raise _fail(f"serving needs the serve extra: pip install 'qkscore[serve]' ({err})") from (
             None
         )
+    from qkscore.audit.store import AuditStore, AuditStoreError
+
+    limits = ServeLimits(max_tokens_per_request, request_timeout, max_queue)
+    hash_key = os.environ.get("QKSCORE_AUDIT_HASH_KEY", "").encode() or None
+    # the log is opened (and checked: a folder, not SQLite, unwritable) before the model loads
+    try:
+        store = AuditStore(db, store_text=not no_store_text, hash_key=hash_key)
+    except AuditStoreError as err:
+        raise _fail(f"--db: {err}") from None
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    judge = _judge(profile, model, dtype, not fast)
+    try:
+        judge = _judge(profile, model, dtype, not fast)
+    except BaseException:
+        store.close()
+        raise
     api_key = os.environ.get("QKSCORE_API_KEY") or None
-    hash_key = os.environ.get("QKSCORE_AUDIT_HASH_KEY", "").encode() or None
     out = _console()
+    model_dtype = str(judge.lm.dtype).removeprefix("torch.")
     out.print(
         f"judging with head {judge.head} of {judge.profile.data['model'].get('name')} "
-        f"(profile {judge.profile.digest}); audit log {db}"
+        f"({model_dtype}; profile {judge.profile.digest}); audit log {db}"
         f"{' without texts' if no_store_text else ''}; "
         f"{'API key required' if api_key else '[yellow]no API key[/] (QKSCORE_API_KEY unset)'}"
     )
@@ -203,13 +250,23 @@ def serve(
             "[yellow]input hashes are unkeyed[/]: short texts can be guessed back from them; "
             "set QKSCORE_AUDIT_HASH_KEY to a secret to key them"
         )
+    if model_dtype != "float32":
+        out.print(
+            f"[yellow]{model_dtype}[/]: a borderline verdict can depend on what it is batched "
+            "with; for audits that must reproduce, serve in float32 (the default)"
+        )
+    out.print(
+        f"limits: {limits.max_tokens_per_request:,} tokens a request, {limits.max_queue} "
+        f"queued, {limits.request_timeout:g} s wait"
+    )
     out.print(f"dashboard: http://{host}:{port}/")
     run_server(
         judge,
-        db,
+        store,
         host=host,
         port=port,
         store_text=not no_store_text,
         api_key=api_key,
         hash_key=hash_key,
+        limits=limits,
     )
