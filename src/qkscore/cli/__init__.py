@@ -1,7 +1,9 @@
 """The ``qkscore`` command: a thin typer shell over the Python API.
 
 Each command group lives in its own module and only parses arguments, calls the API and renders
-the result; no logic lives here.
+the result; no logic lives here. Errors of every command take one path,
+:class:`qkscore.cli._errors.ErrorHandlingGroup`: one ``error:`` line, exit status 2 for an
+ordinary mistake, and the traceback only with ``qkscore --debug ...`` (or ``QKSCORE_DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from qkscore.cli import audit as _audit
 from qkscore.cli import data as _data
 from qkscore.cli import models as _models
 from qkscore.cli import pipeline as _pipeline
+from qkscore.cli._errors import DEBUG_ENV, ErrorHandlingGroup
 
 app = typer.Typer(
     name="qkscore",
     help="Read a model's own attention heads to judge whether its inferences are valid.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ErrorHandlingGroup,
 )
 app.add_typer(_data.app, name="data")
 app.add_typer(_models.app, name="models")
@@ -38,7 +42,14 @@ for _command in (
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        envvar=DEBUG_ENV,
+        help="Print the full traceback of an error (default: one 'error:' line).",
+    ),
+) -> None:
     """qkscore: query-key alignment scores for logical consistency."""
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import typer
 from rich.console import Console
+
+from qkscore.cli._errors import CommandError
 
 
 def console() -> Console:
@@ -11,7 +12,7 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
-def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` to stderr; the caller raises the returned exit (code 2)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
+def fail(message: str) -> CommandError:
+    """A mistake the command found itself: ``raise fail(...)`` prints ``error: message`` on
+    stderr and exits with status 2, through the one error path (:mod:`qkscore.cli._errors`)."""
+    return CommandError(message)

@@ -26,23 +26,26 @@ def _text(value: str | None, file: Path | None, what: str, required: bool) -> st
     if value is not None and file is not None:
         raise _fail(f"give --{what} or --{what}-file, not both")
     if file is not None:
-        try:
-            return file.read_text()
-        except OSError as err:
-            raise _fail(f"cannot read --{what}-file {file}: {err.strerror}") from None
+        return _read(file, f"--{what}-file")
     if value is None and required:
         raise _fail(f"give --{what} TEXT or --{what}-file FILE")
     return value or ""
 
 
-def _judge(profile: Path, model: str | None, dtype: str, model_answer: bool):
-    from qkscore.audit import Judge, ProfileMismatchError
-    from qkscore.models import ModelNotAvailableError
+def _read(file: Path, option: str) -> str:
+    """A text file an option names; a file that is not UTF-8 is refused, naming the file."""
+    from qkscore.data.textio import read_text_file
 
     try:
-        return Judge(profile, model=model, dtype=dtype, model_answer=model_answer)
-    except (FileNotFoundError, ValueError, ProfileMismatchError, ModelNotAvailableError) as err:
-        raise _fail(str(err)) from None
+        return read_text_file(file)[0]
+    except OSError as err:
+        raise _fail(f"cannot read {option} {file}: {err.strerror}") from None
+
+
+def _judge(profile: Path, model: str | None, dtype: str, model_answer: bool):
+    from qkscore.audit import Judge
+
+    return Judge(profile, model=model, dtype=dtype, model_answer=model_answer)
 
 
 def _visible(text: str, what: str) -> None:
@@ -81,10 +84,7 @@ def check(
     if ctx.strip():
         _visible(ctx, "the context")
     judge = _judge(profile, model, dtype, not fast)
-    try:
-        verdict = judge.check(ctx, st)
-    except ValueError as err:
-        raise _fail(str(err)) from None
+    verdict = judge.check(ctx, st)
     if json_out:
         typer.echo(json.dumps(verdict.to_dict(), indent=2))
         return
@@ -125,10 +125,7 @@ def verify_chain(
 ) -> None:
     """Judge each step of a chain of thought against the context and the steps before it."""
     ctx = _text(context, context_file, "context", required=False)
-    try:
-        raw = chain.read_text()
-    except OSError as err:
-        raise _fail(f"cannot read --chain {chain}: {err.strerror}") from None
+    raw = _read(chain, "--chain")
     steps: list[str] | str = raw
     if raw.lstrip().startswith("["):
         try:
@@ -144,10 +141,7 @@ def verify_chain(
     if ctx.strip():
         _visible(ctx, "the context")
     judge = _judge(profile, model, dtype, not fast)
-    try:
-        result = judge.verify_chain(ctx, steps)
-    except ValueError as err:
-        raise _fail(str(err)) from None
+    result = judge.verify_chain(ctx, steps)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -211,6 +205,8 @@ def serve(
     and QKSCORE_AUDIT_HASH_KEY to key the logged input hashes (HMAC), so that with
     --no-store-text the texts cannot be guessed back from them.
     """
+    if db.is_dir():
+        raise _fail(f"--db {db} is a folder; give the SQLite file to write, e.g. {db}/audit.db")
     try:
         from qkscore.audit.service import ServeLimits
         from qkscore.audit.service import serve as run_server

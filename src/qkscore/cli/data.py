@@ -2,7 +2,8 @@
 
 Only argument parsing and rendering live here; counting is :func:`qkscore.data.inspect.summarize`
 and auditing is :func:`qkscore.data.audit.audit_items`. Bad data exits with status 2 and the
-located :class:`DataError` message (file:line field) on stderr, never a traceback.
+located :class:`DataError` message (file:line field) on stderr, never a traceback: the one error
+path of every command (:mod:`qkscore.cli._errors`) prints it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.tree import Tree
 
 from qkscore.cli._shared import console as _console
 from qkscore.cli._shared import fail as _fail
-from qkscore.data.items import DataError, Item
+from qkscore.data.items import Item
 
 app = typer.Typer(help="Inspect and audit reasoning data specs.", no_args_is_help=True)
 
@@ -31,11 +32,8 @@ def _load(spec: str) -> tuple[list[Item], Any | None]:
     from qkscore.data import loaders
     from qkscore.data.spec import load_items, parse_spec
 
-    try:
-        parsed = parse_spec(spec)
-        items = load_items(parsed)
-    except (DataError, ImportError) as err:
-        raise _fail(str(err)) from None
+    parsed = parse_spec(spec)
+    items = load_items(parsed)
     report = loaders.last_load_report
     if report is None or report.spec != str(parsed):
         report = None
@@ -211,10 +209,7 @@ def audit_command(
         raise _fail(f"the data audit is not available: {err}") from None
 
     items, _ = _load(spec)
-    try:
-        report = audit_items(items)
-    except DataError as err:
-        raise _fail(str(err)) from None
+    report = audit_items(items)
     data = report.to_dict()
     flagged = bool(report.flagged)
     if as_json:

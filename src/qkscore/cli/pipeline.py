@@ -20,8 +20,8 @@ def scan(
     data: str = typer.Option(..., "--data", "-d", help="Data spec FORMAT:PATH?k=v."),
     template: str = typer.Option("answer-statement", "--template", "-t"),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (or resume)."),
-    limit: int | None = typer.Option(None, help="Keep the first N items."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    limit: int | None = typer.Option(None, min=1, help="Keep the first N items."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     rope: bool = typer.Option(False, help="Score rotated q/k (default: pre-rotary, as the paper)."),
     control: list[str] = typer.Option([], help="context-ablated and/or context-swapped."),
     attention: bool = typer.Option(False, help="Also store the attention-score baseline."),
@@ -29,7 +29,7 @@ def scan(
     device_map: str | None = typer.Option(
         None, help="'auto': spread a model too big for one device over GPUs and CPU."
     ),
-    chunk_size: int = typer.Option(64, help="Items per result chunk (the resume unit)."),
+    chunk_size: int = typer.Option(64, min=1, help="Items per result chunk (the resume unit)."),
     share_prefix: bool = typer.Option(
         True, help="Run a context shared by several items once (pre-rotary scans)."
     ),
@@ -138,7 +138,7 @@ def evaluate(
     profile: Path = typer.Option(..., "--profile", "-p"),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report."),
-    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the intervals."),
+    n_boot: int = typer.Option(1000, min=1, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Report the head against the model's own answer, never on calibration items."""
     console = _console()
@@ -157,7 +157,7 @@ def evaluate(
 
 def transfer(
     runs: list[Path] = typer.Argument(..., help="Two or more run folders (same model/template)."),
-    calib_size: int = typer.Option(400),
+    calib_size: int = typer.Option(400, min=2),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

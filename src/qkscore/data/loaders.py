@@ -30,6 +30,7 @@ from typing import Any
 from qkscore.data.items import TRUE_FALSE, TRUE_FALSE_UNKNOWN, DataError, Item, normalize_label
 from qkscore.data.negation import has_negation, lower_first, negate, upper_first
 from qkscore.data.spec import DataSpec, register_loader
+from qkscore.data.textio import read_text_file
 
 __all__ = [
     "LoadContext",
@@ -213,24 +214,20 @@ class Record:
 _MISSING = object()
 _DECODER = json.JSONDecoder()
 _WS = re.compile(r"[ \t\n\r]*")
-_ENCODINGS = ("utf-8-sig", "cp1252")
+_FALLBACK_ENCODINGS = ("cp1252",)
 
 
 def read_text(path: Path, ctx: LoadContext | None = None) -> str:
     """File text as UTF-8, falling back to cp1252 (three Multi-LogiEval files are cp1252).
 
-    The fallback is written to the load report, since a wrong guess would garble quotes.
+    The fallback is written to the load report, since a wrong guess would garble quotes. A
+    UTF-16 file is refused as such (:func:`qkscore.data.textio.read_text_file`) rather than
+    decoded as cp1252 into text that fails as malformed JSON.
     """
-    raw = path.read_bytes()
-    for encoding in _ENCODINGS:
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        if encoding != _ENCODINGS[0] and ctx is not None:
-            ctx.note(f"{path}: not UTF-8, decoded as {encoding}")
-        return text
-    raise DataError(f"cannot decode as any of {', '.join(_ENCODINGS)}", file=str(path))
+    text, encoding = read_text_file(path, _FALLBACK_ENCODINGS)
+    if encoding != "utf-8" and ctx is not None:
+        ctx.note(f"{path}: not UTF-8, decoded as {encoding}")
+    return text
 
 
 class _LineIndex:

@@ -7,6 +7,7 @@ SHA-256 and converts it once to a safetensors folder in the cache, so later load
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import os
@@ -223,3 +224,18 @@ def get_alias(name: str) -> PackagedModel | None:
         return ALIASES[key]
     prefixed = [m for alias, m in ALIASES.items() if alias.split("-")[0] == key]
     return prefixed[0] if len(prefixed) == 1 else None
+
+
+def close_aliases(name: str, n: int = 3) -> list[str]:
+    """Packaged aliases that look like ``name`` (a typo, or the model's hub name), best first.
+
+    Offline and instant: ``smollm-135m`` and ``SmolLM2-135M-Instruct`` both find
+    ``smollm2-135m``.
+    """
+    key = name.strip().lower()
+    spellings: dict[str, str] = {}
+    for alias, model in ALIASES.items():
+        for spelling in (alias, model.repo_id.lower(), model.repo_id.split("/")[-1].lower()):
+            spellings.setdefault(spelling, alias)
+    matches = difflib.get_close_matches(key, list(spellings), n=3 * n, cutoff=0.6)
+    return list(dict.fromkeys(spellings[m] for m in matches))[:n]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from qkscore.models.aliases import (
     ModelNotAvailableError,
     PackagedModel,
     cache_dir,
+    close_aliases,
     get_alias,
     sha256_file,
 )
@@ -133,9 +135,9 @@ def resolve_device(device: str) -> str:
 
 def load_tokenizer(name_or_path: str):
     """The tokenizer alone (cheap: no weights are read for converted or hub models)."""
+    folder, gguf, _ = _locate(name_or_path)
     from transformers import AutoTokenizer
 
-    folder, gguf, _ = _locate(name_or_path)
     kwargs = {"gguf_file": gguf} if gguf else {}
     return _with_padding(AutoTokenizer.from_pretrained(folder, **kwargs))
 
@@ -151,9 +153,9 @@ def load_model(
     ``device_map`` (e.g. ``"auto"``) hands placement to accelerate's big-model inference, for
     models larger than one device; ``device`` is then ignored.
     """
+    folder, gguf, source = _locate(name_or_path)  # an unknown name fails here, offline, at once
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, gguf, source = _locate(name_or_path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -254,11 +256,102 @@ def _locate(name_or_path: str) -> tuple[str, str | None, dict[str, Any]]:
         return str(path), None, {"kind": "folder", "path": str(path.resolve())}
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         raise ModelNotAvailableError(f"{name_or_path!r} is neither a model folder nor a .gguf file")
+    _check_hub_name(name_or_path)
     return (
         name_or_path,
         None,
         {"kind": "hub", "repo_id": name_or_path, **_hub_revision(name_or_path)},
     )
+
+
+#: ``owner/name``: the only form sent to the Hub (a plain name is answered offline).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+#: Seconds the one look-up of an uncached hub id may take (transformers would retry for ~30 s).
+HUB_PROBE_TIMEOUT = 5.0
+
+
+def _check_hub_name(name: str) -> None:
+    """Refuse at once a name the Hub cannot serve, before transformers tries it with retries.
+
+    A name in the local Hugging Face cache passes. Otherwise a plain name (no ``owner/``) is
+    answered offline with the closest packaged aliases; under HF_HUB_OFFLINE an ``owner/name``
+    id is refused with how to get it; online, one HEAD request with a short timeout and no
+    retries checks that the id exists before any download.
+    """
+    if _hub_cached(name):
+        return
+    if not _HUB_ID.fullmatch(name):
+        raise ModelNotAvailableError(_unknown_name_message(name))
+    if _hub_offline():
+        raise _explain_os_error(name, OSError("it is not in the local Hugging Face cache"))
+    _probe_hub(name)
+
+
+def _unknown_name_message(name: str) -> str:
+    close = close_aliases(name)
+    guess = f": did you mean {' or '.join(close)}?" if close else "."
+    return (
+        f"unknown model {name!r}{guess} It is not a packaged alias ({', '.join(ALIASES)}; see "
+        "`qkscore models`), a model folder or a .gguf file here, nor a Hugging Face hub id "
+        "(owner/name)."
+    )
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether the local Hugging Face cache holds ``name``'s config (offline, instant)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id, an unreadable cache: not cached
+        return False
+
+
+def _hub_offline() -> bool:
+    truthy = ("1", "true", "yes", "on")
+    if any(
+        os.environ.get(k, "").lower() in truthy for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    ):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
+def _probe_hub(repo_id: str) -> None:
+    """One HEAD request for ``repo_id``'s config.json, turned into one clear line on failure."""
+    from huggingface_hub import errors, get_hf_file_metadata, hf_hub_url
+
+    packaged = [m.alias for m in ALIASES.values() if m.repo_id.lower() == repo_id.lower()]
+    offline_copy = (
+        f" The packaged alias {packaged[0]} holds a quantised copy that loads offline."
+        if packaged
+        else ""
+    )
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=HUB_PROBE_TIMEOUT)
+    except errors.GatedRepoError:
+        reason = "is gated on the Hugging Face Hub: accept its terms there and set HF_TOKEN"
+    except errors.RepositoryNotFoundError:
+        reason = (
+            "is neither a folder here nor a model on the Hugging Face Hub (a private one needs "
+            "HF_TOKEN)"
+        )
+    except errors.EntryNotFoundError:
+        reason = "is a Hugging Face Hub repository without config.json, not a transformers model"
+    except Exception as err:  # no network, DNS, proxy, timeout, server error: no retries
+        detail = " ".join(str(err).split()) or type(err).__name__
+        reason = (
+            f"could not be looked up on the Hugging Face Hub ({type(err).__name__}: {detail}). "
+            "Check the network, or set HF_HUB_OFFLINE=1 and use a cached model, a folder or a "
+            ".gguf file"
+        )
+    else:
+        return
+    raise ModelNotAvailableError(f"model {repo_id!r} {reason}.{offline_copy}")
 
 
 def _hub_revision(repo_id: str) -> dict[str, str]:
@@ -274,6 +367,7 @@ def _hub_revision(repo_id: str) -> dict[str, str]:
 
 
 def _explain_os_error(name: str, err: OSError) -> ModelNotAvailableError:
+    """Why a hub model could not be loaded, and the ways to get it (or an offline one)."""
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     how = (
         "HF_HUB_OFFLINE is set and the model is not in the local cache. Download it on a "
