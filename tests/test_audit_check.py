@@ -242,8 +242,10 @@ def test_verify_chain_judges_each_step_on_what_came_before(judge):
 
 
 def test_bad_input_is_refused_clearly(judge):
-    with pytest.raises(ValueError, match="statement is empty"):
+    with pytest.raises(ValueError, match="the statement must not be blank"):
         judge.check(CONTEXT, "   ")
+    with pytest.raises(ValueError, match="the statement must not be blank"):
+        judge.check(CONTEXT, "\u200b\x00\u0301")  # zero-width, NUL, combining: nothing visible
     with pytest.raises(ValueError, match="no steps"):
         judge.verify_chain(CONTEXT, [])
     with pytest.raises(ValueError, match="step 1 of the chain is empty"):

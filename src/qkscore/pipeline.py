@@ -116,7 +116,7 @@ def calibrate(
     run = RunFolder(run_path)
     meta = run.meta()
     if not meta.get("scans", {}).get(MAIN, {}).get("complete"):
-        raise RuntimeError(f"{run.path}: the main scan is not complete; run `qkscore scan` again")
+        raise ValueError(f"{run.path}: the main scan is not complete; run `qkscore scan` again")
     if reader != "auto" and reader not in READERS:
         raise ValueError(f"unknown reader {reader!r}; choose from auto, {', '.join(READERS)}")
     records = run.items()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qkscore.data.textio import read_text_file
 from qkscore.heads import HeadSelector, TopKEnsemble, parse_head_name
 from qkscore.readers import HiddenStateProbe, reader_from_dict
 
@@ -30,7 +31,7 @@ class Profile:
     def load(cls, path: str | Path) -> Profile:
         p = Path(path)
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(read_text_file(p)[0])
         except FileNotFoundError:
             raise FileNotFoundError(f"profile {p} does not exist") from None
         except json.JSONDecodeError as err:

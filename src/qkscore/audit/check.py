@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from qkscore.audit.chain import ChainResult, assemble_chain, context_with_steps, split_steps
+from qkscore.audit.text import require_text
 from qkscore.data import Item
 from qkscore.heads import HeadSelector, TopKEnsemble
 from qkscore.profile import Profile, ProfileMismatchError
@@ -200,10 +201,12 @@ class Judge:
         want_model = want_model or self.reader_needs_model  # a hybrid reads the model's answer
         items = []
         for i, (context, statement) in enumerate(pairs):
-            if not isinstance(statement, str) or not statement.strip():
-                raise ValueError("the statement is empty: nothing to judge")
+            if not isinstance(statement, str):
+                raise ValueError("the statement must be text")
             if context is not None and not isinstance(context, str):
                 raise ValueError("the context must be text")
+            require_text(statement, "the statement")
+            require_text(context or "", "the context", allow_empty=True)
             items.append(Item(id=f"q{i}", context=context or "", statement=statement, label="True"))
         # The fast path stops after the deepest layer the reader reads (for the single head,
         # its layer): that is where the time saving lies.

@@ -296,8 +296,8 @@ def demo(
     template: str = typer.Option("answer-statement", "--template", "-t"),
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
     calib_size: int = typer.Option(400),
-    limit: int | None = typer.Option(800, help="Items to scan (calibration + evaluation)."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    limit: int | None = typer.Option(800, min=1, help="Items to scan (calibration + evaluation)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     controls: bool = typer.Option(True, help="Scan the context-ablated and -swapped controls."),
 ) -> None:
     """The whole pipeline on the embedded default: scan, calibrate, evaluate, report."""
