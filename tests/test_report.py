@@ -27,7 +27,9 @@ def _check_self_contained(text: str) -> None:
 
 
 def _pipeline(run: Path, tmp_path: Path, calib_size: int = 400):
-    profile = calibrate(run, calib_size=calib_size, seed=0, out=tmp_path / "profile.json")
+    profile = calibrate(
+        run, calib_size=calib_size, seed=0, out=tmp_path / "profile.json", reader="head"
+    )
     result = evaluate(run, profile, n_boot=200)
     return profile, result
 
@@ -44,7 +46,10 @@ def test_report_synthetic_shortcut(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]
     text = out.read_text(encoding="utf-8")
     _check_self_contained(text)
-    assert len(IMG.findall(text)) == 3  # heatmap, distributions, breakdown bars
+    # head heatmap, linear reader weights, distributions, breakdown bars
+    assert len(IMG.findall(text)) == 4
+    assert "in the linear reader (logistic regression over every head" in text
+    assert "Reader chosen" in text
 
     # header, verdict and head
     assert "L1H0" in text and "synthetic-model" in text and "answer-statement" in text
@@ -53,7 +58,8 @@ def test_report_synthetic_shortcut(tmp_path):
     # methods, McNemar and breakdowns
     for method in ("head L1H0", "ensemble (k=", "model (own answer)", "majority class"):
         assert method in text
-    assert "McNemar" in text and "head L1H0 vs model" in result["mcnemar"]
+    assert "McNemar" in text and "head vs model_margin" in result["mcnemar"]
+    assert "model margin (threshold fit on calibration)" in text
     assert "attention-score baseline" in text  # missing, and said so
     for key in ("depth", "distractors", "rule", "modus_tollens"):
         assert f"<td>{key}</td>" in text
@@ -84,7 +90,7 @@ def test_report_clean_head_and_profile_object(tmp_path):
     for layer in range(N_LAYERS):  # the top heads table holds all 12 heads
         for head in range(N_HEADS):
             assert f"<td>L{layer}H{head}</td>" in text
-    assert len(IMG.findall(text)) == 3
+    assert len(IMG.findall(text)) == 4
 
 
 def test_report_multi_option_without_baseline_or_controls(tmp_path):
@@ -97,11 +103,12 @@ def test_report_multi_option_without_baseline_or_controls(tmp_path):
         metadata=False,
     )
     profile, result = _pipeline(run, tmp_path, calib_size=300)
-    assert "model (own answer)" not in result["methods"]
+    assert "model_answer" not in result["methods"]
     out = write_report(run, profile, result, tmp_path / "report.html")
     text = out.read_text()
     _check_self_contained(text)
-    assert len(IMG.findall(text)) == 2  # heatmap and margin distributions, no breakdowns
+    # heatmap, linear weights and margin distributions, no breakdowns
+    assert len(IMG.findall(text)) == 3
     assert "No control scans in this run" in text
     assert "own answer (its option log-probabilities are missing" in text
     assert "no depth, distractors, rule or logic metadata" in text
@@ -144,7 +151,7 @@ def test_report_real_tiny_scan(tmp_path, smollm2):
     out = write_report(tmp_path / "run", profile, result, tmp_path / "report.html")
     text = out.read_text()
     _check_self_contained(text)
-    assert len(IMG.findall(text)) == 3
+    assert len(IMG.findall(text)) == 4
     assert profile.data["head"] in text and "smollm2-135m" in text
     assert "calibrating on 20 items" in text
     assert "context-ablated" in text
