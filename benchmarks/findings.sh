@@ -6,6 +6,7 @@
 # resumable: run this script again after an interruption and it continues where it stopped.
 #   bash benchmarks/findings.sh [MODEL ...]      (default: both Qwen sizes)
 #   ORDER="prontoqa-nodistractor prontoqa" ...   (a subset of the sets, in that order)
+#   ORDER=generated-nodistractor bash benchmarks/findings.sh smollm2-135m   (the SmolLM2 row)
 #   SCAN_ONLY=1 ...                              (scans only; calibrate and evaluate later)
 # Results: runs/findings/<model>/<set>/{run/,profile.json,evaluation.json,summary.md}
 # Table: python benchmarks/findings_table.py
@@ -19,6 +20,7 @@ declare -A SETS=(
   [prontoqa]="prontoqa:$PRONTO/*hop_0shot_random.json?sample=$N&balance=1&seed=0"
   [prontoqa-nodistractor]="prontoqa:$PRONTO/*hop_0shot_random_nodistractor.json?sample=$N&balance=1&seed=0"
   [generated-distractors]="generated:depth=1-3&n=$N&distractors=1&seed=0"
+  [generated-nodistractor]="generated:depth=1-3&n=$N&distractors=0&seed=0"
   [pararule-debiased]="pararule-plus:$SHARED/pararule_plus/Depth*/*_test.jsonl?debias=1&sample=$N&balance=1&seed=0"
   [multi-logieval]="multi-logieval:$SHARED/multi_logieval/data?sample=$N&balance=1&seed=0"
 )

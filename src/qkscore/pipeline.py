@@ -304,11 +304,11 @@ def evaluate(
         p, m = _attention_baseline(run, prof, idx, layer, head, all_records, all_labels)
         preds["attention"], margins["attention"] = p, m
         labels_of["attention"], kinds["attention"] = f"attention {name}", "baseline"
-    probe = prof.baseline("hidden_probe")
+    notes: list[str] = []
+    probe = _usable_probe(prof, meta, notes)
     if probe is not None and inputs.get("hidden") is not None:
         add("hidden_probe", f"hidden-state probe (layer {probe.layer_})", "baseline",
             probe.predict_proba(inputs["hidden"]), True)  # fmt: skip
-    notes: list[str] = []
     shallow = _shallow_predictions(prof, all_records, records, notes)
     if shallow is not None:
         add("shallow", "shallow matching (no model)", "baseline", shallow, True)
@@ -338,7 +338,9 @@ def evaluate(
     controls = {}
     for control in CONTROLS:
         if run.has(control):
-            controls[control] = _control_report(run, control, idx, labels, readers, prof, preds)
+            controls[control] = _control_report(
+                run, control, idx, labels, readers, probe, prof, preds
+            )
     if len(idx) < MIN_EVALUATION:
         notes.append(
             f"only {len(idx)} evaluation items (fewer than {MIN_EVALUATION}): intervals are wide "
@@ -423,7 +425,21 @@ def _shallow_predictions(
         return None
 
 
-def _control_report(run, control, idx, labels, readers, prof, preds) -> dict[str, Any]:
+def _usable_probe(prof: Profile, meta: dict[str, Any], notes: list[str]) -> Any:
+    """The profile's hidden-state probe, if this run kept the same layers it was fit on."""
+    probe = prof.baseline("hidden_probe")
+    if probe is None:
+        return None
+    if list(meta.get("hidden_layers") or []) != list(probe.layers_):
+        notes.append(
+            f"hidden-state probe not applied: it was fit on layers {probe.layers_}, this run "
+            f"kept {meta.get('hidden_layers') or 'none'}"
+        )
+        return None
+    return probe
+
+
+def _control_report(run, control, idx, labels, readers, probe, prof, preds) -> dict[str, Any]:
     """Accuracy of every reader (and the model and probe) on a control scan's items."""
     inputs = _scan_inputs(run, control, idx)
     accuracy: dict[str, float] = {}
@@ -433,7 +449,6 @@ def _control_report(run, control, idx, labels, readers, prof, preds) -> dict[str
             accuracy[key] = float((proba.argmax(-1) == labels).mean())
     if np.isfinite(inputs["baseline"]).all():
         accuracy["model_answer"] = float((inputs["baseline"].argmax(-1) == labels).mean())
-    probe = prof.baseline("hidden_probe")
     if probe is not None and inputs["hidden"] is not None:
         accuracy["hidden_probe"] = float((probe.predict(inputs["hidden"]) == labels).mean())
     chosen = prof.reader_name if prof.reader_name in accuracy else "head"

@@ -15,7 +15,10 @@ from qkscore.cli._shared import fail as _fail
 
 PROFILE_HELP = "Profile JSON from `qkscore calibrate`."
 MODEL_HELP = "Model to load instead of the one the profile names (must have its fingerprint)."
-FAST_HELP = "Skip the model's own answer and stop the pass at the chosen head's layer."
+FAST_HELP = (
+    "Skip the model's own answer and stop the pass after the deepest layer the profile's "
+    "reader reads (a hybrid reader always runs the whole pass)."
+)
 DTYPE_HELP = (
     "float32 (the default: verdicts reproduce), bfloat16, float16, or auto (bfloat16; faster, "
     "but batching can flip borderline verdicts)."
@@ -77,7 +80,7 @@ def check(
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     dtype: str = typer.Option("float32", help=DTYPE_HELP),
 ) -> None:
-    """Judge whether a statement follows from a context, with the profile's head."""
+    """Judge whether a statement follows from a context, with the profile's reader."""
     ctx = _text(context, context_file, "context", required=False)
     st = _text(statement, statement_file, "statement", required=True)
     _visible(st, "the statement")
@@ -90,7 +93,10 @@ def check(
         return
     colour = "green" if verdict.valid else "red"
     out = _console()
-    out.print(f"[bold {colour}]{verdict.verdict}[/]  (head {verdict.head})")
+    out.print(
+        f"[bold {colour}]{verdict.verdict}[/]  (reader {verdict.reader}; best single head "
+        f"{verdict.head})"
+    )
     table = Table(show_header=False, box=None)
     table.add_row("P(valid)", _pct(verdict.probability))
     table.add_row(
@@ -98,7 +104,7 @@ def check(
         f"{verdict.margin:+.3f}  (score {verdict.score:.3f} vs threshold {verdict.threshold:.3f})",
     )
     if verdict.model_answer is not None:
-        note = "  [yellow]disagrees with the head[/]" if verdict.disagree else ""
+        note = "  [yellow]disagrees with the reader[/]" if verdict.disagree else ""
         table.add_row(
             "model says",
             f"{_answer(verdict.model_answer)} (P(True) {_pct(verdict.model_probability)}){note}",
@@ -145,7 +151,7 @@ def verify_chain(
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    table = Table(title=f"Chain verified with head {result.head}")
+    table = Table(title=f"Chain verified with reader {judge.reader_name}")
     for col in ("#", "step", "verdict", "P(valid)", "margin"):
         table.add_column(col, justify="right" if col in ("#", "P(valid)", "margin") else "left")
     with_model = any(s.model_answer is not None for s in result.steps)
@@ -236,7 +242,7 @@ def serve(
     out = _console()
     model_dtype = str(judge.lm.dtype).removeprefix("torch.")
     out.print(
-        f"judging with head {judge.head} of {judge.profile.data['model'].get('name')} "
+        f"judging with reader {judge.reader_name} of {judge.profile.data['model'].get('name')} "
         f"({model_dtype}; profile {judge.profile.digest}); audit log {db}"
         f"{' without texts' if no_store_text else ''}; "
         f"{'API key required' if api_key else '[yellow]no API key[/] (QKSCORE_API_KEY unset)'}"
