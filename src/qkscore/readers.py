@@ -139,6 +139,14 @@ def _check_saved(data: Mapping[str, Any], kind: str) -> None:
         raise ValueError(f"unsupported {kind} format_version {data.get('format_version')!r}")
 
 
+def _saved_params(data: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The constructor arguments a ``to_dict`` stored (the C grid back as a tuple)."""
+    _check_saved(data, kind)
+    params = dict(data["params"])
+    params["Cs"] = tuple(params["Cs"])
+    return params
+
+
 # --------------------------------------------------------------------------------------------
 # LinearQKReader
 
@@ -291,10 +299,7 @@ class LinearQKReader(BaseEstimator):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LinearQKReader:
-        _check_saved(data, _LINEAR_KIND)
-        params = dict(data["params"])
-        params["Cs"] = tuple(params["Cs"])
-        obj = cls(**params)
+        obj = cls(**_saved_params(data, _LINEAR_KIND))
         obj.n_layers_, obj.n_heads_, obj.n_options_ = (int(v) for v in data["shape"])
         obj.C_ = float(data["C"])
         obj.cv_scores_ = _array(data["cv_scores"])
@@ -707,10 +712,7 @@ class HiddenStateProbe(BaseEstimator):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HiddenStateProbe:
-        _check_saved(data, _PROBE_KIND)
-        params = dict(data["params"])
-        params["Cs"] = tuple(params["Cs"])
-        obj = cls(**params)
+        obj = cls(**_saved_params(data, _PROBE_KIND))
         obj.layers_, obj.layer_ = list(data["layers"]), int(data["layer"])
         obj.layer_index_, obj.C_ = int(data["layer_index"]), float(data["C"])
         obj.n_options_, obj.d_model_ = int(data["n_options"]), int(data["d_model"])
