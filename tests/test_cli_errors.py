@@ -142,9 +142,11 @@ def test_calibrate_too_few_items(runs, tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: calibration size 400 leaves no items to evaluate")
-    # the split's warnings ("class 0 has only 4 items") come first, one line each
-    assert all(line.startswith("warning: ") for line in lines[:-1]), result.output
+    assert lines == [
+        f"error: {runs['small']}: cannot calibrate on 8 items (4 of option 0, 4 of option 1): "
+        "calibration needs at least 5 items of each option in the split (--calib-size 400 "
+        "takes up to 200 per option)"
+    ], result.output  # refused before the split, so no warnings first
 
 
 def test_evaluate_missing_profile(runs, tmp_path: Path) -> None:
@@ -167,7 +169,7 @@ def test_report_malformed_profile_names_file_and_line(runs, tmp_path: Path) -> N
 
 def test_transfer_too_few_items(runs) -> None:
     result = _run("transfer", str(runs["small"]), str(runs["big"]))
-    _one_error(result, "calibration size 400 leaves no items", "8 items")
+    _one_error(result, "cannot calibrate on 8 items", "at least 5 items of each option")
 
 
 # ---- serve, check, verify-chain, data, probe ------------------------------------------------
@@ -175,7 +177,7 @@ def test_transfer_too_few_items(runs) -> None:
 
 def test_serve_db_naming_a_folder(runs, tmp_path: Path) -> None:
     result = _run("serve", "-p", str(runs["profile"]), "--db", str(tmp_path))
-    _one_error(result, f"--db {tmp_path} is a folder")
+    _one_error(result, f"--db: {tmp_path} is a folder, not an SQLite file")
 
 
 def test_check_statement_file_in_utf16(runs, tmp_path: Path) -> None:

@@ -477,11 +477,13 @@ def test_a_data_file_edited_between_kill_and_rerun_is_refused_by_the_cli(
     record["label"] = {"True": "False", "False": "True"}[record["label"]]  # same spec string
     data.write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
     done = subprocess.run(_cli(out, f"jsonl:{data}"), env=_env(), capture_output=True, text=True)
-    assert done.returncode == 1
+    assert done.returncode == 2  # an ordinary mistake: one error line, no traceback
     message = _refusal(
         RunFolder(out), "items: content hash differs (data changed since the folder was made)"
     )
-    assert done.stderr.rstrip().endswith(f"RunMismatchError: {message}")
+    first, *rest = message.splitlines()  # the CLI prints the refusal as one line
+    assert done.stderr.startswith(f"error: {first}") and done.stderr.count("\n") == 1
+    assert all(line.strip() in done.stderr for line in rest)
     assert not (out / "chunks" / MAIN / "chunk-00000002.npz").exists()
 
 

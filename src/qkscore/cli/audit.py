@@ -211,8 +211,6 @@ def serve(
     and QKSCORE_AUDIT_HASH_KEY to key the logged input hashes (HMAC), so that with
     --no-store-text the texts cannot be guessed back from them.
     """
-    if db.is_dir():
-        raise _fail(f"--db {db} is a folder; give the SQLite file to write, e.g. {db}/audit.db")
     try:
         from qkscore.audit.service import ServeLimits
         from qkscore.audit.service import serve as run_server
