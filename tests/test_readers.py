@@ -246,6 +246,18 @@ def test_shallow_matching_solves_prontoqa_without_distractors_only(shared_data):
         assert low <= acc <= high, (pattern, acc)
 
 
+def test_data_audit_flags_a_set_shallow_matching_solves(shared_data):
+    from qkscore.data.audit import audit_items
+
+    pronto = shared_data / "prontoqa" / "truefalse_0shot"
+    spec = f"prontoqa:{pronto}/*hop_0shot_random_nodistractor.json?sample=200&balance=1&seed=0"
+    report = audit_items(load_items(spec))
+    assert report.statement_only_accuracy < 0.65  # the statement alone says nothing here
+    assert report.shallow_accuracy == 1.0 and report.flagged
+    assert any("shallow context-statement matching" in r for r in report.reasons)
+    assert "shallow context-statement matching (5-fold): 1.000" in report.summary()
+
+
 # ---- judging with any reader (real SmolLM2) ---------------------------------------------------
 
 

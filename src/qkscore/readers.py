@@ -625,6 +625,11 @@ class HiddenStateProbe(BaseEstimator):
         return h.reshape(h.shape[0], -1)
 
     def _fit_one(self, x: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
+        """liblinear's dual solver for two classes (far fewer items than features: 5-8x faster
+        than lbfgs, and the probe fits a few hundred models); lbfgs's multinomial otherwise."""
+        if np.unique(y).size == 2:
+            lr = LogisticRegression(C=c, solver="liblinear", dual=True, max_iter=3000)
+            return lr.fit(x, y)
         return LogisticRegression(C=c, max_iter=3000).fit(x, y)
 
     def fit(
