@@ -5,8 +5,9 @@
 Table 1, accuracy (AUROC) on the evaluation split with 95% bootstrap intervals: every reader
 beside the fair baselines (the model's margin with a threshold fitted on the same calibration
 items, the hidden-state probe, shallow matching with no model) and the model's raw answer.
-Table 2, the same readers under the context-ablated control, and the cross-validated AUROC
-each reader had on the calibration split (the figure the choice was made on).
+Table 2, the same readers under the context-ablated control, the cross-validated AUROC each
+reader had on the calibration split (the figure the choice was made on), and the hybrid's CV
+AUROC minus the better of its parts.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def main() -> None:
         + " | ".join(f"{k} ablated" for k in (*readers, "model_answer", "hidden_probe"))
         + " | "
         + " | ".join(f"{k} CV" for k in readers)
-        + " | margin CV |"
+        + " | margin AUROC | hybrid - better part |"
     )
-    print("|" + "---|" * (2 + len(readers) * 2 + 3))
+    print("|" + "---|" * (2 + len(readers) * 2 + 4))
     for model, name, r in found:
         ablated = (r.get("controls") or {}).get("context-ablated", {}).get("accuracy", {})
         choice = r.get("reader_choice") or {}
@@ -85,8 +86,19 @@ def main() -> None:
             + " | ".join(_num(ablated.get(k)) for k in (*readers, "model_answer", "hidden_probe"))
             + " | "
             + " | ".join(_num(cv.get(k, {}).get("auroc")) for k in readers)
-            + f" | {_num(choice.get('model_margin_auroc'))} |"
+            + f" | {_num(choice.get('model_margin_auroc'))} | {_hybrid_gap(choice)} |"
         )
+
+
+def _hybrid_gap(choice: dict) -> str:
+    """The issue's rule: the hybrid's CV AUROC minus the better of its two parts (the linear
+    reader's CV AUROC and the model margin's AUROC on the same calibration items)."""
+    cv = choice.get("cv") or {}
+    parts = [cv.get("linear", {}).get("auroc"), choice.get("model_margin_auroc")]
+    hybrid = cv.get("hybrid", {}).get("auroc")
+    if hybrid is None or None in parts:
+        return "n/a"
+    return f"{hybrid - max(parts):+.3f}"
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from qkscore.readers import (
     choose_reader,
     make_reader,
     model_margin_selector,
-    proba_auroc,
     reader_fit,
     reader_predict_proba,
 )
@@ -147,8 +146,6 @@ def calibrate(
             raise ValueError(f"reader {reader!r} cannot be used here: {choice['cv'][reader]}")
         choice["rule"] = "asked for (--reader); the others fitted but not cross-validated"
     choice["requested"] = reader
-    if np.isfinite(baseline).all():  # a threshold does not move an AUROC: no folds needed
-        choice["model_margin_auroc"] = proba_auroc(_softmax(baseline.astype(np.float64)), y)
     readers: dict[str, Any] = {}
     for name in candidates:
         if "skipped" in choice["cv"].get(name, {}):

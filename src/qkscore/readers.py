@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, softmax
+from scipy.special import expit, logit, softmax
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -54,7 +54,8 @@ __all__ = [
     "HybridReader",
     "LinearQKReader",
     "choose_reader",
-    "cross_val_predict_proba",
+    "cross_val_scores",
+    "margin_cv_auroc",
     "make_reader",
     "model_margin_selector",
     "proba_auroc",
@@ -256,11 +257,7 @@ class LinearQKReader(BaseEstimator):
         return np.einsum("nko,k->no", z, self.coef_) + self.option_bias_
 
     def predict_proba(self, scores: Any) -> np.ndarray:
-        u = self.decision_function(scores)
-        if self.n_options_ == 2:
-            p0 = expit(u)
-            return np.column_stack([p0, 1.0 - p0])
-        return softmax(u, axis=1)
+        return _proba(self.decision_function(scores), self.n_options_)
 
     def predict(self, scores: Any) -> np.ndarray:
         return self.predict_proba(scores).argmax(axis=1)
@@ -317,6 +314,14 @@ class LinearQKReader(BaseEstimator):
         return obj
 
 
+def _proba(u: np.ndarray, n_options: int) -> np.ndarray:
+    """Option probabilities from binary log-odds of option 0 ``[n]`` or utilities ``[n, o]``."""
+    if n_options == 2:
+        p0 = expit(u)
+        return np.column_stack([p0, 1.0 - p0])
+    return softmax(u, axis=1)
+
+
 def _not_fitted(obj: Any):
     from sklearn.exceptions import NotFittedError
 
@@ -345,14 +350,23 @@ def _model_features(baseline: Any, n_items: int, n_options: int) -> np.ndarray:
 class HybridReader(BaseEstimator):
     """The linear QK reader stacked with the model's own margin.
 
-    Cross-fitted: the stacker (a two-feature logistic regression, or a two-feature conditional
+    Cross-fitted: the stacker (a logistic regression over the two features, or a conditional
     logit for multi-option items) learns from the linear reader's *out-of-fold* log-odds, so
-    it weighs the QK evidence by how well it generalises, not by how well it fits. The linear
-    reader is fit on all data first (choosing its C by its own cross-validation); the
-    out-of-fold readers reuse that C, which keeps the cost at a few dozen fits.
+    it weighs the QK evidence by how well it generalises, not by how well it fits. Each
+    fold's linear reader chooses its own C by inner cross-validation (reusing the C chosen on
+    all items would let the out-of-fold log-odds peek: that C is the one that scored best on
+    these very folds); the reader used for prediction is then fit on all items.
+
+    Where one part carries no signal, stacking it in only adds noise; so the stacker's inputs
+    are chosen by cross-validated AUROC among the model's margin alone, the QK part alone and
+    both (``mode_``), by the one-standard-error rule in that order of simplicity: the simplest
+    mode within one standard error of the best. The model's margin alone keeps its known
+    direction (a higher log-probability of "True" means True), so that mode reads exactly the
+    fair baseline; the hybrid then stays within noise of the better of its parts.
     """
 
     needs_baseline = True
+    MODES = {"model": (1,), "qk": (0,), "stacked": (0, 1)}
 
     def __init__(self, qk: LinearQKReader | None = None, cv: int = 5, random_state: int | None = 0):
         self.qk = qk
@@ -367,31 +381,55 @@ class HybridReader(BaseEstimator):
             return np.column_stack([u, b[:, 0] - b[:, 1]])
         return np.stack([u - u.mean(1, keepdims=True), b - b.mean(1, keepdims=True)], axis=1)
 
+    def _fit_stacker(self, feats: np.ndarray, y: np.ndarray, cols: Sequence[int]) -> tuple:
+        """(coef over both features, zero where unused; intercept or option biases)."""
+        coef = np.zeros(2)
+        if self.n_options_ == 2:
+            mean, scale = _standardise(feats)
+            used, b = _binary_logistic(
+                ((feats - mean) / scale)[:, cols], y == 0, 1.0, False, self.random_state
+            )
+            coef[list(cols)] = used
+            if tuple(cols) == (1,) and coef[1] < 0:  # the margin alone never reads backwards
+                coef[1], b = 0.0, float(logit(np.clip(np.mean(y == 0), 1e-3, 1 - 1e-3)))
+            return coef / scale, b - float((coef / scale) @ mean)
+        scale = np.where(feats.std(axis=(0, 2)) > 0, feats.std(axis=(0, 2)), 1.0)
+        used, bias = _fit_conditional_logit((feats / scale[None, :, None])[:, cols], y)
+        coef[list(cols)] = used
+        return coef / scale, bias
+
+    def _combine(self, feats: np.ndarray, coef: np.ndarray, bias) -> np.ndarray:
+        if self.n_options_ == 2:
+            return feats @ coef + bias
+        return np.einsum("nko,k->no", feats, coef) + bias
+
     def fit(self, scores: Any, labels: Any, *, baseline: Any = None) -> HybridReader:
         x = _check_scores(scores)
         n, _, _, self.n_options_ = x.shape
         y = _check_labels(labels, n, self.n_options_)
         b = _model_features(baseline, n, self.n_options_)
         self.qk_ = self._reader().fit(x, y)
-        fold_reader = clone(self.qk_).set_params(C=self.qk_.C_)
+        folds = _folds(y, self.cv, self.random_state)
         oof = np.zeros((n,) if self.n_options_ == 2 else (n, self.n_options_))
-        for train, test in _folds(y, self.cv, self.random_state):
-            oof[test] = clone(fold_reader).fit(x[train], y[train]).decision_function(x[test])
+        for train, test in folds:  # each fold's reader chooses its own C: no peeking via C
+            oof[test] = self._reader().fit(x[train], y[train]).decision_function(x[test])
         self.n_layers_, self.n_heads_ = self.qk_.n_layers_, self.qk_.n_heads_
         feats = self._stack(oof, b)
-        if self.n_options_ == 2:
-            self.mean_, self.scale_ = _standardise(feats)
-            self.coef_, self.intercept_ = _binary_logistic(
-                (feats - self.mean_) / self.scale_, y == 0, 1.0, False, self.random_state
-            )
-            self.option_bias_ = None
-        else:
-            self.mean_ = np.zeros(2)
-            self.scale_ = np.where(feats.std(axis=(0, 2)) > 0, feats.std(axis=(0, 2)), 1.0)
-            self.coef_, self.option_bias_ = _fit_conditional_logit(
-                feats / self.scale_[None, :, None], y
-            )
-            self.intercept_ = None
+        self.mode_scores_, spread = {}, {}
+        for mode, cols in self.MODES.items():
+            aucs = []
+            for train, test in folds:
+                coef, bias = self._fit_stacker(feats[train], y[train], cols)
+                held_out = _proba(self._combine(feats[test], coef, bias), self.n_options_)
+                aucs.append(proba_auroc(held_out, y[test]))
+            self.mode_scores_[mode] = float(np.nanmean(aucs))
+            spread[mode] = float(np.nanstd(aucs) / np.sqrt(len(aucs)))
+        best = max(self.mode_scores_, key=self.mode_scores_.get)
+        floor = self.mode_scores_[best] - spread[best]
+        self.mode_ = next(m for m in self.MODES if self.mode_scores_[m] >= floor)
+        self.coef_, bias = self._fit_stacker(feats, y, self.MODES[self.mode_])
+        self.intercept_ = float(bias) if self.n_options_ == 2 else None
+        self.option_bias_ = None if self.n_options_ == 2 else np.asarray(bias)
         return self
 
     def decision_function(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
@@ -399,18 +437,11 @@ class HybridReader(BaseEstimator):
             raise _not_fitted(self)
         u = self.qk_.decision_function(scores)
         b = _model_features(baseline, u.shape[0], self.n_options_)
-        feats = self._stack(u, b)
-        if self.n_options_ == 2:
-            return ((feats - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
-        z = feats / self.scale_[None, :, None]
-        return np.einsum("nko,k->no", z, self.coef_) + self.option_bias_
+        bias = self.intercept_ if self.n_options_ == 2 else self.option_bias_
+        return self._combine(self._stack(u, b), self.coef_, bias)
 
     def predict_proba(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
-        u = self.decision_function(scores, baseline=baseline)
-        if self.n_options_ == 2:
-            p0 = expit(u)
-            return np.column_stack([p0, 1.0 - p0])
-        return softmax(u, axis=1)
+        return _proba(self.decision_function(scores, baseline=baseline), self.n_options_)
 
     def predict(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
         return self.predict_proba(scores, baseline=baseline).argmax(axis=1)
@@ -428,8 +459,8 @@ class HybridReader(BaseEstimator):
             "params": {"cv": self.cv, "random_state": self.random_state},
             "qk": self.qk_.to_dict(),
             "n_options": self.n_options_,
-            "mean": _floats(np.asarray(self.mean_)),
-            "scale": _floats(np.asarray(self.scale_)),
+            "mode": self.mode_,
+            "mode_scores": self.mode_scores_,
             "coef": _floats(np.asarray(self.coef_)),
             "intercept": self.intercept_,
             "option_bias": None if self.option_bias_ is None else _floats(self.option_bias_),
@@ -442,7 +473,7 @@ class HybridReader(BaseEstimator):
         obj.qk_ = LinearQKReader.from_dict(data["qk"])
         obj.n_layers_, obj.n_heads_ = obj.qk_.n_layers_, obj.qk_.n_heads_
         obj.n_options_ = int(data["n_options"])
-        obj.mean_, obj.scale_ = _array(data["mean"]), _array(data["scale"])
+        obj.mode_, obj.mode_scores_ = str(data["mode"]), dict(data["mode_scores"])
         obj.coef_ = _array(data["coef"])
         obj.intercept_ = None if data["intercept"] is None else float(data["intercept"])
         ob = data.get("option_bias")
@@ -509,7 +540,7 @@ def reader_deepest_layer(reader: Any) -> int:
     return int(reader.deepest_layer_)
 
 
-def cross_val_predict_proba(
+def cross_val_scores(
     name: str,
     scores: np.ndarray,
     labels: np.ndarray,
@@ -517,11 +548,12 @@ def cross_val_predict_proba(
     cv: int = 5,
     seed: int = 0,
     metric: str = "auroc",
-) -> np.ndarray:
-    """Out-of-fold option probabilities of reader ``name``: each fold's items are predicted
-    by a reader fit on the other folds only (its own inner choices included)."""
-    n_options = scores.shape[3]
-    proba = np.zeros((scores.shape[0], n_options))
+) -> dict[str, float]:
+    """Mean held-out AUROC and accuracy of reader ``name`` over ``cv`` stratified folds: each
+    fold's items are predicted by a reader fit on the other folds only (its own inner choices
+    included). Folds are scored one by one and averaged, as ``cross_val_score`` does: pooling
+    the folds' probabilities would mix scales that differ from fold to fold."""
+    aucs, accs = [], []
     for train, test in _folds(labels, cv, seed):
         reader = reader_fit(
             make_reader(name, seed, metric),
@@ -529,10 +561,21 @@ def cross_val_predict_proba(
             labels[train],
             None if baseline is None else baseline[train],
         )
-        proba[test] = reader_predict_proba(
+        proba = reader_predict_proba(
             reader, scores[test], None if baseline is None else baseline[test]
         )
-    return proba
+        aucs.append(proba_auroc(proba, labels[test]))
+        accs.append(float(np.mean(proba.argmax(1) == labels[test])))
+    return {"auroc": float(np.nanmean(aucs)), "accuracy": float(np.mean(accs))}
+
+
+def margin_cv_auroc(baseline: np.ndarray, labels: np.ndarray, cv: int = 5, seed: int = 0) -> float:
+    """The model margin's AUROC averaged over the same folds the readers are scored on (it has
+    nothing to fit: a threshold does not move an AUROC), for comparing with their CV figures."""
+    proba = softmax(np.asarray(baseline, dtype=np.float64), axis=1)
+    return float(
+        np.nanmean([proba_auroc(proba[te], labels[te]) for _, te in _folds(labels, cv, seed)])
+    )
 
 
 def choose_reader(
@@ -546,25 +589,20 @@ def choose_reader(
 ) -> dict[str, Any]:
     """Cross-validated AUROC and accuracy of every candidate on these (calibration) items.
 
-    Returns ``{"chosen", "rule", "cv": {name: {"auroc", "accuracy"} or {"skipped": why}}}``;
-    the best AUROC wins, ties to the earlier (simpler) candidate. The hybrid is skipped where
-    the model's own answer is missing.
+    Returns ``{"chosen", "rule", "cv": {name: {"auroc", "accuracy"} or {"skipped": why}},
+    "model_margin_auroc"}``; the best AUROC wins, ties to the earlier (simpler) candidate. The
+    hybrid is skipped where the model's own answer is missing.
     """
     results: dict[str, dict[str, Any]] = {}
+    has_model = baseline is not None and bool(np.isfinite(baseline).all())
     for name in candidates:
-        needs_model = getattr(make_reader(name, seed), "needs_baseline", False)
-        if needs_model and (baseline is None or not np.isfinite(baseline).all()):
+        if getattr(make_reader(name, seed), "needs_baseline", False) and not has_model:
             results[name] = {"skipped": "no model answer in the scan"}
             continue
         try:
-            proba = cross_val_predict_proba(name, scores, labels, baseline, cv, seed, metric)
+            results[name] = cross_val_scores(name, scores, labels, baseline, cv, seed, metric)
         except ValueError as err:  # e.g. L1 on multi-option items
             results[name] = {"skipped": str(err)}
-            continue
-        results[name] = {
-            "auroc": proba_auroc(proba, labels),
-            "accuracy": float(np.mean(proba.argmax(1) == labels)),
-        }
     scored = {k: v["auroc"] for k, v in results.items() if "auroc" in v}
     if not scored:
         raise ValueError("no reader could be cross-validated on these items")
@@ -574,6 +612,7 @@ def choose_reader(
         "chosen": chosen,
         "rule": f"highest {cv}-fold cross-validated AUROC on the calibration split",
         "cv": results,
+        "model_margin_auroc": margin_cv_auroc(baseline, labels, cv, seed) if has_model else None,
     }
 
 
