@@ -173,7 +173,10 @@ class Judge:
             "reader_choice": d.get("reader_choice"),
             "head": self.head,
             "sign": self.sign,
-            "threshold": self.threshold,
+            # the threshold the verdicts' scores are compared with (0 for every reader but
+            # the single head, whose scores are its signed QK differences)
+            "threshold": self.threshold if self.reader_name == "head" else 0.0,
+            "head_threshold": self.threshold,
             "deepest_layer": self.profile.deepest_layer,
             "n_layers": self.lm.n_layers,
             "n_heads": self.lm.n_heads,

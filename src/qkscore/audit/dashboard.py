@@ -169,8 +169,9 @@ async function api(path, options) {
 // ---- profile -------------------------------------------------------------------------------
 function renderProfile() {
   const p = profile;
-  $("#profile-meta").textContent = `${p.model} · head ${p.head} (sign ${p.sign > 0 ? "+" : "−"}` +
-    `, threshold ${fmt(p.threshold, 3)}) · profile ${p.digest}`;
+  $("#profile-meta").textContent = `${p.model} · reader ${p.reader || "head"} · best head ` +
+    `${p.head} (sign ${p.sign > 0 ? "+" : "−"}, threshold ${fmt(p.head_threshold ?? p.threshold, 3)})` +
+    ` · profile ${p.digest}`;
   const dl = $("#calibration"); clear(dl);
   const c = p.calibration || {};
   const rows = [
@@ -337,7 +338,8 @@ function renderHistogram(rows) {
        svg, fmt(v, 1));
   }
   el("svg:text", { x: (W + m.l) / 2, y: H - 6, "text-anchor": "middle" }, svg,
-     "signed QK score  (right of the threshold: valid)");
+     (profile && profile.reader && profile.reader !== "head" ? `${profile.reader} reader log-odds`
+       : "signed QK score") + "  (right of the threshold: valid)");
   el("svg:text", { x: m.l - 4, y: m.t + 4, "text-anchor": "end" }, svg, maxc);
   el("svg:text", { x: m.l - 4, y: H - m.b, "text-anchor": "end" }, svg, 0);
 }
