@@ -275,43 +275,39 @@ def evaluate(
     labels_of: dict[str, str] = {}
     kinds: dict[str, str] = {}
 
-    def add(key: str, label: str, kind: str, proba_or_pred: np.ndarray, is_proba: bool) -> None:
-        if is_proba:
-            preds[key] = proba_or_pred.argmax(-1)
-            margins[key] = _positive_score(proba_or_pred)
-        else:
-            preds[key], margins[key] = proba_or_pred, None
-        labels_of[key], kinds[key] = label, kind
+    def add(key: str, label: str, kind: str, pred: np.ndarray, margin: np.ndarray | None) -> None:
+        preds[key], margins[key], labels_of[key], kinds[key] = pred, margin, label, kind
+
+    def from_proba(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return proba.argmax(-1), _positive_score(proba)
 
     for key, reader in readers.items():
         proba = _reader_proba(reader, inputs)
         if proba is not None:
-            add(key, _reader_label(key, reader), "reader", proba, True)
+            add(key, _reader_label(key, reader), "reader", *from_proba(proba))
     base = inputs["baseline"]
     if np.isfinite(base).all():
-        add("model_answer", "model (own answer)", "baseline", _softmax(base), True)
+        add("model_answer", "model (own answer)", "baseline", *from_proba(_softmax(base)))
         margin_sel = prof.baseline("model_margin")
         if margin_sel is not None:
-            mproba = margin_sel.predict_proba(as_margin_scores(base))
-            preds["model_margin"] = margin_sel.predict(as_margin_scores(base))
-            margins["model_margin"] = _positive_score(mproba)
-            labels_of["model_margin"] = "model margin (threshold fit on calibration)"
-            kinds["model_margin"] = "baseline"
+            margin_scores = as_margin_scores(base)
+            add("model_margin", "model margin (threshold fit on calibration)", "baseline",
+                margin_sel.predict(margin_scores),
+                _positive_score(margin_sel.predict_proba(margin_scores)))  # fmt: skip
     if run.has(MAIN, "attention"):
-        p, m = _attention_baseline(run, prof, idx, layer, head, all_records, all_labels)
-        preds["attention"], margins["attention"] = p, m
-        labels_of["attention"], kinds["attention"] = f"attention {name}", "baseline"
+        add("attention", f"attention {name}", "baseline",
+            *_attention_baseline(run, prof, idx, layer, head, all_records, all_labels))  # fmt: skip
     notes: list[str] = []
     probe = _usable_probe(prof, meta, notes)
     if probe is not None and inputs.get("hidden") is not None:
         add("hidden_probe", f"hidden-state probe (layer {probe.layer_})", "baseline",
-            probe.predict_proba(inputs["hidden"]), True)  # fmt: skip
+            *from_proba(probe.predict_proba(inputs["hidden"])))  # fmt: skip
     shallow = _shallow_predictions(prof, all_records, records, notes)
     if shallow is not None:
-        add("shallow", "shallow matching (no model)", "baseline", shallow, True)
+        add("shallow", "shallow matching (no model)", "baseline", *from_proba(shallow))
     calib_labels = _calibration_labels(prof)
     add("majority", "majority class", "baseline",
-        np.full_like(labels, np.bincount(calib_labels).argmax()), False)  # fmt: skip
+        np.full_like(labels, np.bincount(calib_labels).argmax()), None)  # fmt: skip
     methods = {}
     for key, p in preds.items():
         methods[key] = ev.metric_report(p, labels, score=margins[key], n_boot=n_boot, seed=seed)
