@@ -130,9 +130,10 @@ def test_identical_heads_tie_to_lowest_index() -> None:
 def test_metric_auroc_ranks_by_auroc() -> None:
     # head 0: accuracy 7/8 but one badly misplaced item; head 1: accuracy 6/8, AUROC 1
     x = binary_from_diffs([[3, 2, 1, -9, -1, -2, -3, -4], SHIFTED])
-    by_acc = HeadSelector(threshold="zero").fit(x, LABELS8)
+    by_acc = HeadSelector(threshold="zero", metric="accuracy").fit(x, LABELS8)
     by_auc = HeadSelector(threshold="zero", metric="auroc").fit(x, LABELS8)
     assert by_acc.head_ == (0, 0) and by_auc.head_ == (0, 1)
+    assert HeadSelector(threshold="zero").fit(x, LABELS8).head_ == (0, 1)  # AUROC by default
     assert HeadSelector(threshold="zero", metric="balanced_accuracy").fit(x, LABELS8).head_ == (
         0,
         0,
@@ -319,6 +320,7 @@ def test_bad_inputs_and_params_raise_value_error() -> None:
 def test_init_does_no_work_and_params_round_trip() -> None:
     sel = HeadSelector(metric="bogus")  # validated in fit, sklearn style
     assert sel.get_params() == {"direction": "auto", "metric": "bogus", "threshold": "fit"}
+    assert HeadSelector().get_params()["metric"] == "auroc"
     assert TopKEnsemble(k=3).get_params()["k"] == 3
 
 

@@ -542,8 +542,10 @@ class HeadSelector(BaseEstimator):
         ``metric``, ties to the other metrics, then +1); ``"positive"`` is the paper's plain
         reading; ``"negative"`` reads every head flipped.
     metric:
-        How heads are ranked: ``"accuracy"`` (the paper), ``"balanced_accuracy"`` or ``"auroc"``.
-        Ties are broken by the other two metrics, then by the lowest layer-major index.
+        How heads are ranked: ``"auroc"`` (default: a threshold-free measure, so a head is not
+        chosen for a threshold that happens to fit the calibration items), ``"accuracy"`` (the
+        paper, with the fitted threshold) or ``"balanced_accuracy"``. Ties are broken by the
+        other two metrics, then by the lowest layer-major index.
     threshold:
         ``"fit"`` shifts each binary head's decision boundary to maximise calibration accuracy
         (among equally accurate boundaries, the one nearest zero; zero itself when the plain
@@ -562,7 +564,7 @@ class HeadSelector(BaseEstimator):
     ``predict_proba``.
     """
 
-    def __init__(self, direction: str = "auto", metric: str = "accuracy", threshold: str = "fit"):
+    def __init__(self, direction: str = "auto", metric: str = "auroc", threshold: str = "fit"):
         self.direction = direction
         self.metric = metric
         self.threshold = threshold
