@@ -169,8 +169,9 @@ async function api(path, options) {
 // ---- profile -------------------------------------------------------------------------------
 function renderProfile() {
   const p = profile;
+  const headThreshold = p.head_threshold ?? p.threshold;
   $("#profile-meta").textContent = `${p.model} · reader ${p.reader || "head"} · best head ` +
-    `${p.head} (sign ${p.sign > 0 ? "+" : "−"}, threshold ${fmt(p.head_threshold ?? p.threshold, 3)})` +
+    `${p.head} (sign ${p.sign > 0 ? "+" : "−"}, threshold ${fmt(headThreshold, 3)})` +
     ` · profile ${p.digest}`;
   const dl = $("#calibration"); clear(dl);
   const c = p.calibration || {};
