@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,12 @@ def serve(
     max_queue: int = typer.Option(
         64, min=0, help="Requests that may wait for the model; the next gets 503 + Retry-After."
     ),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="Worker processes (uvicorn), each with its own copy of the model (memory: model "
+        "size x workers), all logging to the one --db; max_queue is per worker.",
+    ),
 ) -> None:
     """Serve /v1/check, /v1/verify-chain, /v1/audit and the dashboard at /.
 
@@ -231,12 +238,19 @@ def serve(
         store = AuditStore(db, store_text=not no_store_text, hash_key=hash_key)
     except AuditStoreError as err:
         raise _fail(f"--db: {err}") from None
+    if workers > 1:
+        store.close()
+        _serve_workers(profile, db, model, dtype, fast, no_store_text, threads, limits,
+                       host, port, workers)  # fmt: skip
+        return
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     try:
+        start = time.perf_counter()
         judge = _judge(profile, model, dtype, not fast)
+        load_s = time.perf_counter() - start
     except BaseException:
         store.close()
         raise
@@ -273,7 +287,45 @@ def serve(
         api_key=api_key,
         hash_key=hash_key,
         limits=limits,
+        model_load_seconds=load_s,
     )
+
+
+def _serve_workers(profile, db, model, dtype, fast, no_store_text, threads, limits, host, port,
+                   workers) -> None:  # fmt: skip
+    """``serve --workers N``: the settings go to the workers as environment variables (uvicorn
+    re-imports the app in each); the profile is checked here, the model loads in each worker."""
+    from qkscore.audit.service import ENV, serve_workers
+    from qkscore.profile import Profile
+
+    try:
+        Profile.load(profile)
+    except OSError as err:
+        raise _fail(f"cannot read --profile {profile}: {err.strerror}") from None
+    values = {
+        "profile": str(Path(profile).resolve()),
+        "db": db,
+        "model": model or "",
+        "dtype": dtype,
+        "fast": "1" if fast else "0",
+        "store_text": "0" if no_store_text else "1",
+        "threads": str(threads),
+        "max_tokens_per_request": str(limits.max_tokens_per_request),
+        "request_timeout": repr(limits.request_timeout),
+        "max_queue": str(limits.max_queue),
+    }
+    for key, value in values.items():
+        os.environ[ENV[key]] = value
+    from qkscore.audit.store import _redact
+
+    out = _console()
+    out.print(
+        f"{workers} workers, each loading its own copy of the model (memory: model size x "
+        f"{workers}); audit log {_redact(db)}; "
+        f"{'API key required' if os.environ.get('QKSCORE_API_KEY') else '[yellow]no API key[/]'}"
+    )
+    out.print(f"dashboard: http://{host}:{port}/")
+    serve_workers(host=host, port=port, workers=workers)
 
 
 # ---- qkscore audit verify | export -----------------------------------------------------------
