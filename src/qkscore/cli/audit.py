@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,11 @@ def serve(
     profile: Path = typer.Option(..., "--profile", "-p", help=PROFILE_HELP),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    db: Path = typer.Option(Path("qkscore-audit.db"), "--db", help="SQLite audit log (WAL)."),
+    db: str = typer.Option(
+        "qkscore-audit.db",
+        "--db",
+        help="Audit log: an SQLite file (WAL) or a postgresql://user@host/db URL.",
+    ),
     no_store_text: bool = typer.Option(
         False, "--no-store-text", help="Log input hashes, scores and verdicts but not the texts."
     ),
@@ -203,6 +208,12 @@ def serve(
     ),
     max_queue: int = typer.Option(
         64, min=0, help="Requests that may wait for the model; the next gets 503 + Retry-After."
+    ),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="Worker processes (uvicorn), each with its own copy of the model (memory: model "
+        "size x workers), all logging to the one --db; max_queue is per worker.",
     ),
 ) -> None:
     """Serve /v1/check, /v1/verify-chain, /v1/audit and the dashboard at /.
@@ -227,12 +238,19 @@ def serve(
         store = AuditStore(db, store_text=not no_store_text, hash_key=hash_key)
     except AuditStoreError as err:
         raise _fail(f"--db: {err}") from None
+    if workers > 1:
+        store.close()
+        _serve_workers(profile, db, model, dtype, fast, no_store_text, threads, limits,
+                       host, port, workers)  # fmt: skip
+        return
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     try:
+        start = time.perf_counter()
         judge = _judge(profile, model, dtype, not fast)
+        load_s = time.perf_counter() - start
     except BaseException:
         store.close()
         raise
@@ -241,7 +259,7 @@ def serve(
     model_dtype = str(judge.lm.dtype).removeprefix("torch.")
     out.print(
         f"judging with reader {judge.reader_name} of {judge.profile.data['model'].get('name')} "
-        f"({model_dtype}; profile {judge.profile.digest}); audit log {db}"
+        f"({model_dtype}; profile {judge.profile.digest}); audit log {store.url}"
         f"{' without texts' if no_store_text else ''}; "
         f"{'API key required' if api_key else '[yellow]no API key[/] (QKSCORE_API_KEY unset)'}"
     )
@@ -269,4 +287,134 @@ def serve(
         api_key=api_key,
         hash_key=hash_key,
         limits=limits,
+        model_load_seconds=load_s,
     )
+
+
+def _serve_workers(profile, db, model, dtype, fast, no_store_text, threads, limits, host, port,
+                   workers) -> None:  # fmt: skip
+    """``serve --workers N``: the settings go to the workers as environment variables (uvicorn
+    re-imports the app in each); the profile is checked here, the model loads in each worker."""
+    from qkscore.audit.service import ENV, serve_workers
+    from qkscore.profile import Profile
+
+    try:
+        Profile.load(profile)
+    except OSError as err:
+        raise _fail(f"cannot read --profile {profile}: {err.strerror}") from None
+    values = {
+        "profile": str(Path(profile).resolve()),
+        "db": db,
+        "model": model or "",
+        "dtype": dtype,
+        "fast": "1" if fast else "0",
+        "store_text": "0" if no_store_text else "1",
+        "threads": str(threads),
+        "max_tokens_per_request": str(limits.max_tokens_per_request),
+        "request_timeout": repr(limits.request_timeout),
+        "max_queue": str(limits.max_queue),
+    }
+    for key, value in values.items():
+        os.environ[ENV[key]] = value
+    from qkscore.audit.store import _redact
+
+    out = _console()
+    out.print(
+        f"{workers} workers, each loading its own copy of the model (memory: model size x "
+        f"{workers}); audit log {_redact(db)}; "
+        f"{'API key required' if os.environ.get('QKSCORE_API_KEY') else '[yellow]no API key[/]'}"
+    )
+    out.print(f"dashboard: http://{host}:{port}/")
+    serve_workers(host=host, port=port, workers=workers)
+
+
+# ---- qkscore audit verify | export -----------------------------------------------------------
+
+DB_HELP = "The audit log: an SQLite file (WAL) or a postgresql:// URL."
+audit_app = typer.Typer(
+    help="Check and export the audit log that `qkscore serve` writes.", no_args_is_help=True
+)
+
+
+def _open_log(db: str):
+    from qkscore.audit.store import AuditStore, AuditStoreError
+
+    if (
+        not db.startswith(("postgresql://", "postgres://"))
+        and not Path(db.removeprefix("sqlite://")).exists()
+    ):
+        raise _fail(f"--db: {db} does not exist")
+    try:
+        return AuditStore(db)
+    except AuditStoreError as err:
+        raise _fail(f"--db: {err}") from None
+
+
+@audit_app.command("verify")
+def audit_verify(db: str = typer.Option(..., "--db", help=DB_HELP)) -> None:
+    """Walk the hash chain; name the first broken row (exit 2) or print the row count."""
+    store = _open_log(db)
+    try:
+        report = store.verify()
+    finally:
+        store.close()
+    if not report.ok:
+        raise _fail(report.line())
+    typer.echo(report.line())
+
+
+@audit_app.command("export")
+def audit_export(
+    db: str = typer.Option(..., "--db", help=DB_HELP),
+    since: str | None = typer.Option(None, help="Rows from this time: unix seconds or ISO 8601."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or parquet (needs pyarrow)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="File to write (jsonl default: standard output)."
+    ),
+) -> None:
+    """Write the logged rows, oldest first, with their hashes, for reviewers."""
+    from qkscore.audit.store import parse_time
+
+    if fmt not in ("jsonl", "parquet"):
+        raise _fail(f"--format must be jsonl or parquet, got {fmt!r}")
+    try:
+        parse_time(since)
+    except ValueError as err:
+        raise _fail(f"--since: {err}") from None
+    if fmt == "parquet":
+        if out is None:
+            raise _fail("--format parquet needs --out FILE")
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise _fail(
+                "--format parquet needs pyarrow: pip install 'qkscore[data]' (or use jsonl)"
+            ) from None
+    store = _open_log(db)
+    n = 0
+    try:
+        rows = store.iter_rows(since=since, raw=True)
+        if fmt == "jsonl":
+            handle = out.open("w", encoding="utf-8") if out else None
+            try:
+                for row in rows:
+                    line = json.dumps(row, sort_keys=True)
+                    if handle:
+                        handle.write(line + "\n")
+                    else:
+                        typer.echo(line)
+                    n += 1
+            finally:
+                if handle:
+                    handle.close()
+        else:
+            from qkscore.audit.store import arrow_schema
+
+            table = pa.Table.from_pylist(list(rows), schema=arrow_schema(pa))
+            n = table.num_rows
+            pq.write_table(table, out)
+    finally:
+        store.close()
+    if out is not None:
+        _console().print(f"{n} rows written to {out}")
