@@ -53,7 +53,7 @@ class PostgresServer:
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if self.user:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
+            cmd = [_runuser(), "-u", self.user, "--", *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
     def start(self) -> None:
@@ -83,8 +83,20 @@ class PostgresServer:
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        except (OSError, subprocess.SubprocessError):
+            pass  # never started (or its tools are gone): nothing to stop
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _runuser() -> str:
+    """runuser lives in /usr/sbin, which a minimal PATH (CI, env -i) may leave out."""
+    found = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        raise RuntimeError("running as root and runuser (util-linux) is not installed")
+    return found
 
 
 @pytest.fixture(scope="session")
