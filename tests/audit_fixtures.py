@@ -58,6 +58,20 @@ def shared_judge(base: Path, lm):
     return _cache[key]
 
 
+def asgi_client(app):
+    """An httpx client that calls the app in-process (no server, no port)."""
+    import httpx
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def run(coro):
+    """Run one coroutine to completion (the service tests drive an async client)."""
+    import asyncio
+
+    return asyncio.run(coro)
+
+
 @contextlib.contextmanager
 def live_server(app) -> Iterator[str]:
     """Run ``app`` under a real uvicorn server on 127.0.0.1 with an ephemeral port."""

@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from audit_fixtures import CONTEXT, STATEMENTS, live_server
+from audit_fixtures import CONTEXT, STATEMENTS, live_server, run
+from audit_fixtures import asgi_client as _client
 from qkscore.audit.service import ServeLimits, create_app
 from qkscore.audit.store import AuditStore, input_hash, parse_time
 from tiny_models import few_threads
@@ -20,14 +21,6 @@ from tiny_models import few_threads
 def _one_thread():
     with few_threads():
         yield
-
-
-def _client(app) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 # ---- the store alone ------------------------------------------------------------------------

@@ -12,10 +12,10 @@ import os
 import sqlite3
 import time
 
-import httpx
 import pytest
 
-from audit_fixtures import CONTEXT, STATEMENTS
+from audit_fixtures import CONTEXT, STATEMENTS, run
+from audit_fixtures import asgi_client as _client
 from qkscore.audit.service import ServeLimits, create_app, request_cost
 from qkscore.audit.store import MAX_INT64, AuditStore, AuditStoreError
 from tiny_models import few_threads
@@ -25,14 +25,6 @@ from tiny_models import few_threads
 def _one_thread():
     with few_threads():
         yield
-
-
-def _client(app) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def _tokens(judge, text: str) -> int:
