@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from qkscore import evaluate as ev
+from qkscore import stats
 from qkscore._version import __version__
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
 from qkscore.heads import HeadSelector, TopKEnsemble, head_name
@@ -310,7 +310,7 @@ def evaluate(
         np.full_like(labels, np.bincount(calib_labels).argmax()), None)  # fmt: skip
     methods = {}
     for key, p in preds.items():
-        methods[key] = ev.metric_report(p, labels, score=margins[key], n_boot=n_boot, seed=seed)
+        methods[key] = stats.metric_report(p, labels, score=margins[key], n_boot=n_boot, seed=seed)
         methods[key]["label"] = labels_of[key]
         methods[key]["kind"] = kinds[key]
     chosen = prof.reader_name if prof.reader_name in preds else "head"
@@ -319,12 +319,12 @@ def evaluate(
     for reader_key in [chosen, *[k for k in ("head",) if k != chosen]]:
         for other in ("model_margin", "model_answer", "shallow", "hidden_probe"):
             if other in preds:
-                tests[f"{reader_key} vs {other}"] = ev.mcnemar(
+                tests[f"{reader_key} vs {other}"] = stats.mcnemar(
                     preds[reader_key] == labels, preds[other] == labels
                 )._asdict()
     meta_list = [r.get("meta", {}) for r in records]
     breakdowns = {
-        k: ev.breakdown(preds[k], labels, meta_list)
+        k: stats.breakdown(preds[k], labels, meta_list)
         for k in preds
         if kinds[k] == "reader" or k in ("model_answer", "model_margin")
     }
@@ -445,7 +445,7 @@ def _control_report(run, control, idx, labels, readers, probe, prof, preds) -> d
     if probe is not None and inputs["hidden"] is not None:
         accuracy["hidden_probe"] = float((probe.predict(inputs["hidden"]) == labels).mean())
     chosen = prof.reader_name if prof.reader_name in accuracy else "head"
-    out = ev.shortcut_gap(float((preds[chosen] == labels).mean()), accuracy[chosen])
+    out = stats.shortcut_gap(float((preds[chosen] == labels).mean()), accuracy[chosen])
     out["reader"] = chosen
     out["accuracy"] = accuracy
     out["head_accuracy"] = accuracy.get("head")

@@ -11,7 +11,7 @@ from scipy.stats import binomtest
 from scipy.stats import chi2 as chi2_dist
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from qkscore.evaluate import (
+from qkscore.stats import (
     accuracy,
     auroc,
     balanced_accuracy,
