@@ -6,7 +6,7 @@ Modes, for each model, prompt length and batch size:
   logits ``[B, T, vocab]`` and the default KV cache (what a user would otherwise run);
 - ``plain_last`` (optional): the same with ``logits_to_keep=1``, a forward that, like
   extraction, does not project every position onto the vocabulary;
-- ``prerope`` / ``rope``: ``qkscore.extract.extract`` with ``rope=False`` / ``rope=True``,
+- ``prerope`` / ``rope``: ``qkscore.extraction.extract`` with ``rope=False`` / ``rope=True``,
   16 (query, key) pairs per row and two candidate tokens' log-probs at the last position.
 
 Peer modes (optional, ``pip install "qkscore[bench]"`` for the last two): the ways people get
@@ -309,7 +309,7 @@ def _worker(spec: dict) -> list[dict]:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    from qkscore.extract import extract
+    from qkscore.extraction import extract
     from qkscore.models import load_model
 
     device = spec.get("device", "cpu")
@@ -333,7 +333,7 @@ def _worker(spec: dict) -> list[dict]:
     # extraction switches the model to the capturing wrapper of its own attention; the plain
     # passes get the model's own attention back, eager_attn eager, and eager must not leak
     # into the qkscore modes (a round may run eager_attn just before them)
-    from qkscore.extract import CAPTURE_EAGER, CAPTURE_SDPA, _use_capture_attention
+    from qkscore.extraction import CAPTURE_EAGER, CAPTURE_SDPA, _use_capture_attention
 
     qk_attention = {"sdpa": CAPTURE_SDPA, "eager": CAPTURE_EAGER}.get(plain_attention)
 

@@ -1,5 +1,5 @@
 """Tiny randomly initialised models of every supported family, and a naive QK computation
-that shares no code with ``qkscore.extract``.
+that shares no code with ``qkscore.extraction``.
 
 Each family gets 2 layers, hidden 64, 4 query heads and, where the family has grouped-query
 attention, 2 KV heads. Where the config honours ``head_dim`` it is set to 24 (not 64 / 4 = 16)

@@ -546,7 +546,7 @@ def scan(
     template; ``num_fewshot`` takes that many solved examples from the data (label-balanced,
     removed from the scanned items) and shows them before every item.
     """
-    from qkscore.extract import prefix_supported
+    from qkscore.extraction import prefix_supported
     from qkscore.models import LoadedModel, load_model
 
     run = RunFolder(out)

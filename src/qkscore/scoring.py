@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qkscore.extract import encode_prefix, extract, prefix_supported
+from qkscore.extraction import encode_prefix, extract, prefix_supported
 from qkscore.models.loading import LoadedModel
 from qkscore.prompts import Prompt, PromptPart
 

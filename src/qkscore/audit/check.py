@@ -110,7 +110,7 @@ class Judge:
         device: str = "auto",
         share_prefix: bool = True,
     ) -> None:
-        from qkscore.extract import prefix_supported
+        from qkscore.extraction import prefix_supported
         from qkscore.models import LoadedModel, load_model
 
         self.profile = profile if isinstance(profile, Profile) else Profile.load(profile)

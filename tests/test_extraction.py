@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from qkscore.extract import CAPTURE_EAGER, CAPTURE_SDPA, encode_prefix, extract, qk_scores
+from qkscore.extraction import CAPTURE_EAGER, CAPTURE_SDPA, encode_prefix, extract, qk_scores
 from qkscore.models.adapters import layer_modules
 from tiny_models import (
     DEVICE,
