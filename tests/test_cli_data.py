@@ -113,9 +113,9 @@ def _fake_audit(monkeypatch, flagged: bool) -> list[int]:
             },
         )
 
-    module = types.ModuleType("qkscore.data.audit")
+    module = types.ModuleType("qkscore.data.shortcuts")
     module.audit_items = audit_items
-    monkeypatch.setitem(sys.modules, "qkscore.data.audit", module)
+    monkeypatch.setitem(sys.modules, "qkscore.data.shortcuts", module)
     return seen
 
 
@@ -139,7 +139,7 @@ def test_audit_strict_passes_when_not_flagged(shared_data: Path, monkeypatch) ->
 
 
 def test_audit_with_the_real_module(shared_data: Path) -> None:
-    pytest.importorskip("qkscore.data.audit")
+    pytest.importorskip("qkscore.data.shortcuts")
     pytest.importorskip("sklearn")
     result = runner.invoke(
         app, ["data", "audit", _proofwriter(shared_data) + "?limit=200", "--json"]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from qkscore.data.audit import audit_items
 from qkscore.data.debias import (
     KINDS,
     debias_pararule,
@@ -22,6 +21,7 @@ from qkscore.data.debias import (
     debias_with_report,
 )
 from qkscore.data.logic import forward_chain, parse_statement, parse_theory
+from qkscore.data.shortcuts import audit_items
 from qkscore.data.spec import DataSpec
 
 D2_DEV = "pararule_plus/Depth2/PARARULE_Plus_Depth2_shuffled_dev.jsonl"

@@ -13,7 +13,6 @@ from collections import Counter
 import pytest
 
 from qkscore.data import DataError, load_items
-from qkscore.data.audit import audit_items
 from qkscore.data.generator import (
     KINDS,
     GeneratorError,
@@ -37,6 +36,7 @@ from qkscore.data.logic import (
     prove,
     singularize,
 )
+from qkscore.data.shortcuts import audit_items
 
 # ------------------------------------------------------------------------------------ prover
 

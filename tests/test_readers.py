@@ -247,7 +247,7 @@ def test_shallow_matching_solves_prontoqa_without_distractors_only(shared_data):
 
 
 def test_data_audit_flags_a_set_shallow_matching_solves(shared_data):
-    from qkscore.data.audit import audit_items
+    from qkscore.data.shortcuts import audit_items
 
     pronto = shared_data / "prontoqa" / "truefalse_0shot"
     spec = f"prontoqa:{pronto}/*hop_0shot_random_nodistractor.json?sample=200&balance=1&seed=0"

@@ -1,7 +1,7 @@
 """``qkscore data ...``: inspect and audit data specs.
 
 Only argument parsing and rendering live here; counting is :func:`qkscore.data.inspect.summarize`
-and auditing is :func:`qkscore.data.audit.audit_items`. Bad data exits with status 2 and the
+and auditing is :func:`qkscore.data.shortcuts.audit_items`. Bad data exits with status 2 and the
 located :class:`DataError` message (file:line field) on stderr, never a traceback: the one error
 path of every command (:mod:`qkscore.cli._errors`) prints it.
 """
@@ -204,7 +204,7 @@ def audit_command(
 ) -> None:
     """Look for shortcuts (surface cues that predict the label) before trusting a score."""
     try:
-        from qkscore.data.audit import audit_items
+        from qkscore.data.shortcuts import audit_items
     except ImportError as err:
         raise _fail(f"the data audit is not available: {err}") from None
 

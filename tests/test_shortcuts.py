@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qkscore.data.audit import audit_items, has_negation
 from qkscore.data.items import Item
+from qkscore.data.shortcuts import audit_items, has_negation
 
 PARARULE_D2_DEV = "pararule_plus/Depth2/PARARULE_Plus_Depth2_shuffled_dev.jsonl"
 
