@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from qkscore.data import load_items
-from qkscore.heads import HeadSelector
+from qkscore.estimators.heads import HeadSelector
 from qkscore.models import load_model
 from qkscore.prompts import get_template
 from qkscore.scoring import score_prompts

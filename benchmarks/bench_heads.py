@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from qkscore.heads import CalibrationWarning, HeadSelector, TopKEnsemble
+from qkscore.estimators.heads import CalibrationWarning, HeadSelector, TopKEnsemble
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from qkscore.heads import CalibrationWarning, head_name
+from qkscore.estimators.heads import CalibrationWarning, head_name
 from qkscore.pipeline import balanced_split, calibrate, evaluate, transfer
 from qkscore.profile import Profile, ProfileMismatchError
 from qkscore.report import summary_markdown

@@ -16,9 +16,7 @@ import pytest
 
 from qkscore.data import load_items
 from qkscore.data.shallow import ShallowMatcher, shallow_features
-from qkscore.pipeline import calibrate, check_calibration_labels, evaluate
-from qkscore.profile import Profile
-from qkscore.readers import (
+from qkscore.estimators.readers import (
     HiddenStateProbe,
     HybridReader,
     LinearQKReader,
@@ -26,6 +24,8 @@ from qkscore.readers import (
     model_margin_selector,
     reader_from_dict,
 )
+from qkscore.pipeline import calibrate, check_calibration_labels, evaluate
+from qkscore.profile import Profile
 from synthetic_runs import make_run
 
 N_LAYERS, N_HEADS = 6, 8

@@ -152,7 +152,7 @@ def test_shortcut_gap() -> None:
 
 
 def test_transfer_matrix_with_head_selector() -> None:
-    from qkscore.heads import HeadSelector
+    from qkscore.estimators.heads import HeadSelector
 
     def split(head: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(seed)

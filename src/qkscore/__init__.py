@@ -23,8 +23,8 @@ _LAZY = {
     "qk_scores": "qkscore.extraction",
     "extract": "qkscore.extraction",
     "get_template": "qkscore.prompts",
-    "HeadSelector": "qkscore.heads",
-    "TopKEnsemble": "qkscore.heads",
+    "HeadSelector": "qkscore.estimators.heads",
+    "TopKEnsemble": "qkscore.estimators.heads",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -18,9 +18,8 @@ import numpy as np
 from qkscore import stats
 from qkscore._version import __version__
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
-from qkscore.heads import HeadSelector, TopKEnsemble, head_name
-from qkscore.profile import Profile
-from qkscore.readers import (
+from qkscore.estimators.heads import HeadSelector, TopKEnsemble, head_name
+from qkscore.estimators.readers import (
     READERS,
     HiddenStateProbe,
     as_margin_scores,
@@ -30,6 +29,7 @@ from qkscore.readers import (
     reader_fit,
     reader_predict_proba,
 )
+from qkscore.profile import Profile
 from qkscore.run import CONTROLS, MAIN, RunFolder
 
 MIN_CALIBRATION = 400
@@ -106,9 +106,9 @@ def calibrate(
     """Fit every reader and the fair baselines on a balanced calibration split; keep them all
     in a profile, with the reader chosen by cross-validated AUROC on that split alone.
 
-    ``reader="auto"`` picks among every reader (``qkscore.readers.READERS``); a name fits that
-    one as the profile's reader (the others are still fitted for the evaluation table). The
-    evaluation items are never read here: their labels cannot change what is written.
+    ``reader="auto"`` picks among every reader (``qkscore.estimators.readers.READERS``); a name
+    fits that one as the profile's reader (the others are still fitted for the evaluation
+    table). The evaluation items are never read here: their labels cannot change what is written.
     ``calibration_ids`` reuses a split (e.g. another profile's ``calibration.item_ids``)
     instead of drawing a balanced one.
     """

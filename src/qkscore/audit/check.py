@@ -1,11 +1,11 @@
 """Judge one statement (or a chain of them) against a context with a calibrated profile.
 
-The profile holds the reader chosen at calibration (``qkscore.readers``): the paper's single
-head (a statement is valid when that head's query at the "True" answer token aligns with the
-statement's key more than the "False" one does, by more than a threshold), a top-k ensemble, a
-linear readout of every head's margin, or that readout stacked with the model's own margin.
-The verdict is the profile reader's; the single head's scores are reported beside it for
-reference. No text is generated.
+The profile holds the reader chosen at calibration (``qkscore.estimators.readers``): the
+paper's single head (a statement is valid when that head's query at the "True" answer token
+aligns with the statement's key more than the "False" one does, by more than a threshold), a
+top-k ensemble, a linear readout of every head's margin, or that readout stacked with the
+model's own margin. The verdict is the profile reader's; the single head's scores are
+reported beside it for reference. No text is generated.
 
 ``model_answer=True`` also runs the whole forward pass to read the model's own True/False
 answer (the log-probabilities of the two answer letters), so a caller can see where the reader
@@ -32,10 +32,10 @@ import numpy as np
 from qkscore.audit.chain import ChainResult, assemble_chain, context_with_steps, split_steps
 from qkscore.audit.text import require_text
 from qkscore.data import Item
-from qkscore.heads import HeadSelector, TopKEnsemble
+from qkscore.estimators.heads import HeadSelector, TopKEnsemble
+from qkscore.estimators.readers import reader_deepest_layer, reader_predict_proba
 from qkscore.profile import Profile, ProfileMismatchError
 from qkscore.prompts import template_from_description
-from qkscore.readers import reader_deepest_layer, reader_predict_proba
 
 __all__ = ["Judge", "ProfileMismatchError", "Verdict"]
 

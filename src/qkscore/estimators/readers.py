@@ -6,8 +6,9 @@ still falls to chance when the context is removed. So a *reader* here is any est
 scores array ``[items, layers, heads, options]`` with the scikit-learn surface
 (``fit``/``predict``/``predict_proba``/``decision_function``, ``to_dict``/``from_dict``):
 
-* ``head``: :class:`~qkscore.heads.HeadSelector`, the paper's single head (ranked by AUROC);
-* ``ensemble``: :class:`~qkscore.heads.TopKEnsemble`, the top-k heads voting;
+* ``head``: :class:`~qkscore.estimators.heads.HeadSelector`, the paper's single head (ranked by
+  AUROC);
+* ``ensemble``: :class:`~qkscore.estimators.heads.TopKEnsemble`, the top-k heads voting;
 * ``linear`` / ``linear-l1``: :class:`LinearQKReader`, L2 (or L1) logistic regression over the
   standardised margins of all heads, C chosen by inner cross-validation;
 * ``hybrid``: :class:`HybridReader`, the linear reader stacked with the model's own margin,
@@ -35,7 +36,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from qkscore.heads import (
+from qkscore.estimators.heads import (
     CalibrationWarning,
     HeadSelector,
     TopKEnsemble,

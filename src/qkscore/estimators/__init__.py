@@ -1,0 +1,7 @@
+"""Estimators over QK-scores: sklearn-style, numpy only, one home for every reader.
+
+``heads`` holds the single-head selector and the ``L{layer}H{head}`` names, ``ensemble`` the
+top-k combination, ``conditional_logit`` the option-symmetric logistic combiner, ``readers`` the
+linear, hybrid and hidden-state readers and the registry that picks among them. The per-head
+AUROC kernels they share are statistics and live in :mod:`qkscore.stats`.
+"""
