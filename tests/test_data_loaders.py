@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qkscore.data import loaders
+from qkscore.data.formats import helpers as loaders
 from qkscore.data.inspect import summarize
 from qkscore.data.items import TRUE_FALSE, TRUE_FALSE_UNKNOWN, DataError, Item
 from qkscore.data.negation import negate

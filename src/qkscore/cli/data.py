@@ -29,7 +29,7 @@ JSON_HELP = "Print JSON instead of tables."
 
 def _load(spec: str) -> tuple[list[Item], Any | None]:
     """Items of ``spec`` and the loader's report when this call produced it."""
-    from qkscore.data import loaders
+    from qkscore.data.formats import helpers as loaders
     from qkscore.data.spec import load_items, parse_spec
 
     parsed = parse_spec(spec)

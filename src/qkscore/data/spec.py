@@ -167,4 +167,4 @@ def _sample(items: list[Item], n: int, seed: int, balance: bool) -> list[Item]:
 
 def _ensure_builtin_loaders() -> None:
     """Import the modules whose decorators register the built-in formats."""
-    from qkscore.data import generator, loaders  # noqa: F401
+    from qkscore.data import formats, generator  # noqa: F401
