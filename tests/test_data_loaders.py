@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qkscore.data.formats import helpers as loaders
+from qkscore.data import formats
 from qkscore.data.inspect import summarize
 from qkscore.data.items import TRUE_FALSE, TRUE_FALSE_UNKNOWN, DataError, Item
 from qkscore.data.negation import negate
@@ -120,17 +120,17 @@ def test_prontoqa_ood_pairs(shared_data: Path) -> None:
 
 def test_prontoqa_shots(shared_data: Path) -> None:
     path = shared_data / "prontoqa" / "ood_proofs_only_8shot" / "1hop_OrElim_random_noadj.json"
-    shots = loaders.prontoqa_shots(path, record="example3")
+    shots = formats.prontoqa_shots(path, record="example3")
     assert len(shots) == 16  # 8 in-context examples, each a goal and its negation
     assert _labels(shots) == {"True": 8, "False": 8}
     assert shots[0].id == "1hop_OrElim_random_noadj/example3/shot0/goal"
-    assert len(loaders.prontoqa_shots(path)) == 100 * 16
+    assert len(formats.prontoqa_shots(path)) == 100 * 16
     test_item = next(
         i for i in load_items(f"prontoqa-ood:{path}") if i.meta["record"] == "example3"
     )
     assert all(shot.context != test_item.context for shot in shots)
     with pytest.raises(DataError):
-        loaders.prontoqa_shots(path, record="no-such-record")
+        formats.prontoqa_shots(path, record="no-such-record")
 
 
 # ------------------------------------------------------------------------------- PARARULE-Plus
@@ -180,7 +180,7 @@ def test_multi_logieval_default_is_the_1556(shared_data: Path) -> None:
     folder = shared_data / "multi_logieval" / "data"
     items = load_items(f"multi-logieval:{folder}")
     assert len(items) == 1556 and _unique_ids(items)
-    report = loaders.last_load_report
+    report = formats.get_last_load_report()
     assert report is not None and report.skipped == 0 and len(report.files) == 104
     assert len([note for note in report.notes if "cp1252" in note]) == 3
     assert Counter(item.meta["depth"] for item in items) == {1: 410, 2: 446, 3: 310, 4: 280, 5: 110}
@@ -259,7 +259,7 @@ def test_multi_logieval_multivariable_is_opt_in(shared_data: Path) -> None:
     ],
 )
 def test_multi_logieval_question_forms(question: str, statement: str, form: str) -> None:
-    assert loaders.multi_logieval_statement(question) == (statement, form)
+    assert formats.multi_logieval_statement(question) == (statement, form)
 
 
 # --------------------------------------------------------------------------------- ProofWriter
@@ -528,7 +528,7 @@ def test_on_error_skip_counts_what_it_drops(tmp_path: Path) -> None:
     )
     items = load_items(f"jsonl:{path}?on_error=skip")
     assert [i.statement for i in items] == ["A.", "C."]
-    report = loaders.last_load_report
+    report = formats.get_last_load_report()
     assert report is not None and report.on_error == "skip"
     assert (report.loaded, report.skipped) == (2, 3)
     assert [e.split(" ")[0] for e in report.errors] == [f"{path}:2:", f"{path}:3", f"{path}:4"]

@@ -6,6 +6,7 @@ modules are imported) is only visible before anything else has loaded them.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -43,3 +44,53 @@ def test_lazy_extract_is_the_function_in_either_import_order(first, second):
         " callable(extract))"
     )
     assert out.split() == ["True", "True", "True"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, at any depth of its code (lazy imports included)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_data_spec_is_a_leaf_that_imports_no_format():
+    imported = _imported_modules(SRC / "qkscore" / "data" / "spec.py")
+    qkscore_modules = {name for name in imported if name.startswith("qkscore")}
+    assert qkscore_modules <= {
+        "qkscore.data.items",
+        "qkscore.data.items.DataError",
+        "qkscore.data.items.Item",
+    }, qkscore_modules
+
+
+def test_every_format_module_registers_and_load_items_finds_it():
+    from qkscore.data import available_formats
+
+    out = _run(
+        "import qkscore.data.spec as spec\nimport qkscore.data\n"
+        "print(' '.join(sorted(spec.available_formats())))"
+    )
+    expected = {
+        "csv",
+        "folio",
+        "generated",
+        "hf",
+        "jsonl",
+        "mmlu",
+        "multi-logieval",
+        "pararule-plus",
+        "prontoqa",
+        "prontoqa-ood",
+        "proofwriter",
+    }
+    assert set(out.split()) == expected
+    assert set(available_formats()) == expected
+    modules = {p.stem for p in (SRC / "qkscore" / "data" / "formats").glob("*.py")}
+    registered_by = {info.fn.__module__.rsplit(".", 1)[-1] for info in available_formats().values()}
+    assert registered_by == modules - {"__init__", "helpers"}

@@ -29,12 +29,12 @@ JSON_HELP = "Print JSON instead of tables."
 
 def _load(spec: str) -> tuple[list[Item], Any | None]:
     """Items of ``spec`` and the loader's report when this call produced it."""
-    from qkscore.data.formats import helpers as loaders
+    from qkscore.data import formats
     from qkscore.data.spec import load_items, parse_spec
 
     parsed = parse_spec(spec)
     items = load_items(parsed)
-    report = loaders.last_load_report
+    report = formats.get_last_load_report()
     if report is None or report.spec != str(parsed):
         report = None
     return items, report

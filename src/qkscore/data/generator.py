@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qkscore.data.items import DataError, Item
@@ -45,7 +45,6 @@ from qkscore.data.logic import (
     pluralize,
     render_fact,
 )
-from qkscore.data.spec import DataSpec, register_loader
 
 __all__ = [
     "KINDS",
@@ -53,7 +52,6 @@ __all__ = [
     "Problem",
     "generate_items",
     "invent_noun",
-    "load_generated",
     "parse_depths",
 ]
 
@@ -316,29 +314,3 @@ def generate_items(
             )
         )
     return items
-
-
-@register_loader(
-    "generated",
-    takes_path=False,
-    description=(
-        "Prover-checked modus-ponens chains over invented words, labels balanced overall and "
-        "within negated/plain statements: generated:depth=3&n=500&distractors=1&seed=0 "
-        "(depth may be 1-5 or 1,3,5)"
-    ),
-)
-def load_generated(spec: DataSpec) -> Iterable[Item]:
-    """Loader for ``generated:...``."""
-    known = {"depth", "n", "distractors", "seed", "limit", "on_error"}
-    unknown = sorted(set(spec.params) - known)
-    if unknown:
-        raise DataError(
-            f"unknown parameter(s) {unknown} for generated data; known: {sorted(known)}",
-            field=unknown[0],
-        )
-    return generate_items(
-        n=spec.get_int("n", 500),
-        depth=spec.get("depth", "3") or "3",
-        distractors=spec.get_bool("distractors", True),
-        seed=spec.get_int("seed", 0),
-    )

@@ -2,6 +2,10 @@
 
 A spec string fully describes which items a run reads, so run folders record it verbatim and a
 run can be reproduced from it (the lm-evaluation-harness habit: data is declared, not coded).
+
+This module is a leaf: it imports no format. The formats (:mod:`qkscore.data.formats`, one
+module each) import it and register themselves; :mod:`qkscore.data` imports them, so the
+registry is full whenever ``qkscore.data`` (or any module in it) has been imported.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ def register_loader(name: str, *, takes_path: bool = True, description: str = ""
 
 
 def available_formats() -> dict[str, LoaderInfo]:
-    _ensure_builtin_loaders()
     return dict(_LOADERS)
 
 
@@ -95,7 +98,6 @@ def parse_spec(text: str | DataSpec) -> DataSpec:
     """Parse ``FORMAT:PATH?k=v&...``; pathless formats take ``FORMAT:k=v&...`` too."""
     if isinstance(text, DataSpec):
         return text
-    _ensure_builtin_loaders()
     fmt, sep, rest = text.partition(":")
     fmt = fmt.strip().lower()
     if not sep or fmt not in _LOADERS:
@@ -163,8 +165,3 @@ def _sample(items: list[Item], n: int, seed: int, balance: bool) -> list[Item]:
             )
         keep = {i for idx in by_label.values() for i in rng.sample(idx, share)}
     return [it for i, it in enumerate(items) if i in keep]
-
-
-def _ensure_builtin_loaders() -> None:
-    """Import the modules whose decorators register the built-in formats."""
-    from qkscore.data import formats, generator  # noqa: F401
