@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from qkscore.estimators.heads import CalibrationWarning, HeadSelector, TopKEnsemble
+from qkscore.estimators.base import CalibrationWarning
+from qkscore.estimators.ensemble import TopKEnsemble
+from qkscore.estimators.heads import HeadSelector
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

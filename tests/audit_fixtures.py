@@ -30,7 +30,7 @@ _cache: dict[str, Any] = {}
 
 def build_profile(base: Path, lm) -> Path:
     """Scan and calibrate once per session (``base`` is the session's temporary root)."""
-    from qkscore.estimators.heads import CalibrationWarning
+    from qkscore.estimators.base import CalibrationWarning
     from qkscore.pipeline import calibrate
     from qkscore.run import scan
 

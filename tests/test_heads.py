@@ -10,15 +10,11 @@ import pytest
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from qkscore.estimators.heads import (
-    CalibrationWarning,
-    HeadSelector,
-    TopKEnsemble,
-    head_name,
-    parse_head_name,
-)
+from qkscore.estimators.base import CalibrationWarning
+from qkscore.estimators.ensemble import TopKEnsemble
+from qkscore.estimators.heads import HeadSelector, head_name, parse_head_name
 
-pytestmark = pytest.mark.filterwarnings("ignore::qkscore.estimators.heads.CalibrationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::qkscore.estimators.base.CalibrationWarning")
 
 
 def binary_from_diffs(diffs: list[list[float]]) -> np.ndarray:
@@ -324,7 +320,7 @@ def test_init_does_no_work_and_params_round_trip() -> None:
     assert TopKEnsemble(k=3).get_params()["k"] == 3
 
 
-@pytest.mark.filterwarnings("default::qkscore.estimators.heads.CalibrationWarning")
+@pytest.mark.filterwarnings("default::qkscore.estimators.base.CalibrationWarning")
 def test_calibration_warnings() -> None:
     x, y = planted_binary(400)
     with warnings.catch_warnings():

@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from qkscore.estimators.heads import CalibrationWarning, head_name
+from qkscore.estimators.base import CalibrationWarning
+from qkscore.estimators.heads import head_name
 from qkscore.pipeline import balanced_split, calibrate, evaluate, transfer
 from qkscore.profile import Profile, ProfileMismatchError
 from qkscore.report import summary_markdown

@@ -24,7 +24,7 @@ _LAZY = {
     "extract": "qkscore.extraction",
     "get_template": "qkscore.prompts",
     "HeadSelector": "qkscore.estimators.heads",
-    "TopKEnsemble": "qkscore.estimators.heads",
+    "TopKEnsemble": "qkscore.estimators.ensemble",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -18,7 +18,8 @@ import numpy as np
 from qkscore import stats
 from qkscore._version import __version__
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
-from qkscore.estimators.heads import HeadSelector, TopKEnsemble, head_name
+from qkscore.estimators.ensemble import TopKEnsemble
+from qkscore.estimators.heads import HeadSelector, head_name
 from qkscore.estimators.readers import (
     READERS,
     HiddenStateProbe,

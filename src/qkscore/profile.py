@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from qkscore.data.textio import read_text_file
-from qkscore.estimators.heads import HeadSelector, TopKEnsemble, parse_head_name
+from qkscore.estimators.ensemble import TopKEnsemble
+from qkscore.estimators.heads import HeadSelector, parse_head_name
 from qkscore.estimators.readers import HiddenStateProbe, reader_from_dict
 
 

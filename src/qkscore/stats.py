@@ -1,6 +1,9 @@
 """Metrics and the statistics that say whether a difference between readers is real.
 
-Numpy/scipy only, so reports can be recomputed from saved predictions without a model.
+Numpy/scipy only, so reports can be recomputed from saved predictions without a model. The
+per-head kernels at the end (:func:`binary_head_table`, :func:`multi_head_table`,
+:func:`auroc_rows` ...) score every head of a ``[items, layers, heads, options]`` array at once;
+the estimators in :mod:`qkscore.estimators` choose heads with them.
 
 The three metric functions (:func:`accuracy`, :func:`balanced_accuracy`, :func:`auroc`) work
 along the last axis: 1-D inputs give a float, 2-D inputs ``[replicates, items]`` give one value
@@ -11,7 +14,7 @@ resample.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,13 +25,20 @@ __all__ = [
     "McNemarResult",
     "accuracy",
     "auroc",
+    "auroc_rows",
     "balanced_accuracy",
+    "binary_head_table",
     "bootstrap_ci",
     "breakdown",
+    "head_diffs",
     "majority_baseline",
     "mcnemar",
     "metric_report",
+    "multi_head_table",
+    "prediction_metric",
+    "raw_diff",
     "shortcut_gap",
+    "top_two",
     "transfer_matrix",
 ]
 
@@ -317,3 +327,270 @@ def transfer_matrix(
             scores, labels = tests[col]
             matrix[i, j] = float(metric(model.predict(scores), np.asarray(labels)))
     return names, matrix
+
+
+# --------------------------------------------------------------------------------------------
+# Per-head kernels: every head of a QK-score array at once (used by the head estimators)
+
+
+def _auc_sorted(ds: np.ndarray, pos: np.ndarray, is_start: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC per row, P(x_pos > x_neg) + P(tie)/2, from row-sorted values.
+
+    ``ds`` [rows, n] sorted ascending, ``pos`` the positive flags in the same order,
+    ``is_start[:, i]`` true where ``ds[:, i]`` starts a new run of equal values.
+    """
+    rows, n = ds.shape
+    pos = pos.astype(np.int64, copy=False)
+    n_pos = pos.sum(axis=1)
+    n_neg = n - n_pos
+    idx = np.arange(n, dtype=np.int64)
+    if is_start.all():
+        twice_rank_sum = 2 * (pos @ idx) + 2 * n_pos  # ranks are positions + 1
+    else:  # ties: every member of a run of equal values gets the run's average rank
+        start = np.maximum.accumulate(np.where(is_start, idx, 0), axis=1)
+        is_end = np.empty_like(is_start)
+        is_end[:, :-1] = is_start[:, 1:]
+        is_end[:, -1] = True
+        end = np.minimum.accumulate(np.where(is_end, idx, n - 1)[:, ::-1], axis=1)[:, ::-1]
+        twice_rank_sum = ((start + end) * pos).sum(axis=1) + 2 * n_pos
+    u = twice_rank_sum / 2.0 - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def auroc_rows(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """AUROC of each row of ``x`` [rows, n] against one positive mask ``pos`` [n]."""
+    order = np.argsort(x, axis=1)
+    ds = np.take_along_axis(x, order, axis=1)
+    is_start = np.empty(ds.shape, dtype=bool)
+    is_start[:, 0] = True
+    np.greater(ds[:, 1:], ds[:, :-1], out=is_start[:, 1:])
+    return _auc_sorted(ds, np.asarray(pos, dtype=bool)[order], is_start)
+
+
+def _mean_recall(recalls: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Balanced accuracy: mean recall over the classes present in the labels (as sklearn)."""
+    present = [r for r in recalls if r is not None]
+    return np.mean(np.stack(present), axis=0)
+
+
+def _nearest_cut(cand: np.ndarray, c0: np.ndarray, ds: np.ndarray) -> np.ndarray:
+    """Among each row's candidate cuts pick the one whose threshold interval is nearest zero.
+
+    Cut ``c`` splits a sorted row after its first ``c`` values; ``c0`` is the cut that contains a
+    zero threshold. Preferring the optimum nearest zero keeps the paper's plain argmax whenever it
+    is already optimal, and otherwise moves it as little as the data demand.
+    """
+    n = ds.shape[1]
+    rows, cols = np.nonzero(cand)
+    c0r = c0[rows]
+    below = -ds[rows, np.minimum(cols, n - 1)]  # cut left of zero: interval ends at ds[c] <= 0
+    above = ds[rows, np.maximum(cols - 1, 0)]  # cut right of zero: interval starts at ds[c-1]
+    dist = np.where(cols == c0r, 0.0, np.where(cols < c0r, below, above))
+    order = np.lexsort((cols, dist, rows))
+    rows_sorted = rows[order]
+    first = np.ones(rows_sorted.shape[0], dtype=bool)
+    first[1:] = rows_sorted[1:] != rows_sorted[:-1]
+    return cols[order][first]
+
+
+def _cut_threshold(ds: np.ndarray, cut: np.ndarray, c0: np.ndarray, sign: int) -> np.ndarray:
+    """Signed threshold realising cut ``cut`` of each sorted row (0 when the cut contains 0)."""
+    n = ds.shape[1]
+    r = np.arange(ds.shape[0])
+    lo = ds[r, np.clip(cut - 1, 0, n - 1)]
+    hi = ds[r, np.clip(cut, 0, n - 1)]
+    inner = (cut > 0) & (cut < n)
+    q = (lo + hi) / 2.0
+    # Adjacent floats: the midpoint rounds onto an end; use the end the rule allows
+    # (sign +1 needs lo <= q < hi, sign -1 needs lo < q <= hi).
+    rounded = (q >= hi) if sign > 0 else (q <= lo)
+    q = np.where(inner & rounded, lo if sign > 0 else hi, q)
+    q = np.where(cut == 0, hi - (1.0 + np.abs(hi)), q)
+    q = np.where(cut == n, lo + (1.0 + np.abs(lo)), q)
+    return np.where(cut == c0, 0.0, sign * q)
+
+
+def _diff_dtype(dtype: np.dtype) -> type:
+    """Float32 (and narrower) scores are subtracted in float32, anything else in float64."""
+    narrow = np.issubdtype(dtype, np.floating) and dtype.itemsize <= 4
+    return np.float32 if narrow else np.float64
+
+
+def raw_diff(a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
+    """Option-0 minus option-1 scores as float64, computed exactly as ``head_diffs`` does.
+
+    Float32 inputs are subtracted in float32 so the fit can sort packed integer keys (see
+    ``_sort_with_labels``). Fit and predict thus see bit-identical differences, and the stored
+    accuracies are exactly what ``predict`` reproduces on the calibration data.
+    """
+    dtype = _diff_dtype(np.result_type(a0, a1))
+    return np.subtract(a0, a1, dtype=dtype).astype(np.float64)
+
+
+def head_diffs(x: np.ndarray) -> np.ndarray:
+    """Differences of every head, [layers*heads, items] contiguous, for the vectorised fit."""
+    n, n_layers, n_heads, _ = x.shape
+    d = np.subtract(x[..., 0], x[..., 1], dtype=_diff_dtype(x.dtype))
+    return np.ascontiguousarray(d.reshape(n, n_layers * n_heads).T)
+
+
+def _sort_with_labels(d: np.ndarray, y1: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Sort each row of ``d`` carrying the label-1 flags along: (values, flags, grouped).
+
+    Float32 rows are sorted as int64 keys ``(order-preserving float bits << 1) | label``: one
+    plain sort instead of an argsort plus two gathers, and equal values come out with their
+    label-0 items first (``grouped``), which makes the tie correction of the AUROC cheap.
+    """
+    if d.dtype == np.float32:
+        bits = (d + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0
+        keys = (bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))).astype(np.int64) << 1
+        keys |= y1.astype(np.int64)[None, :]
+        keys.sort(axis=1)
+        ys = (keys & 1).astype(np.int8)
+        k32 = (keys >> 1).astype(np.int32)
+        ds = (k32 ^ ((k32 >> 31) & np.int32(0x7FFFFFFF))).view(np.float32).astype(np.float64)
+        return ds, ys, True
+    order = np.argsort(d, axis=1)
+    return np.take_along_axis(d, order, axis=1), y1.view(np.int8)[order], False
+
+
+def _auc_grouped(
+    ys: np.ndarray, is_start: np.ndarray, cum1: np.ndarray, n0: int, n1: int
+) -> np.ndarray:
+    """AUROC with option 0 positive, for rows sorted with label-0 items first within ties.
+
+    ``U1`` counts (label-1, label-0) pairs where the label-1 item scores higher, ties 1/2. For a
+    label-1 item at sorted position ``p`` in a run of equal values starting at ``a``, the label-0
+    items strictly below are ``cum0[a]`` and the tied ones ``cum0[p] - cum0[a]`` (all of the
+    run's label-0 items precede it), so ``U1 = (sum cum0[p] + sum cum0[a_p]) / 2`` over label-1
+    items; without ties ``a_p = p``.
+    """
+    p, n = ys.shape
+    if n0 == 0 or n1 == 0:
+        return np.full(p, np.nan)
+    positions = n * n1 - cum1[:, 1:].sum(axis=1, dtype=np.int64)  # sum of label-1 positions
+    u_plain = positions - n1 * (n1 - 1) // 2  # sum of cum0[p] over label-1 items
+    u_start = u_plain.copy()
+    tied = np.flatnonzero(~is_start.all(axis=1))
+    if tied.size:
+        rows = slice(None) if tied.size == p else tied  # avoid copies when every row has ties
+        start = np.where(is_start[rows], np.arange(n, dtype=np.int32), np.int32(0))
+        np.maximum.accumulate(start, axis=1, out=start)
+        cum0_start = start - np.take_along_axis(cum1[rows], start, axis=1)
+        u_start[rows] = np.add.reduce(cum0_start, axis=1, dtype=np.int64, where=ys[rows].view(bool))
+    return 1.0 - (u_plain + u_start) / (2.0 * n0 * n1)
+
+
+def binary_head_table(d: np.ndarray, y: np.ndarray, fit_threshold: bool) -> dict[int, dict]:
+    """Accuracy, balanced accuracy, AUROC and threshold of every head, for both signs.
+
+    ``d`` [heads, items] holds raw option-0 minus option-1 differences. Sign +1 at cut ``c``
+    predicts option 1 for the ``c`` smallest differences; sign -1 at the same cut predicts the
+    complement, so one sort and one cumulative count serve both directions.
+    """
+    p, n = d.shape
+    y1 = y == 1
+    n1 = int(np.count_nonzero(y1))
+    n0 = n - n1
+    ds, ys, grouped = _sort_with_labels(d, y1)
+    is_start = np.empty((p, n), dtype=bool)
+    is_start[:, 0] = True
+    np.greater(ds[:, 1:], ds[:, :-1], out=is_start[:, 1:])
+
+    cum1 = np.empty((p, n + 1), dtype=np.int32)  # label-1 items among the first c
+    cum1[:, 0] = 0
+    np.cumsum(ys, axis=1, dtype=np.int32, out=cum1[:, 1:])
+    if grouped:
+        auc_plus = _auc_grouped(ys, is_start, cum1, n0, n1)
+    else:
+        auc_plus = 1.0 - _auc_sorted(ds, ys, is_start)  # option 0 is the positive class
+    c0_plus = np.count_nonzero(ds <= 0, axis=1)
+    c0_minus = np.count_nonzero(ds < 0, axis=1)
+    if fit_threshold:
+        correct = 2 * cum1
+        correct += (n0 - np.arange(n + 1, dtype=np.int32))[None, :]
+        valid = np.empty((p, n + 1), dtype=bool)  # a cut may not split equal values
+        valid[:, :n] = is_start
+        valid[:, n] = True
+        masked = np.where(valid, correct, -1)
+        cut_plus = _nearest_cut(masked == masked.max(axis=1)[:, None], c0_plus, ds)
+        masked = np.where(valid, correct, n + 1)  # sign -1 is right where +1 is wrong
+        cut_minus = _nearest_cut(masked == masked.min(axis=1)[:, None], c0_minus, ds)
+    else:
+        cut_plus, cut_minus = c0_plus, c0_minus
+
+    out: dict[int, dict] = {}
+    rows = np.arange(p)
+    for sign, cut, c0 in ((1, cut_plus, c0_plus), (-1, cut_minus, c0_minus)):
+        c1 = cum1[rows, cut].astype(np.int64)  # label-1 items on the "low" side of the cut
+        c0_low = cut - c1
+        if sign > 0:  # low side -> option 1
+            correct_n = c1 + (n0 - c0_low)
+            rec0 = (n0 - c0_low) / n0 if n0 else None
+            rec1 = c1 / n1 if n1 else None
+        else:  # low side -> option 0
+            correct_n = c0_low + (n1 - c1)
+            rec0 = c0_low / n0 if n0 else None
+            rec1 = (n1 - c1) / n1 if n1 else None
+        out[sign] = {
+            "accuracy": correct_n / n,
+            "balanced_accuracy": _mean_recall([rec0, rec1]),
+            "auroc": auc_plus if sign > 0 else 1.0 - auc_plus,
+            "threshold": _cut_threshold(ds, cut, c0, sign),
+        }
+    return out
+
+
+def top_two(signed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Argmax, best and second-best along the last axis."""
+    best_idx = signed.argmax(axis=-1)
+    best = np.take_along_axis(signed, best_idx[..., None], axis=-1)[..., 0]
+    masked = signed.copy()
+    np.put_along_axis(masked, best_idx[..., None], -np.inf, axis=-1)
+    return best_idx, best, masked.max(axis=-1)
+
+
+def multi_head_table(s: np.ndarray, y: np.ndarray) -> dict[int, dict]:
+    """Per-head metrics for both signs on multi-option items; ``s`` is [items, heads, options]."""
+    n, p, n_options = s.shape
+    counts = np.bincount(y, minlength=n_options)
+    out: dict[int, dict] = {}
+    for sign in (1, -1):
+        signed = s if sign > 0 else -s
+        pred, best, second = top_two(signed)
+        hit = pred == y[:, None]
+        recalls = [hit[y == o].mean(axis=0) if counts[o] else None for o in range(n_options)]
+        aucs = []
+        for o in range(n_options):
+            if 0 < counts[o] < n:
+                z = signed[..., o] - np.where(pred == o, second, best)
+                aucs.append(auroc_rows(np.ascontiguousarray(z.T), y == o))
+        out[sign] = {
+            "accuracy": hit.mean(axis=0),
+            "balanced_accuracy": _mean_recall(recalls),
+            "auroc": np.mean(aucs, axis=0) if aucs else np.full(p, np.nan),
+            "threshold": np.zeros(p),
+        }
+    return out
+
+
+def prediction_metric(
+    metric: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, n_options: int
+) -> float:
+    """Score held-out predictions (``pred`` and ``proba`` [items, options]) by ``metric``.
+
+    The estimators choose k, C and readers with it on cross-validation folds; AUROC is macro
+    one-vs-rest over the options present on both sides.
+    """
+    if metric == "accuracy":
+        return float(np.mean(pred == y))
+    if metric == "balanced_accuracy":
+        recalls = [np.mean(pred[y == o] == o) for o in range(n_options) if np.any(y == o)]
+        return float(np.mean(recalls))
+    aucs = [
+        auroc_rows(proba[None, :, o], y == o)[0]
+        for o in range(n_options if n_options > 2 else 1)
+        if 0 < np.count_nonzero(y == o) < y.shape[0]
+    ]
+    return float(np.mean(aucs)) if aucs else float("nan")

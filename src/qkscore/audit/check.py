@@ -32,7 +32,8 @@ import numpy as np
 from qkscore.audit.chain import ChainResult, assemble_chain, context_with_steps, split_steps
 from qkscore.audit.text import require_text
 from qkscore.data import Item
-from qkscore.estimators.heads import HeadSelector, TopKEnsemble
+from qkscore.estimators.ensemble import TopKEnsemble
+from qkscore.estimators.heads import HeadSelector
 from qkscore.estimators.readers import reader_deepest_layer, reader_predict_proba
 from qkscore.profile import Profile, ProfileMismatchError
 from qkscore.prompts import template_from_description

@@ -8,7 +8,7 @@ scores array ``[items, layers, heads, options]`` with the scikit-learn surface
 
 * ``head``: :class:`~qkscore.estimators.heads.HeadSelector`, the paper's single head (ranked by
   AUROC);
-* ``ensemble``: :class:`~qkscore.estimators.heads.TopKEnsemble`, the top-k heads voting;
+* ``ensemble``: :class:`~qkscore.estimators.ensemble.TopKEnsemble`, the top-k heads voting;
 * ``linear`` / ``linear-l1``: :class:`LinearQKReader`, L2 (or L1) logistic regression over the
   standardised margins of all heads, C chosen by inner cross-validation;
 * ``hybrid``: :class:`HybridReader`, the linear reader stacked with the model's own margin,
@@ -36,18 +36,17 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from qkscore.estimators.heads import (
+from qkscore.estimators.base import (
     CalibrationWarning,
-    HeadSelector,
-    TopKEnsemble,
-    _array,
-    _auc_rows,
-    _check_labels,
-    _check_scores,
-    _fit_conditional_logit,
-    _floats,
-    _metric_value,
+    check_labels,
+    check_scores,
+    json_array,
+    json_floats,
 )
+from qkscore.estimators.conditional_logit import fit_conditional_logit
+from qkscore.estimators.ensemble import TopKEnsemble
+from qkscore.estimators.heads import HeadSelector
+from qkscore.stats import auroc_rows, prediction_metric
 
 __all__ = [
     "READERS",
@@ -93,7 +92,7 @@ def _folds(y: np.ndarray, cv: int, seed: int | None) -> list[tuple[np.ndarray, n
 
 def proba_auroc(proba: np.ndarray, y: np.ndarray) -> float:
     """Binary: AUROC of P(option 0); multi-option: macro one-vs-rest (as the heads report)."""
-    return _metric_value("auroc", y, proba.argmax(1), proba, proba.shape[1])
+    return prediction_metric("auroc", y, proba.argmax(1), proba, proba.shape[1])
 
 
 def _standardise(x: np.ndarray, axis: int | tuple[int, ...] = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -201,9 +200,9 @@ class LinearQKReader(BaseEstimator):
     def fit(self, scores: Any, labels: Any) -> LinearQKReader:
         if self.penalty not in ("l1", "l2"):
             raise ValueError(f"penalty must be 'l1' or 'l2', got {self.penalty!r}")
-        x = _check_scores(scores)
+        x = check_scores(scores)
         n, self.n_layers_, self.n_heads_, self.n_options_ = x.shape
-        y = _check_labels(labels, n, self.n_options_)
+        y = check_labels(labels, n, self.n_options_)
         feats = self._features(x)
         if self.n_options_ == 2:
             self.mean_, self.scale_ = _standardise(feats)
@@ -213,7 +212,7 @@ class LinearQKReader(BaseEstimator):
 
             def score(c, tr, te):
                 coef, b = _binary_logistic(z[tr], positive[tr], c, l1, self.random_state)
-                return _auc_rows((z[te] @ coef + b)[None, :], positive[te])[0]
+                return auroc_rows((z[te] @ coef + b)[None, :], positive[te])[0]
 
             self._select_c(score, y)
             self.coef_, self.intercept_ = _binary_logistic(
@@ -228,12 +227,12 @@ class LinearQKReader(BaseEstimator):
             z = feats / self.scale_[None, :, None]
 
             def score(c, tr, te):
-                w, b = _fit_conditional_logit(z[tr], y[tr], c)
+                w, b = fit_conditional_logit(z[tr], y[tr], c)
                 u = np.einsum("nko,k->no", z[te], w) + b
                 return proba_auroc(softmax(u, axis=1), y[te])
 
             self._select_c(score, y)
-            self.coef_, self.option_bias_ = _fit_conditional_logit(z, y, self.C_)
+            self.coef_, self.option_bias_ = fit_conditional_logit(z, y, self.C_)
             self.intercept_ = None
         self.n_kept_ = int(np.count_nonzero(self.coef_))
         return self
@@ -241,7 +240,7 @@ class LinearQKReader(BaseEstimator):
     def _check_new(self, scores: Any) -> np.ndarray:
         if not hasattr(self, "coef_"):
             raise _not_fitted(self)
-        x = _check_scores(scores)
+        x = check_scores(scores)
         if x.shape[1:] != (self.n_layers_, self.n_heads_, self.n_options_):
             raise ValueError(
                 f"scores must have shape [items, {self.n_layers_}, {self.n_heads_}, "
@@ -286,12 +285,12 @@ class LinearQKReader(BaseEstimator):
             "params": params,
             "shape": [self.n_layers_, self.n_heads_, self.n_options_],
             "C": self.C_,
-            "cv_scores": _floats(np.asarray(self.cv_scores_)),
-            "mean": _floats(np.asarray(self.mean_)),
-            "scale": _floats(np.asarray(self.scale_)),
-            "coef": _floats(np.asarray(self.coef_)),
+            "cv_scores": json_floats(np.asarray(self.cv_scores_)),
+            "mean": json_floats(np.asarray(self.mean_)),
+            "scale": json_floats(np.asarray(self.scale_)),
+            "coef": json_floats(np.asarray(self.coef_)),
             "intercept": self.intercept_,
-            "option_bias": None if self.option_bias_ is None else _floats(self.option_bias_),
+            "option_bias": None if self.option_bias_ is None else json_floats(self.option_bias_),
             "n_kept": self.n_kept_,
         }
 
@@ -300,9 +299,9 @@ class LinearQKReader(BaseEstimator):
         obj = cls(**_saved_params(data, _LINEAR_KIND))
         obj.n_layers_, obj.n_heads_, obj.n_options_ = (int(v) for v in data["shape"])
         obj.C_ = float(data["C"])
-        obj.cv_scores_ = _array(data["cv_scores"])
-        obj.mean_, obj.scale_ = _array(data["mean"]), _array(data["scale"])
-        obj.coef_ = _array(data["coef"])
+        obj.cv_scores_ = json_array(data["cv_scores"])
+        obj.mean_, obj.scale_ = json_array(data["mean"]), json_array(data["scale"])
+        obj.coef_ = json_array(data["coef"])
         if obj.coef_.shape != (obj.n_layers_ * obj.n_heads_,):
             raise ValueError(
                 f"coef has {obj.coef_.size} weights but the shape needs "
@@ -310,7 +309,7 @@ class LinearQKReader(BaseEstimator):
             )
         obj.intercept_ = None if data["intercept"] is None else float(data["intercept"])
         ob = data.get("option_bias")
-        obj.option_bias_ = None if ob is None else _array(ob)
+        obj.option_bias_ = None if ob is None else json_array(ob)
         obj.n_kept_ = int(data["n_kept"])
         return obj
 
@@ -395,7 +394,7 @@ class HybridReader(BaseEstimator):
                 coef[1], b = 0.0, float(logit(np.clip(np.mean(y == 0), 1e-3, 1 - 1e-3)))
             return coef / scale, b - float((coef / scale) @ mean)
         scale = np.where(feats.std(axis=(0, 2)) > 0, feats.std(axis=(0, 2)), 1.0)
-        used, bias = _fit_conditional_logit((feats / scale[None, :, None])[:, cols], y)
+        used, bias = fit_conditional_logit((feats / scale[None, :, None])[:, cols], y)
         coef[list(cols)] = used
         return coef / scale, bias
 
@@ -405,9 +404,9 @@ class HybridReader(BaseEstimator):
         return np.einsum("nko,k->no", feats, coef) + bias
 
     def fit(self, scores: Any, labels: Any, *, baseline: Any = None) -> HybridReader:
-        x = _check_scores(scores)
+        x = check_scores(scores)
         n, _, _, self.n_options_ = x.shape
-        y = _check_labels(labels, n, self.n_options_)
+        y = check_labels(labels, n, self.n_options_)
         b = _model_features(baseline, n, self.n_options_)
         self.qk_ = self._reader().fit(x, y)
         folds = _folds(y, self.cv, self.random_state)
@@ -462,9 +461,9 @@ class HybridReader(BaseEstimator):
             "n_options": self.n_options_,
             "mode": self.mode_,
             "mode_scores": self.mode_scores_,
-            "coef": _floats(np.asarray(self.coef_)),
+            "coef": json_floats(np.asarray(self.coef_)),
             "intercept": self.intercept_,
-            "option_bias": None if self.option_bias_ is None else _floats(self.option_bias_),
+            "option_bias": None if self.option_bias_ is None else json_floats(self.option_bias_),
         }
 
     @classmethod
@@ -475,10 +474,10 @@ class HybridReader(BaseEstimator):
         obj.n_layers_, obj.n_heads_ = obj.qk_.n_layers_, obj.qk_.n_heads_
         obj.n_options_ = int(data["n_options"])
         obj.mode_, obj.mode_scores_ = str(data["mode"]), dict(data["mode_scores"])
-        obj.coef_ = _array(data["coef"])
+        obj.coef_ = json_array(data["coef"])
         obj.intercept_ = None if data["intercept"] is None else float(data["intercept"])
         ob = data.get("option_bias")
-        obj.option_bias_ = None if ob is None else _array(ob)
+        obj.option_bias_ = None if ob is None else json_array(ob)
         return obj
 
 
@@ -681,7 +680,7 @@ class HiddenStateProbe(BaseEstimator):
         if not np.isfinite(h).all():
             raise ValueError("hidden states contain NaN (a scan stopped early?)")
         n, n_kept, self.n_options_, self.d_model_ = h.shape
-        y = _check_labels(labels, n, self.n_options_)
+        y = check_labels(labels, n, self.n_options_)
         self.layers_ = list(layers) if layers is not None else list(range(n_kept))
         folds = _folds(y, self.cv, self.random_state)
         table = np.full((n_kept, len(self.Cs)), np.nan)
@@ -747,12 +746,12 @@ class HiddenStateProbe(BaseEstimator):
             "C": self.C_,
             "n_options": self.n_options_,
             "d_model": self.d_model_,
-            "cv_scores": _floats(self.cv_scores_),
+            "cv_scores": json_floats(self.cv_scores_),
             "classes": self.classes_.tolist(),
-            "mean": _floats(self.mean_),
-            "scale": _floats(self.scale_),
-            "coef": _floats(self.coef_),
-            "intercept": _floats(self.intercept_),
+            "mean": json_floats(self.mean_),
+            "scale": json_floats(self.scale_),
+            "coef": json_floats(self.coef_),
+            "intercept": json_floats(self.intercept_),
         }
 
     @classmethod
@@ -761,10 +760,10 @@ class HiddenStateProbe(BaseEstimator):
         obj.layers_, obj.layer_ = list(data["layers"]), int(data["layer"])
         obj.layer_index_, obj.C_ = int(data["layer_index"]), float(data["C"])
         obj.n_options_, obj.d_model_ = int(data["n_options"]), int(data["d_model"])
-        obj.cv_scores_ = _array(data["cv_scores"])
+        obj.cv_scores_ = json_array(data["cv_scores"])
         obj.classes_ = np.asarray(data["classes"], dtype=np.int64)
-        obj.mean_, obj.scale_ = _array(data["mean"]), _array(data["scale"])
-        obj.coef_, obj.intercept_ = _array(data["coef"]), _array(data["intercept"])
+        obj.mean_, obj.scale_ = json_array(data["mean"]), json_array(data["scale"])
+        obj.coef_, obj.intercept_ = json_array(data["coef"]), json_array(data["intercept"])
         return obj
 
 
