@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from qkscore.data.formats.helpers import make_item
 from qkscore.data.negation import has_negation, lower_first, negate, upper_first
+from qkscore.data.shortcuts import audit_items
 
 PROVE = "Prove: "
 
@@ -110,3 +112,25 @@ def test_case_helpers() -> None:
     assert lower_first("The cat is red") == "the cat is red"
     assert lower_first("Max is red") == "Max is red"  # names keep their capital
     assert upper_first("the cat IS red") == "The cat IS red"
+
+
+def test_meta_negated_and_the_shortcut_audit_split_agree() -> None:
+    """One definition: the loaders' ``meta["negated"]`` and the audit's negated/plain split."""
+    statements = [
+        "Bob is big.",
+        "Bob is not big.",
+        "Bob isn\u2019t big.",  # typographic apostrophe
+        "Bob is big without a doubt.",  # "without" counts for both
+        "Nothingness is a notion.",
+        "Neither Bob nor Ann is big.",
+        "Bob cannot fly.",
+        "Bob is notable.",
+    ]
+    items = [
+        make_item(f"t/{i}", "Bob is big.", s, "True" if i % 2 else "False")
+        for i, s in enumerate(statements)
+    ]
+    flags = [item.meta["negated"] for item in items]
+    assert flags == [False, True, True, True, False, True, True, False]
+    assert audit_items(items, folds=2).negated["n"] == sum(flags)
+    assert audit_items(items, folds=2).plain["n"] == len(flags) - sum(flags)

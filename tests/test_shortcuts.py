@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from qkscore.data.items import Item
-from qkscore.data.shortcuts import audit_items, has_negation
+from qkscore.data.negation import has_negation
+from qkscore.data.shortcuts import audit_items
 
 PARARULE_D2_DEV = "pararule_plus/Depth2/PARARULE_Plus_Depth2_shuffled_dev.jsonl"
 

@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["has_negation", "lower_first", "negate", "upper_first"]
+__all__ = ["NEGATION_WORDS", "has_negation", "lower_first", "negate", "upper_first"]
 
-_NEGATION_RE = re.compile(
-    r"\b(?:not|no|never|neither|nor|none|nothing|nobody|cannot)\b|n't\b", re.IGNORECASE
+#: Words that make a statement "negated": for ``meta["negated"]``, the shortcut audit's
+#: negated/plain split and the shallow matcher alike, so they can never disagree.
+NEGATION_WORDS: frozenset[str] = frozenset(
+    {"not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "cannot", "without"}
 )
+_TOKEN_RE = re.compile(r"[a-z]+(?:'[a-z]+)?", re.IGNORECASE)
 _FALLBACK_PREFIX = "It is not the case that "
 _FALLBACK_RE = re.compile(r"^it is not the case that\s+(?P<inner>.+)$", re.IGNORECASE | re.DOTALL)
 _CLAUSE_RE = re.compile(r"^(?P<subj>\S.*?)\s+(?P<cop>is|are|was|were)\s+(?P<pred>\S.*)$")
@@ -92,12 +95,14 @@ _FUNCTION_WORDS = frozenset(
 
 
 def has_negation(text: str) -> bool:
-    """Whether ``text`` contains a negation word ("not", "no", "n't", "never", ...).
+    """Whether ``text`` contains a negation word (:data:`NEGATION_WORDS`) or an n't contraction.
 
     Breakdowns use this (``meta["negated"]``) to check that a score does not merely track the
-    surface word "not".
+    surface word "not"; the shortcut audit splits items by it. Whole words only ("notable" and
+    "nothingness" are not negations); a typographic apostrophe counts as one ("isn’t").
     """
-    return bool(_NEGATION_RE.search(text))
+    tokens = _TOKEN_RE.findall(text.lower().replace("\u2019", "'"))
+    return any(t in NEGATION_WORDS or t.endswith("n't") for t in tokens)
 
 
 def negate(sentence: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qkscore.data.items import Item
-from qkscore.data.shortcuts import NEGATION_WORDS, has_negation
+from qkscore.data.negation import NEGATION_WORDS, has_negation
 
 __all__ = ["FEATURE_NAMES", "ShallowMatcher", "shallow_features", "supports_shallow"]
 

@@ -19,27 +19,15 @@ and, by default, the option texts (which a model also sees); the context is neve
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qkscore.data.items import Item
+from qkscore.data.negation import has_negation
 
-__all__ = ["NEGATION_WORDS", "AuditReport", "audit_items", "has_negation"]
-
-#: Words that make a statement "negated" for the balance check.
-NEGATION_WORDS: frozenset[str] = frozenset(
-    {"not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "cannot", "without"}
-)
-_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?", re.IGNORECASE)
-
-
-def has_negation(text: str) -> bool:
-    """True when the text contains a negation word or an n't contraction."""
-    tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))
-    return any(t in NEGATION_WORDS or t.endswith("n't") for t in tokens)
+__all__ = ["AuditReport", "audit_items"]
 
 
 @dataclass
