@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qkscore.run import CONTROLS, RunFolder, RunMismatchError, control_items, scan
+from qkscore.data.controls import control_items, control_names
+from qkscore.run import RunFolder, RunMismatchError, scan
 
 DATA = "generated:depth=1-2&n=24&distractors=0&seed=3"
 
@@ -51,7 +52,7 @@ def reference(smollm2, tmp_path_factory) -> RunFolder:
         out,
         batch_size=4,
         chunk_size=4,
-        controls=CONTROLS,
+        controls=control_names(),
         progress=False,
     )
 
@@ -61,7 +62,7 @@ def test_run_folder_holds_provenance_items_and_arrays(reference: RunFolder):
     assert meta["data"] == DATA and meta["template"]["name"] == "answer-statement"
     assert meta["model"]["fingerprint"] and meta["model"]["dtype"] == "float32"
     assert meta["share_prefix"] is True  # the default for pre-rotary scans
-    assert all(meta["scans"][s]["complete"] for s in ("main", *CONTROLS))
+    assert all(meta["scans"][s]["complete"] for s in ("main", *control_names()))
     items = reference.items()
     scores = reference.load()
     assert scores.shape == (24, meta["n_layers"], meta["n_heads"], 2)
@@ -69,7 +70,7 @@ def test_run_folder_holds_provenance_items_and_arrays(reference: RunFolder):
     assert np.isfinite(reference.load(name="baseline")).all()
     assert [r["answer_index"] for r in items] == list(reference.labels())
     assert all(r["positions"][0]["pairs"] for r in items)
-    for control in CONTROLS:
+    for control in control_names():
         ctrl = reference.load(control)
         assert ctrl.shape == scores.shape and not np.array_equal(ctrl, scores)
 
@@ -84,7 +85,7 @@ def test_second_run_does_nothing_and_says_so(reference: RunFolder, smollm2):
         reference.path,
         batch_size=4,
         chunk_size=4,
-        controls=CONTROLS,
+        controls=control_names(),
         progress=False,
         log=said.append,
     )

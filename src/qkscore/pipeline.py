@@ -17,6 +17,7 @@ import numpy as np
 
 from qkscore import stats
 from qkscore._version import __version__
+from qkscore.data.controls import control_names
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector, head_name
@@ -31,7 +32,7 @@ from qkscore.estimators.readers import (
     reader_predict_proba,
 )
 from qkscore.profile import Profile
-from qkscore.run import CONTROLS, MAIN, RunFolder
+from qkscore.run import MAIN, RunFolder
 
 MIN_CALIBRATION = 400
 
@@ -330,7 +331,7 @@ def evaluate(
         if kinds[k] == "reader" or k in ("model_answer", "model_margin")
     }
     controls = {}
-    for control in CONTROLS:
+    for control in control_names():
         if run.has(control):
             controls[control] = _control_report(
                 run, control, idx, labels, readers, probe, prof, preds

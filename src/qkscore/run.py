@@ -13,7 +13,7 @@ touch the model again::
     hidden.npy          float16 [items, hidden layers, options, d_model]: the residual stream at
                         each option's query position after the layers in run.json
                         ``hidden_layers`` (the hidden-state probe's input)
-    controls/NAME/...   the same arrays for a control scan (context-ablated, context-swapped)
+    controls/NAME/...   the same arrays for a control scan (``qkscore.data.controls``)
     chunks/SCAN/chunk-START.npz   results as they come; merged into the arrays when a scan
                         completes
     chunks/SCAN/chunk-START.json  the chunk's record: SHA-256, item range, array shapes and the
@@ -61,10 +61,10 @@ import numpy as np
 
 from qkscore._version import __version__
 from qkscore.data import Item, load_items
+from qkscore.data.controls import control_items, control_names, get_control
 from qkscore.prompts import Prompt, Template, get_template, with_fewshot
 
 MAIN = "main"
-CONTROLS = ("context-ablated", "context-swapped")
 DEFAULT_CHUNK = 64
 #: Layers whose residual stream a scan keeps by default: enough for the probe to choose a depth,
 #: few enough that the array stays a few tens of KB per item.
@@ -134,26 +134,6 @@ def items_sha256(items: Iterable[Item | Mapping[str, Any]]) -> str:
         line = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
         digest.update(line.encode() + b"\n")
     return digest.hexdigest()
-
-
-def control_items(items: Sequence[Item], control: str) -> list[Item]:
-    """The shortcut controls: the same statements with the context removed or swapped.
-
-    A head that reasons from the context falls to chance on these; one that reads the statement
-    alone does not. Swapping rotates contexts by half the set, so no item keeps its own.
-    """
-    if control == "context-ablated":
-        return [dataclasses.replace(it, context="") for it in items]
-    if control == "context-swapped":
-        n = len(items)
-        if n < 2:
-            raise ValueError("context-swapped needs at least two items")
-        shift = max(1, n // 2)
-        return [
-            dataclasses.replace(it, context=items[(i + shift) % n].context)
-            for i, it in enumerate(items)
-        ]
-    raise ValueError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None], suffix: str = "") -> None:
@@ -264,7 +244,7 @@ class RunFolder:
         return np.load(path, mmap_mode="r" if mmap else None)
 
     def scans(self) -> list[str]:
-        return [s for s in (MAIN, *CONTROLS) if self.has(s)]
+        return [s for s in (MAIN, *control_names()) if self.has(s)]
 
     def chunk_dir(self, scan: str) -> Path:
         return self.path / "chunks" / scan
@@ -560,7 +540,7 @@ def scan(
     if not items:
         raise ValueError(f"data {spec!r} holds no items")
     for control in controls:
-        control_items(items[:2], control)  # validate names before any work
+        get_control(control)  # validate names before any work
     wanted = [MAIN, *controls]
     items_hash = items_sha256(items)
     shared = share_prefix and prefix_supported(rope, attention_weights)

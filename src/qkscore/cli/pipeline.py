@@ -10,6 +10,9 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from qkscore.cli._shared import console as _console
+from qkscore.data.controls import controls_help
+
+CONTROL_HELP = f"Control scan (repeat for several): {controls_help()}."
 
 DEMO_DATA = "generated:depth=1-3&n=800&distractors=1&seed=0"
 DEMO_MODEL = "smollm2-135m"
@@ -23,7 +26,7 @@ def scan(
     limit: int | None = typer.Option(None, min=1, help="Keep the first N items."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     rope: bool = typer.Option(False, help="Score rotated q/k (default: pre-rotary, as the paper)."),
-    control: list[str] = typer.Option([], help="context-ablated and/or context-swapped."),
+    control: list[str] = typer.Option([], help=CONTROL_HELP),
     attention: bool = typer.Option(False, help="Also store the attention-score baseline."),
     dtype: str = typer.Option("auto", help="auto (bf16), float32, float16, bfloat16."),
     device_map: str | None = typer.Option(
@@ -196,7 +199,7 @@ def sweep(
     limit: int | None = typer.Option(None, min=1, help="Keep the first N items."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     dtype: str = typer.Option("auto", help="auto (bf16), float32, float16, bfloat16."),
-    control: list[str] = typer.Option([], help="context-ablated and/or context-swapped."),
+    control: list[str] = typer.Option([], help=CONTROL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:
     """Scan every prompt setting of a grid, fit every reader, rank (setting, reader) pairs by
@@ -298,16 +301,17 @@ def demo(
     calib_size: int = typer.Option(400),
     limit: int | None = typer.Option(800, min=1, help="Items to scan (calibration + evaluation)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-    controls: bool = typer.Option(True, help="Scan the context-ablated and -swapped controls."),
+    controls: bool = typer.Option(True, help="Scan every control (qkscore scan --help)."),
 ) -> None:
     """The whole pipeline on the embedded default: scan, calibrate, evaluate, report."""
     console = _console()
+    from qkscore.data.controls import control_names
     from qkscore.pipeline import calibrate as run_calibrate
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
     from qkscore.report.html import write_report
-    from qkscore.run import CONTROLS, write_json
     from qkscore.run import scan as run_scan
+    from qkscore.run import write_json
 
     console.rule(f"qkscore demo: {model} on {data}")
     run = run_scan(
@@ -317,7 +321,7 @@ def demo(
         out / "run",
         limit=limit,
         batch_size=batch_size,
-        controls=CONTROLS if controls else (),
+        controls=control_names() if controls else (),
         attention_weights=True,
         log=console.print,
     )
