@@ -45,7 +45,6 @@ request.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -566,11 +565,11 @@ def scan(
         if same_model and _complete(run, old, wanted) and _items_file_ok(run):
             log(f"{run.path}: nothing to do, scans {', '.join(wanted)} are complete")
             return run
-    shard = Shard.from_env()
+    state = process_state()
     lm = (
         model
         if isinstance(model, LoadedModel)
-        else load_model(model, dtype=dtype, device=shard.device(), device_map=device_map)
+        else load_model(model, dtype=dtype, device=_scan_device(state), device_map=device_map)
     )
     prompts = [tmpl.render(item, lm.tokenizer) for item in items]
     meta = {
@@ -600,16 +599,16 @@ def scan(
         for name in wanted:
             if not _complete(run, meta, [name]):
                 meta["scans"].pop(name, None)  # arrays missing: merge (and score) again
-        if old.get("batch_size") != batch_size and shard.rank == 0:
+        if old.get("batch_size") != batch_size and state.is_main_process:
             log(
                 f"{run.path}: batch size {batch_size}, the folder was started with "
                 f"{old.get('batch_size')}: the chunks scored now may differ from an "
                 "uninterrupted scan in the last bits (rounding)"
             )
         write_items = not _items_file_ok(run)
-        if write_items and shard.rank == 0:
+        if write_items and state.is_main_process:
             log(f"warning: {run.path / 'items.jsonl'} is damaged; writing it again")
-    if shard.rank == 0:
+    if state.is_main_process:
         run.path.mkdir(parents=True, exist_ok=True)
         if write_items:
             _atomic_write_bytes(
@@ -619,7 +618,7 @@ def scan(
                 ),
             )
         run.write_meta(meta)
-    shard.barrier()
+    state.wait_for_everyone()
     for scan_name in wanted:
         if meta["scans"].get(scan_name, {}).get("complete"):
             continue
@@ -640,21 +639,22 @@ def scan(
             chunk_size,
             log=log,
         )
-        score(progress and shard.rank == 0, shard)
-        shard.barrier()  # every shard's chunks are on disk before one process merges them
-        if shard.rank == 0:
+        owned = _owned_chunks(state, len(items), chunk_size)
+        score(progress and state.is_main_process, owned, state.num_processes)
+        state.wait_for_everyone()  # every process's chunks are on disk before one merges them
+        if state.is_main_process:
             try:
                 run.merge_chunks(scan_name, len(items), chunk_size, log=log)
             except ChunkError as err:  # a chunk went bad or missing after it was checked
-                score(progress, Shard(), starts=err.starts)
+                score(progress, err.starts, starts=err.starts)
                 run.merge_chunks(scan_name, len(items), chunk_size, log=log)
             meta["scans"][scan_name] = {
                 "complete": True,
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "processes": shard.world,
+                "processes": state.num_processes,
             }
             run.write_meta(meta)
-        shard.barrier()
+        state.wait_for_everyone()
     return run
 
 
@@ -729,47 +729,36 @@ def _items_file_ok(run: RunFolder) -> bool:
     return True
 
 
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """This process's share of a scan launched over several processes.
+def process_state() -> Any:
+    """This process's place in a scan launched over several processes (accelerate's PartialState).
 
-    ``accelerate launch`` and ``torchrun`` set RANK / WORLD_SIZE / LOCAL_RANK; process r then
-    scores chunks r, r + w, r + 2w, ... into the shared run folder, so each shard resumes on
-    its own, and rank 0 merges all chunks in item order once every process reached the barrier.
+    ``accelerate launch`` and ``torchrun`` set RANK / WORLD_SIZE / LOCAL_RANK; PartialState reads
+    them, joins the process group (NCCL on GPUs, gloo on CPU) and gives the rank, the world
+    size, the device, ``wait_for_everyone`` and ``split_between_processes``. One thing it cannot
+    infer: on a machine without CUDA it treats a launched process as a lone one unless told
+    ``cpu=True``, so that flag is set here when CUDA is absent.
     """
+    import torch
+    from accelerate import PartialState
 
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+    return PartialState(cpu=not torch.cuda.is_available())
 
-    @classmethod
-    def from_env(cls) -> Shard:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        shard = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-        import torch.distributed as dist
 
-        if not dist.is_initialized():
-            backend = "nccl" if shard.device().startswith("cuda") else "gloo"
-            dist.init_process_group(backend=backend)
-        return shard
+def _scan_device(state: Any) -> str:
+    """Each process of a multi-GPU launch takes its own GPU; otherwise load_model chooses."""
+    if state.num_processes > 1 and state.device.type == "cuda":
+        return str(state.device)
+    return "auto"
 
-    def device(self) -> str:
-        import torch
 
-        if self.world > 1 and torch.cuda.is_available():
-            return f"cuda:{self.local_rank}"
-        return "auto"
+def _owned_chunks(state: Any, n: int, chunk_size: int) -> list[int]:
+    """Start indices of the chunks this process scores: a contiguous share of all chunks.
 
-    def owns(self, chunk_index: int) -> bool:
-        return chunk_index % self.world == self.rank
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+    Chunk boundaries depend only on ``chunk_size``, so which process scores a chunk never
+    changes the merged arrays, and a resumed scan may use another number of processes.
+    """
+    with state.split_between_processes(list(range(0, n, chunk_size))) as mine:
+        return list(mine)
 
 
 #: How a difference is told when the values themselves say little.
@@ -807,17 +796,17 @@ def _scan_one(
     attention_weights,
     chunk_size,
     progress,
-    shard: Shard | None = None,
+    owned: Sequence[int],
+    processes: int = 1,
     log: Callable[[str], None] = print,
     starts: Sequence[int] | None = None,
 ) -> None:
-    """Score this process's chunks that are not on disk yet (or ``starts``), writing each as it
-    finishes; chunks already on disk are verified first and bad ones set aside."""
+    """Score the chunks starting at ``owned`` (this process's share) that are not on disk yet
+    (or exactly ``starts``), writing each as it finishes; chunks already on disk are verified
+    first and bad ones set aside."""
     from qkscore.scoring import score_prompts
 
     n = len(prompts)
-    shard = shard or Shard()
-    owned = [s for s in range(0, n, chunk_size) if shard.owns(s // chunk_size)]
     if starts is None:
         starts = run.check_chunks(scan_name, owned, log)
     else:
@@ -825,9 +814,7 @@ def _scan_one(
     identity = run._chunk_identity(meta)
     total = sum(min(chunk_size, n - s) for s in owned)
     done = total - sum(min(chunk_size, n - s) for s in starts)
-    label = f"scan {scan_name}" + (
-        f" [shard {shard.rank}/{shard.world}]" if shard.world > 1 else ""
-    )
+    label = f"scan {scan_name}" + (f" [{processes} processes]" if processes > 1 else "")
     with _progress(progress, label, total, done) as advance:
         for start in starts:
             block = prompts[start : start + chunk_size]
