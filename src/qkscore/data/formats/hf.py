@@ -22,7 +22,8 @@ def _import_datasets() -> Any:
         import datasets
     except ImportError:
         raise MissingDependencyError(
-            "the hf format needs the Hugging Face 'datasets' package: pip install datasets",
+            "the hf format needs the Hugging Face 'datasets' package: pip install datasets "
+            "(or the qkscore[hf] extra)",
             field="hf",
         ) from None
     return datasets
