@@ -137,18 +137,20 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run folder to evaluate."),
     profile: Path = typer.Option(..., "--profile", "-p"),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Also write the JSON report, with predictions.jsonl (and .parquet) beside it.",
+    ),
     n_boot: int = typer.Option(1000, min=1, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Report the head against the model's own answer, never on calibration items."""
     console = _console()
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
-    from qkscore.run import write_json
 
-    report = run_evaluate(run, profile, n_boot=n_boot)
-    if out is not None:
-        write_json(out, report)
+    report = run_evaluate(run, profile, n_boot=n_boot, out=out)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -306,7 +308,7 @@ def demo(
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
     from qkscore.report.html import write_report
-    from qkscore.run import CONTROLS, write_json
+    from qkscore.run import CONTROLS
     from qkscore.run import scan as run_scan
 
     console.rule(f"qkscore demo: {model} on {data}")
@@ -322,9 +324,10 @@ def demo(
         log=console.print,
     )
     profile = run_calibrate(run.path, calib_size=calib_size, out=out / "profile.json")
-    result = run_evaluate(run.path, profile)
-    write_json(out / "evaluation.json", result)
+    result = run_evaluate(run.path, profile, out=out / "evaluation.json")
     (out / "summary.md").write_text(summary_markdown(result) + "\n")
     write_report(run.path, profile, result, out / "report.html")
     console.print(Markdown(summary_markdown(result)))
-    console.print(f"[green]wrote {out}/report.html, evaluation.json, summary.md, profile.json[/]")
+    console.print(
+        f"[green]wrote {out}/report.html, evaluation.json, predictions, summary.md, profile.json[/]"
+    )
