@@ -25,6 +25,16 @@ _LAZY = {
     "get_template": "qkscore.prompts",
     "HeadSelector": "qkscore.heads",
     "TopKEnsemble": "qkscore.heads",
+    # the pipeline and its results
+    "Judge": "qkscore.audit",
+    "scan": "qkscore.run",
+    "calibrate": "qkscore.pipeline",
+    # the function; the statistics module of the same name shadows it once imported (its
+    # rename is pending)
+    "evaluate": "qkscore.pipeline",
+    "Profile": "qkscore.profile",
+    "load_run": "qkscore.outputs",
+    "Evaluation": "qkscore.results",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -181,7 +181,7 @@ class RunResults:
         n_layers, n_heads = scores.shape[1:3]
         layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
         frame = pd.DataFrame({"layer": layer.ravel(), "head": head.ravel()})
-        frame.insert(0, "name", [f"L{a}H{b}" for a, b in zip(frame.layer, frame.head)])
+        frame.insert(0, "name", [f"L{a}H{b}" for a, b in zip(layer.ravel(), head.ravel())])
         if scores.shape[-1] == 2:
             margin = scores[..., 0] - scores[..., 1]
             for option in (0, 1):

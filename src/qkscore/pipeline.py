@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from qkscore import evaluate as ev
+import qkscore.evaluate as ev  # the module (the package exports the function lazily)
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
 from qkscore.heads import HeadSelector, TopKEnsemble, head_name
 from qkscore.outputs import prediction_rows, write_evaluation

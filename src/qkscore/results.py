@@ -30,7 +30,7 @@ from qkscore._version import __version__
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
-_M = TypeVar("_M", bound="Output")
+_M = TypeVar("_M", bound="_Open")
 
 
 def versions() -> dict[str, str | None]:
@@ -49,6 +49,22 @@ class _Open(BaseModel):
     """A section that tolerates keys this version does not know (see the module docstring)."""
 
     model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def from_data(cls: type[_M], data: Any, where: str | Path) -> _M:
+        """Validate ``data`` read from ``where``; the error names the file and the field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ResultFileError(describe_errors(err, where, cls.__name__)) from None
+
+    @classmethod
+    def load(cls: type[_M], path: str | Path) -> _M:
+        return cls.from_data(read_json(path), path)
+
+    def to_data(self) -> dict[str, Any]:
+        """The JSON object to write: the keys given, in the order given (nothing invented)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class Versions(_Open):
@@ -85,22 +101,6 @@ class Output(_Open):
     schema_version: int = Field(SCHEMA_VERSION, le=SCHEMA_VERSION)
     qkscore_version: str
     versions: Versions | None = None  # absent in files made before schema_version existed
-
-    @classmethod
-    def from_data(cls: type[_M], data: Any, where: str | Path) -> _M:
-        """Validate ``data`` read from ``where``; the error names the file and the field."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ResultFileError(describe_errors(err, where, cls.__name__)) from None
-
-    @classmethod
-    def load(cls: type[_M], path: str | Path) -> _M:
-        return cls.from_data(read_json(path), path)
-
-    def to_data(self) -> dict[str, Any]:
-        """The JSON object to write: the keys given, in the order given (nothing invented)."""
-        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class ResultFileError(ValueError):
