@@ -217,18 +217,15 @@ def load_run(path: str | Path) -> RunResults:
         raise FileNotFoundError(f"{p} does not exist")
     if p.is_file():
         return _from_evaluation(p, p.parent)
-    if (p / "run.json").exists():
-        profile = p.parent / "profile.json"
-        evaluation = p.parent / "evaluation.json"
-        return RunResults(
-            p,
-            RunFolder(p),
-            evaluation if evaluation.exists() else None,
-            profile if profile.exists() else None,
-        )
+    if (p / "run.json").exists():  # its evaluation and profile: inside it, or beside it
+        return RunResults(p, RunFolder(p), _first(p, "evaluation.json"), _first(p, "profile.json"))
     if (p / "evaluation.json").exists():
         return _from_evaluation(p / "evaluation.json", p)
     raise FileNotFoundError(f"{p} holds neither run.json nor evaluation.json: not a qkscore output")
+
+
+def _first(folder: Path, name: str) -> Path | None:
+    return next((f / name for f in (folder, folder.parent) if (f / name).exists()), None)
 
 
 def _from_evaluation(evaluation: Path, folder: Path) -> RunResults:
