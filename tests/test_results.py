@@ -153,3 +153,20 @@ def test_the_findings_files_load(folder):
     if (folder / "run" / "run.json").exists():
         assert isinstance(RunMeta.load(folder / "run" / "run.json"), RunMeta)
         assert results.meta is not None and results.meta.n_items > 0
+
+
+def test_the_report_escapes_every_value_through_its_templates(evaluated):
+    """The HTML report's markup is in Jinja2 templates with autoescape: a hostile label from
+    an evaluation file comes out as text, and the page stays one self-contained file."""
+    from qkscore.report.html import render_report
+
+    root, report = evaluated
+    hostile = json.loads(json.dumps(report))
+    hostile["methods"]["majority"]["label"] = "<img src=x onerror=alert(1)>"
+    hostile["notes"] = ["<script>alert(1)</script>"]
+    text = render_report(root / "run", root / "profile.json", hostile)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "<img src=x" not in text
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    broken = {**hostile, "n_eval": "many"}
+    with pytest.raises(ResultFileError, match="field n_eval"):
+        render_report(root / "run", root / "profile.json", broken)
