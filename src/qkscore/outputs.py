@@ -84,7 +84,7 @@ def write_evaluation(
         table = _flatten(rows)
         _atomic_write_bytes(written[1], lambda fh: table.to_parquet(fh, index=False))
     data = {**report, "predictions": [p.name for p in written]}
-    write_json(out, Evaluation.from_data(data, out).to_data())
+    write_json(out, Evaluation.checked(data, out))
     return [out, *written]
 
 

@@ -86,7 +86,7 @@ class Profile:
         from qkscore.run import write_json
 
         self.path = Path(path)
-        write_json(self.path, ProfileModel.from_data(self.data, self.path).to_data())
+        write_json(self.path, ProfileModel.checked(self.data, self.path))
 
     @property
     def head(self) -> tuple[int, int]:

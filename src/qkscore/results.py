@@ -59,11 +59,17 @@ class _Open(BaseModel):
             raise ResultFileError(describe_errors(err, where, cls.__name__)) from None
 
     @classmethod
+    def checked(cls, data: Any, where: str | Path) -> Any:
+        """``data`` itself, once validated: writers write it as given (key order included)."""
+        cls.from_data(data, where)
+        return data
+
+    @classmethod
     def load(cls: type[_M], path: str | Path) -> _M:
         return cls.from_data(read_json(path), path)
 
     def to_data(self) -> dict[str, Any]:
-        """The JSON object to write: the keys given, in the order given (nothing invented)."""
+        """The keys given (nothing invented); declared fields come first."""
         return self.model_dump(mode="json", exclude_unset=True)
 
 

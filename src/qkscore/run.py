@@ -214,7 +214,7 @@ class RunFolder:
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         """Write run.json, validated (:class:`qkscore.results.RunMeta`)."""
-        write_json(self.meta_path, RunMeta.from_data(meta, self.meta_path).to_data())
+        write_json(self.meta_path, RunMeta.checked(meta, self.meta_path))
 
     def items(self) -> list[dict[str, Any]]:
         """The items.jsonl records, refused when they disagree with run.json (count or content

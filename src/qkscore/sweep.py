@@ -22,7 +22,7 @@ from typing import Any
 
 from qkscore.pipeline import MIN_CALIBRATION, calibrate, evaluate
 from qkscore.profile import Profile
-from qkscore.results import Evaluation
+from qkscore.results import Evaluation, read_json
 from qkscore.run import scan, write_json
 
 __all__ = ["DEFAULT_GRID", "parse_grid", "sweep"]
@@ -151,7 +151,7 @@ def sweep(
                 profile = calibrate(run.path, calib_size=calib_size, seed=seed, out=profile_path)
         eval_path = folder / "evaluation.json"
         if eval_path.exists():
-            evaluations[slug] = Evaluation.load(eval_path).to_data()
+            evaluations[slug] = Evaluation.checked(read_json(eval_path), eval_path)
         else:
             evaluations[slug] = evaluate(run.path, profile, n_boot=n_boot, seed=seed, out=eval_path)
         rows += _rows(slug, setting, profile, evaluations[slug])
