@@ -5,6 +5,7 @@ evaluation's per-item predictions load back as DataFrames that agree with its me
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -170,3 +171,15 @@ def test_the_report_escapes_every_value_through_its_templates(evaluated):
     broken = {**hostile, "n_eval": "many"}
     with pytest.raises(ResultFileError, match="field n_eval"):
         render_report(root / "run", root / "profile.json", broken)
+
+
+def test_without_pandas_the_error_names_the_extra(evaluated, monkeypatch):
+    root, _ = evaluated
+    results = load_run(root)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'qkscore\[data\]'"):
+        results.evaluation.to_pandas()
+    with pytest.raises(ImportError, match="data extra"):
+        _ = load_run(root).predictions
+    # the JSON files need no pandas
+    assert load_run(root).evaluation.n_eval == 200

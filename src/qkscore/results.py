@@ -21,7 +21,7 @@ import json
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +49,8 @@ class _Open(BaseModel):
     """A section that tolerates keys this version does not know (see the module docstring)."""
 
     model_config = ConfigDict(extra="allow")
+    #: What the file is, for error messages.
+    what: ClassVar[str] = "output section"
 
     @classmethod
     def from_data(cls: type[_M], data: Any, where: str | Path) -> _M:
@@ -56,7 +58,7 @@ class _Open(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ResultFileError(describe_errors(err, where, cls.__name__)) from None
+            raise ResultFileError(describe_errors(err, where, cls.what)) from None
 
     @classmethod
     def checked(cls, data: Any, where: str | Path) -> Any:
@@ -159,6 +161,8 @@ class ScanState(_Open):
 class RunMeta(Output):
     """``run.json``: how a run folder's arrays were made."""
 
+    what: ClassVar[str] = "run.json"
+
     created: str
     model: ModelInfo
     template: TemplateSettings
@@ -199,6 +203,8 @@ class ProfileModel(Output):
     """``profile.json``: what calibration chose. The fitted estimators (``selector``,
     ``readers``, ``baselines``, ``ensemble``) stay JSON objects: their own ``from_dict``
     checks them (``Profile.validate``)."""
+
+    what: ClassVar[str] = "profile"
 
     created: str | None = None
     model: ModelInfo
@@ -268,6 +274,8 @@ class Evaluation(Output):
     """``evaluation.json``: every reader and fair baseline on the evaluation items, keyed by
     stable machine names (:data:`METHOD_KEYS`)."""
 
+    what: ClassVar[str] = "evaluation"
+
     run: str
     profile: str | None = None
     model: str | None = None
@@ -328,6 +336,8 @@ class MethodPrediction(BaseModel):
 
 class PredictionRow(_Open):
     """One line of ``predictions.jsonl``: an evaluated item and every method's verdict."""
+
+    what: ClassVar[str] = "prediction row"
 
     id: str
     index: int
