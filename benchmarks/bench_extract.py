@@ -582,7 +582,7 @@ def _random_model(name: str, dtype: str, device: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from qkscore.models import LoadedModel, adapter_for, head_layout
+    from qkscore.models import LoadedModel
     from qkscore.models.aliases import get_alias
     from qkscore.models.loading import resolve_dtype
 
@@ -598,13 +598,7 @@ def _random_model(name: str, dtype: str, device: str):
             config, dtype=resolve_dtype(dtype, device), attn_implementation="sdpa"
         )
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    return LoadedModel(
-        model=model.to(device).eval(),
-        tokenizer=tokenizer,
-        name=name,
-        adapter=adapter_for(model),
-        layout=head_layout(model.config.get_text_config()),
-    )
+    return LoadedModel.from_model(model.to(device), tokenizer, name=name)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,37 @@ def test_verify_chain_judges_each_step_on_what_came_before(judge):
     assert [s.verdict for s in from_text.steps] == [s.verdict for s in result.steps]
 
 
+def test_check_takes_lists_and_returns_probabilities(judge):
+    """Lists give P(valid) per pair from one batched pass, equal to the verdicts' own."""
+    one_by_one = [judge.check(CONTEXT, s, model_answer=False).probability for s in STATEMENTS]
+    batched = judge.check([CONTEXT] * len(STATEMENTS), STATEMENTS, model_answer=False)
+    assert isinstance(batched, np.ndarray) and batched.shape == (len(STATEMENTS),)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
+    shared = judge.check(CONTEXT, STATEMENTS, model_answer=False)  # one context for all
+    np.testing.assert_allclose(shared, batched, atol=1e-6)
+    with pytest.raises(ValueError, match="2 contexts for 5 statements"):
+        judge.check([CONTEXT, CONTEXT], STATEMENTS)
+    assert judge.check([], []).shape == (0,)
+
+
+def test_a_model_in_memory_judges_like_the_loaded_one(judge, smollm2):
+    """``LoadedModel.from_model`` wraps the same weights; with the profile's fingerprint the
+    judge accepts it and gives the same margin. Without it, its own fingerprint is refused."""
+    from qkscore.models import LoadedModel
+
+    wrapped = LoadedModel.from_model(smollm2.model, smollm2.tokenizer)
+    assert (wrapped.n_layers, wrapped.n_heads) == (smollm2.n_layers, smollm2.n_heads)
+    assert wrapped.adapter.family == smollm2.adapter.family
+    assert wrapped.fingerprint != smollm2.fingerprint and len(wrapped.fingerprint) == 16
+    assert LoadedModel.from_model(smollm2.model).fingerprint == wrapped.fingerprint
+    with pytest.raises(ProfileMismatchError, match="fingerprint"):
+        Judge(judge.profile, model=wrapped)
+    same = LoadedModel.from_model(smollm2.model, smollm2.tokenizer, fingerprint=judge.fingerprint)
+    mine = Judge(judge.profile, model=same).check(CONTEXT, STATEMENTS[0], model_answer=False)
+    theirs = judge.check(CONTEXT, STATEMENTS[0], model_answer=False)
+    assert mine.margin == pytest.approx(theirs.margin, abs=1e-5)
+
+
 def test_bad_input_is_refused_clearly(judge):
     with pytest.raises(ValueError, match="the statement must not be blank"):
         judge.check(CONTEXT, "   ")

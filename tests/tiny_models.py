@@ -17,7 +17,6 @@ from contextlib import contextmanager
 import torch
 import transformers
 
-from qkscore.models.adapters import adapter_for, head_layout
 from qkscore.models.loading import LoadedModel
 
 VOCAB = 100
@@ -170,13 +169,7 @@ def build_tiny(family: str, attn_implementation: str | None = None, seed: int = 
 
 
 def wrap(model, name: str) -> LoadedModel:
-    return LoadedModel(
-        model=model,
-        tokenizer=None,
-        name=name,
-        adapter=adapter_for(model),
-        layout=head_layout(model.config.get_text_config()),
-    )
+    return LoadedModel.from_model(model, name=name)
 
 
 def modeling_module(family: str):

@@ -25,6 +25,14 @@ _LAZY = {
     "get_template": "qkscore.prompts",
     "HeadSelector": "qkscore.estimators.heads",
     "TopKEnsemble": "qkscore.estimators.ensemble",
+    # the pipeline and its results
+    "Judge": "qkscore.audit",
+    "scan": "qkscore.run",
+    "calibrate": "qkscore.pipeline",
+    "evaluate": "qkscore.pipeline",
+    "Profile": "qkscore.profile",
+    "load_run": "qkscore.outputs",
+    "Evaluation": "qkscore.results",
 }
 
 __all__ = ["__version__", *_LAZY]

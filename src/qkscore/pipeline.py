@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from qkscore import stats
-from qkscore._version import __version__
 from qkscore.data.controls import control_names
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
 from qkscore.estimators.ensemble import TopKEnsemble
@@ -31,7 +30,9 @@ from qkscore.estimators.readers import (
     reader_fit,
     reader_predict_proba,
 )
+from qkscore.outputs import prediction_rows, write_evaluation
 from qkscore.profile import Profile
+from qkscore.results import stamp
 from qkscore.run import MAIN, RunFolder
 
 MIN_CALIBRATION = 400
@@ -165,40 +166,41 @@ def calibrate(
             readers[name] = fitted.to_dict()
     layer, head = selector.head_
     best = selector.ranking_[0]
-    data: dict[str, Any] = {
-        "qkscore_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": meta["model"],
-        "template": meta["template"],
-        "rope": meta["rope"],
-        "data": meta["data"],
-        "run": str(run.path),
-        "reader": choice["chosen"],
-        "reader_choice": choice,
-        "readers": readers,
-        "baselines": _fit_baselines(run, meta, calib, y, baseline),
-        "head": head_name(layer, head),
-        "layer": int(layer),
-        "head_index": int(head),
-        "sign": int(best["sign"]),
-        "threshold": best.get("threshold"),
-        "calibration": {
-            "size": int(len(calib)),
-            "seed": seed,
-            "metric": metric,
-            "cv_folds": cv,
-            "label_counts": {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))},
-            "accuracy": best["accuracy"],
-            "balanced_accuracy": best["balanced_accuracy"],
-            "auroc": best["auroc"],
-            "warnings": notes,
-            "item_ids": [records[i]["id"] for i in calib],
-        },
-        "evaluation_ids": [records[i]["id"] for i in rest],
-        "selector": selector.to_dict(),
-        "ensemble": ens.to_dict() if ens is not None else None,
-        "ranking": selector.ranking_,
-    }
+    data: dict[str, Any] = stamp(
+        {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": meta["model"],
+            "template": meta["template"],
+            "rope": meta["rope"],
+            "data": meta["data"],
+            "run": str(run.path),
+            "reader": choice["chosen"],
+            "reader_choice": choice,
+            "readers": readers,
+            "baselines": _fit_baselines(run, meta, calib, y, baseline),
+            "head": head_name(layer, head),
+            "layer": int(layer),
+            "head_index": int(head),
+            "sign": int(best["sign"]),
+            "threshold": best.get("threshold"),
+            "calibration": {
+                "size": int(len(calib)),
+                "seed": seed,
+                "metric": metric,
+                "cv_folds": cv,
+                "label_counts": {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))},
+                "accuracy": best["accuracy"],
+                "balanced_accuracy": best["balanced_accuracy"],
+                "auroc": best["auroc"],
+                "warnings": notes,
+                "item_ids": [records[i]["id"] for i in calib],
+            },
+            "evaluation_ids": [records[i]["id"] for i in rest],
+            "selector": selector.to_dict(),
+            "ensemble": ens.to_dict() if ens is not None else None,
+            "ranking": selector.ranking_,
+        }
+    )
     profile = Profile(data)
     if out is not None:
         profile.save(out)
@@ -249,6 +251,7 @@ def evaluate(
     profile: Profile | str | Path,
     n_boot: int = 1000,
     seed: int = 0,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every reader of the profile and the fair baselines on the evaluation items.
 
@@ -256,7 +259,21 @@ def evaluate(
     ``linear-l1``, ``hybrid``, ``model_answer``, ``model_margin``, ``attention``,
     ``hidden_probe``, ``shallow``, ``majority``); each carries a display ``label``. Every
     reader is also scored under each control scan the run holds.
+
+    ``out`` (an ``evaluation.json`` path) writes the report, validated
+    (:class:`qkscore.results.Evaluation`), and beside it the per-item verdicts of every method:
+    ``predictions.jsonl`` always, ``predictions.parquet`` when pyarrow is installed.
     """
+    report, rows = _evaluate(run_path, profile, n_boot, seed)
+    if out is not None:
+        write_evaluation(out, report, rows)
+    return report
+
+
+def _evaluate(
+    run_path: str | Path, profile: Profile | str | Path, n_boot: int, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The evaluation report and its per-item prediction rows."""
     run = RunFolder(run_path)
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
     meta = run.meta()
@@ -341,29 +358,41 @@ def evaluate(
             f"only {len(idx)} evaluation items (fewer than {MIN_EVALUATION}): intervals are wide "
             "and small differences mean little"
         )
-    return {
-        "qkscore_version": __version__,
-        "run": str(run.path),
-        "profile": str(prof.path) if prof.path else None,
-        "model": meta["model"].get("name"),
-        "fingerprint": meta["model"].get("fingerprint"),
-        "template": meta["template"].get("name"),
-        "data": meta["data"],
-        "calibration_data": prof.data.get("data"),
-        "reader": chosen,
-        "reader_choice": prof.data.get("reader_choice"),
-        "head": name,
-        "sign": prof.data.get("sign"),
-        "split": split,
-        "n_eval": int(len(idx)),
-        "label_counts": {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))},
-        "methods": methods,
-        "mcnemar": tests,
-        "breakdowns": breakdowns,
-        "controls": controls,
-        "notes": notes,
-        "calibration": {k: v for k, v in prof.data["calibration"].items() if k != "item_ids"},
-    }
+    rows = prediction_rows(
+        records,
+        labels,
+        "evaluation" if prof.data.get("data") == meta["data"] else "transfer",
+        preds,
+        margins,
+    )
+    report = stamp(
+        {
+            "run": str(run.path),
+            "profile": str(prof.path) if prof.path else None,
+            "model": meta["model"].get("name"),
+            "fingerprint": meta["model"].get("fingerprint"),
+            "template": meta["template"].get("name"),
+            "template_settings": meta["template"],
+            "data": meta["data"],
+            "calibration_data": prof.data.get("data"),
+            "reader": chosen,
+            "reader_choice": prof.data.get("reader_choice"),
+            "head": name,
+            "sign": prof.data.get("sign"),
+            "split": split,
+            "n_eval": int(len(idx)),
+            "label_counts": {
+                str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))
+            },
+            "methods": methods,
+            "mcnemar": tests,
+            "breakdowns": breakdowns,
+            "controls": controls,
+            "notes": notes,
+            "calibration": {k: v for k, v in prof.data["calibration"].items() if k != "item_ids"},
+        }
+    )
+    return report, rows
 
 
 def _scan_inputs(run: RunFolder, scan_name: str, idx: np.ndarray) -> dict[str, Any]:
@@ -392,7 +421,7 @@ def _reader_label(key: str, reader: Any) -> str:
         return f"head {reader.head_name_}"
     if isinstance(reader, TopKEnsemble):
         return f"ensemble (k={reader.k_})"
-    if key.startswith("linear"):
+    if key in ("linear", "linear-l1"):
         return f"{key} over all heads ({reader.n_kept_} kept, C={reader.C_:g})"
     return key
 

@@ -1,4 +1,8 @@
-"""Profiles: what calibration chose, stored as plain JSON that any later step can trust.
+"""Profiles: what calibration chose, stored as JSON that any later step can trust.
+
+The file's layout is :class:`qkscore.results.ProfileModel` (``docs/schemas/profile.schema.json``):
+saving and loading validate through it. ``Profile.data`` stays the plain dict (the readers,
+the service and the report read it by key).
 
 A profile pins the model (fingerprint), the template and the scoring settings it was made with;
 judging an item with another model or template would silently mean nothing, so loaders of a
@@ -17,6 +21,7 @@ from qkscore.data.textio import read_text_file
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector, parse_head_name
 from qkscore.estimators.readers import HiddenStateProbe, reader_from_dict
+from qkscore.results import ProfileModel
 
 
 class ProfileMismatchError(RuntimeError):
@@ -37,6 +42,8 @@ class Profile:
             raise FileNotFoundError(f"profile {p} does not exist") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"{p}:{err.lineno}: not valid profile JSON ({err.msg})") from None
+        if isinstance(data, dict):  # a non-object gets validate()'s message
+            ProfileModel.from_data(data, p)
         profile = cls(data, p)
         profile.validate()
         return profile
@@ -80,7 +87,7 @@ class Profile:
         from qkscore.run import write_json
 
         self.path = Path(path)
-        write_json(self.path, self.data)
+        write_json(self.path, ProfileModel.checked(self.data, self.path))
 
     @property
     def head(self) -> tuple[int, int]:

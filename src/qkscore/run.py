@@ -58,10 +58,10 @@ from typing import Any
 
 import numpy as np
 
-from qkscore._version import __version__
 from qkscore.data import Item, load_items
 from qkscore.data.controls import control_items, control_names, get_control
 from qkscore.prompts import Prompt, Template, get_template, with_fewshot
+from qkscore.results import ResultFileError, RunMeta, stamp
 
 MAIN = "main"
 DEFAULT_CHUNK = 64
@@ -185,10 +185,15 @@ class RunFolder:
             ) from err
         if not isinstance(meta, dict) or "scans" not in meta:
             raise RunFolderError(f"{self.meta_path} is not a qkscore run.json (no scans)")
+        try:
+            RunMeta.from_data(meta, self.meta_path)
+        except ResultFileError as err:
+            raise RunFolderError(str(err)) from None
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        write_json(self.meta_path, meta)
+        """Write run.json, validated (:class:`qkscore.results.RunMeta`)."""
+        write_json(self.meta_path, RunMeta.checked(meta, self.meta_path))
 
     def items(self) -> list[dict[str, Any]]:
         """The items.jsonl records, refused when they disagree with run.json (count or content
@@ -572,26 +577,27 @@ def scan(
         else load_model(model, dtype=dtype, device=_scan_device(state), device_map=device_map)
     )
     prompts = [tmpl.render(item, lm.tokenizer) for item in items]
-    meta = {
-        "qkscore_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": lm.describe(),
-        "template": tmpl.describe(),
-        "data": spec,
-        "items_sha256": items_hash,
-        "rope": rope,
-        "attention_weights": attention_weights,
-        "n_items": len(items),
-        "n_layers": lm.n_layers,
-        "n_heads": lm.n_heads,
-        "d_model": lm.d_model,
-        "n_options": max(p.n_options for p in prompts),
-        "hidden_layers": hidden_layer_choice(hidden_layers, lm.n_layers),
-        "chunk_size": chunk_size,
-        "batch_size": batch_size,
-        "share_prefix": shared,
-        "scans": {},
-    }
+    meta = stamp(
+        {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": lm.describe(),
+            "template": tmpl.describe(),
+            "data": spec,
+            "items_sha256": items_hash,
+            "rope": rope,
+            "attention_weights": attention_weights,
+            "n_items": len(items),
+            "n_layers": lm.n_layers,
+            "n_heads": lm.n_heads,
+            "d_model": lm.d_model,
+            "n_options": max(p.n_options for p in prompts),
+            "hidden_layers": hidden_layer_choice(hidden_layers, lm.n_layers),
+            "chunk_size": chunk_size,
+            "batch_size": batch_size,
+            "share_prefix": shared,
+            "scans": {},
+        }
+    )
     write_items = old is None
     if old is not None:
         _refuse_differences(run, _folder_identity(run, old), _identity(meta))

@@ -15,7 +15,6 @@ reused as they are.
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from qkscore.pipeline import MIN_CALIBRATION, calibrate, evaluate
 from qkscore.profile import Profile
+from qkscore.results import Evaluation, read_json
 from qkscore.run import scan, write_json
 
 __all__ = ["DEFAULT_GRID", "parse_grid", "sweep"]
@@ -151,10 +151,9 @@ def sweep(
                 profile = calibrate(run.path, calib_size=calib_size, seed=seed, out=profile_path)
         eval_path = folder / "evaluation.json"
         if eval_path.exists():
-            evaluations[slug] = json.loads(eval_path.read_text())
+            evaluations[slug] = Evaluation.checked(read_json(eval_path), eval_path)
         else:
-            evaluations[slug] = evaluate(run.path, profile, n_boot=n_boot, seed=seed)
-            write_json(eval_path, evaluations[slug])
+            evaluations[slug] = evaluate(run.path, profile, n_boot=n_boot, seed=seed, out=eval_path)
         rows += _rows(slug, setting, profile, evaluations[slug])
     ranked = sorted(rows, key=lambda r: -(r["cv_auroc"] if r["cv_auroc"] is not None else -1))
     best = ranked[0] if ranked else None

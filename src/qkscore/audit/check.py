@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -189,9 +189,38 @@ class Judge:
 
     # ---- judging ------------------------------------------------------------------------
 
-    def check(self, context: str, statement: str, model_answer: bool | None = None) -> Verdict:
-        """Judge whether ``statement`` follows from ``context``."""
-        return self.check_many([(context, statement)], model_answer)[0]
+    @overload
+    def check(self, context: str, statement: str, model_answer: bool | None = None) -> Verdict: ...
+
+    @overload
+    def check(
+        self,
+        context: str | Sequence[str],
+        statement: Sequence[str],
+        model_answer: bool | None = None,
+    ) -> np.ndarray: ...
+
+    def check(self, context, statement, model_answer=None):
+        """Judge whether ``statement`` follows from ``context``.
+
+        Two strings give a :class:`Verdict`. Lists (one context per statement, or one context
+        for every statement) give the reader's P(valid) per pair as a float array, from one
+        batched pass: for use inside an evaluation or training loop
+        (``model_answer=False`` skips the layers the reader does not read).
+        """
+        if isinstance(statement, str):
+            if not isinstance(context, str | None):
+                raise ValueError("one statement takes one context (text); pass lists for many")
+            return self.check_many([(context, statement)], model_answer)[0]
+        statements = list(statement)
+        contexts = [context] * len(statements) if isinstance(context, str) else list(context)
+        if len(contexts) != len(statements):
+            raise ValueError(
+                f"{len(contexts)} contexts for {len(statements)} statements: pass one context "
+                "per statement, or one context (text) for all"
+            )
+        verdicts = self.check_many(list(zip(contexts, statements)), model_answer)
+        return np.array([v.probability for v in verdicts], dtype=np.float64)
 
     def check_many(
         self, pairs: Sequence[tuple[str, str]], model_answer: bool | None = None

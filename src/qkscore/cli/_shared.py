@@ -7,9 +7,10 @@ from rich.console import Console
 from qkscore.cli._errors import CommandError
 
 
-def console() -> Console:
-    """Created per call so it writes to the stdout in effect now (CliRunner swaps it)."""
-    return Console(highlight=False, soft_wrap=False)
+def console(stderr: bool = False) -> Console:
+    """Created per call so it writes to the stdout in effect now (CliRunner swaps it);
+    ``stderr=True`` when stdout carries JSON (``--json``)."""
+    return Console(highlight=False, soft_wrap=False, stderr=stderr)
 
 
 def fail(message: str) -> CommandError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -14,12 +15,32 @@ app = typer.Typer(help="List and install packaged offline models.", invoke_witho
 
 
 @app.callback()
-def list_models(ctx: typer.Context) -> None:
+def list_models(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
     """List the packaged aliases: installed or not, parameters, size, license, cache state."""
     console = _console()
     if ctx.invoked_subcommand is not None:
         return
     from qkscore.models import ALIASES, cache_dir
+
+    if as_json:
+        rows = [
+            {
+                "alias": m.alias,
+                "repo_id": m.repo_id,
+                "params": m.params,
+                "size_bytes": m.size_bytes,
+                "license": m.license,
+                "installed": m.installed(),
+                "converted": m.is_converted(),
+                "install_command": m.install_command,
+            }
+            for m in ALIASES.values()
+        ]
+        typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
+        return
 
     table = Table(title=f"Packaged models (cache: {cache_dir()})")
     for col in ("alias", "model", "params", "GGUF size", "license", "installed", "converted"):

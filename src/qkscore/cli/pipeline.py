@@ -49,9 +49,12 @@ def scan(
     num_fewshot: int = typer.Option(
         0, min=0, help="Solved examples from the data shown before every item (not scored)."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the run's metadata (run.json) as JSON; progress on stderr."
+    ),
 ) -> None:
     """Score every head on every item into a resumable run folder."""
-    console = _console()
+    console = _console(stderr=as_json)
     from qkscore.run import scan as run_scan
 
     run = run_scan(
@@ -74,6 +77,9 @@ def scan(
         log=console.print,
     )
     meta = run.meta()
+    if as_json:
+        _echo_json({"run": str(run.path), **meta})
+        return
     console.print(
         f"[green]{run.path}[/]: {meta['n_items']} items x {meta['n_layers']} layers x "
         f"{meta['n_heads']} heads; scans: {', '.join(run.scans())}"
@@ -95,15 +101,24 @@ def calibrate(
     ),
     cv: int = typer.Option(5, min=2, help="Folds for choosing the reader and its settings."),
     no_ensemble: bool = typer.Option(False, help="Skip the top-k ensemble."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print what was chosen as JSON (the profile less its fitted estimators and item "
+        "ids, which stay in the file; the ranking's top 10).",
+    ),
 ) -> None:
     """Fit every reader and the fair baselines on a balanced calibration split; pick the
     reader by cross-validation on that split alone."""
-    console = _console()
+    console = _console(stderr=as_json)
     from qkscore.pipeline import calibrate as run_calibrate
 
     profile = run_calibrate(
         run, calib_size, seed, out, metric, ensemble=not no_ensemble, reader=reader, cv=cv
     )
+    if as_json:
+        _echo_json(_calibration_summary(profile, out))
+        return
     cal = profile.data["calibration"]
     for note in cal["warnings"]:
         console.print(f"[yellow]warning:[/] {note}")
@@ -136,24 +151,42 @@ def calibrate(
     )
 
 
+#: Profile sections too bulky for a terminal: the fitted estimators and the item ids.
+_BULKY = ("readers", "baselines", "selector", "ensemble", "evaluation_ids", "ranking")
+
+
+def _calibration_summary(profile, out: Path) -> dict:
+    data = profile.data
+    summary = {k: v for k, v in data.items() if k not in _BULKY}
+    summary["calibration"] = {k: v for k, v in data["calibration"].items() if k != "item_ids"}
+    summary["ranking"] = data["ranking"][:10]
+    return {"profile": str(out), **summary}
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder to evaluate."),
     profile: Path = typer.Option(..., "--profile", "-p"),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Also write the JSON report, with predictions.jsonl (and .parquet) beside it.",
+    ),
     n_boot: int = typer.Option(1000, min=1, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Report the head against the model's own answer, never on calibration items."""
     console = _console()
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
-    from qkscore.run import write_json
 
-    report = run_evaluate(run, profile, n_boot=n_boot)
-    if out is not None:
-        write_json(out, report)
+    report = run_evaluate(run, profile, n_boot=n_boot, out=out)
     if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
+        _echo_json(report)
     else:
         console.print(Markdown(summary_markdown(report)))
 
@@ -311,7 +344,6 @@ def demo(
     from qkscore.report import summary_markdown
     from qkscore.report.html import write_report
     from qkscore.run import scan as run_scan
-    from qkscore.run import write_json
 
     console.rule(f"qkscore demo: {model} on {data}")
     run = run_scan(
@@ -326,9 +358,10 @@ def demo(
         log=console.print,
     )
     profile = run_calibrate(run.path, calib_size=calib_size, out=out / "profile.json")
-    result = run_evaluate(run.path, profile)
-    write_json(out / "evaluation.json", result)
+    result = run_evaluate(run.path, profile, out=out / "evaluation.json")
     (out / "summary.md").write_text(summary_markdown(result) + "\n")
     write_report(run.path, profile, result, out / "report.html")
     console.print(Markdown(summary_markdown(result)))
-    console.print(f"[green]wrote {out}/report.html, evaluation.json, summary.md, profile.json[/]")
+    console.print(
+        f"[green]wrote {out}/report.html, evaluation.json, predictions, summary.md, profile.json[/]"
+    )

@@ -87,6 +87,37 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any = None,
+        name: str | None = None,
+        fingerprint: str | None = None,
+    ) -> LoadedModel:
+        """Wrap a transformers causal LM already in memory (fine-tuned, patched, built from a
+        config) for extraction. The model is put in eval mode and a tokenizer without a pad
+        token gets one.
+
+        ``name`` defaults to the model's ``name_or_path``; ``fingerprint`` defaults to a hash
+        of the config and a sample of every parameter (names, shapes, first values), so a
+        profile calibrated on this model refuses another one. A profile made from
+        :func:`load_model` records the file's fingerprint instead: pass that one (the
+        profile's ``model.fingerprint``) to judge with the same weights loaded by hand.
+        """
+        adapter = adapter_for(model)  # an unsupported family is refused here, by name
+        config = _text_config(model.config)
+        model.eval()
+        return cls(
+            model=model,
+            tokenizer=None if tokenizer is None else _with_padding(tokenizer),
+            name=name or str(getattr(model.config, "name_or_path", "") or type(model).__name__),
+            adapter=adapter,
+            layout=head_layout(config),
+            source={"kind": "memory", "class": type(model).__name__},
+            fingerprint=fingerprint if fingerprint is not None else _fingerprint_params(model),
+        )
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -494,6 +525,18 @@ def _fingerprint_loaded(folder: str, source: dict[str, Any], config) -> str:
     log.warning("no weight files found for %s; its fingerprint covers only the config", folder)
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
     digest.update(json.dumps(source, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint_params(model: Any, sample: int = 1024) -> str:
+    """A short id of an in-memory model: its config and, per parameter, the name, shape and
+    first ``sample`` values (as float32), cheap at any size."""
+    digest = hashlib.sha256(b"qkscore memory fingerprint 1\n")
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            head = p.detach().reshape(-1)[:sample].to("cpu", torch.float32).numpy()
+            digest.update(f"\n{pname}:{tuple(p.shape)}:".encode() + head.tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -2,8 +2,11 @@
 
 Everything the page needs is inside the file: the CSS is inline, the plots are PNGs embedded as
 ``data:`` URIs, and there is no script, web font or link to fetch, so the report opens the same
-on an offline machine or as a mail attachment. Every piece of text from the run, the profile or
-the evaluation is escaped with ``html.escape``.
+on an offline machine or as a mail attachment.
+
+The markup lives in Jinja2 templates (``report/templates/``) rendered with autoescaping: this
+module gathers plain values (numbers, names, figure URIs) and every piece of text from the run,
+the profile or the evaluation is escaped by the template engine, never by hand.
 
 The sections follow the protocol: what was measured (header and verdict), how the head was chosen
 (calibration heatmap and ranking), how it reads new items (score distributions on the evaluation
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import html
+import functools
 import json
 import os
 import tempfile
@@ -32,73 +35,16 @@ from qkscore.report import plots
 from qkscore.report.summary import finite as _finite
 from qkscore.report.summary import number as _num
 from qkscore.report.summary import verdict as _verdict
+from qkscore.results import Evaluation
 from qkscore.run import MAIN, RunFolder
 
 __all__ = ["write_report", "render_report"]
 
 TOP_HEADS = 20
 
-_CSS = """
-:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#f6f8fa; --accent:#4c78a8;
-        --bad:#b42318; --badbg:#fef3f2; --warnbg:#fffaeb; --warn:#b54708; --ok:#067647; }
-* { box-sizing: border-box; }
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-       sans-serif; color: var(--fg); margin: 0; background: #fff; line-height: 1.45;
-       font-size: 15px; }
-main { max-width: 1080px; margin: 0 auto; padding: 24px 28px 64px; }
-h1 { font-size: 1.6rem; margin: 0 0 4px; }
-h2 { font-size: 1.2rem; margin: 36px 0 10px; padding-bottom: 4px;
-     border-bottom: 1px solid var(--line); }
-h3 { font-size: 1rem; margin: 20px 0 8px; }
-p { margin: 6px 0 10px; }
-.sub { color: var(--muted); margin: 0 0 18px; }
-code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-              font-size: 0.88em; }
-nav { font-size: 0.9rem; margin: 10px 0 18px; color: var(--muted); }
-nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
-table { border-collapse: collapse; margin: 8px 0 14px; font-size: 0.9rem; }
-th, td { border-bottom: 1px solid var(--line); padding: 5px 10px; text-align: left;
-         vertical-align: top; }
-th { background: var(--bg); font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.chosen td { background: #eef4fb; font-weight: 600; }
-tr.flagged td { background: var(--badbg); color: var(--bad); font-weight: 600; }
-.ci { color: var(--muted); font-weight: normal; }
-table.kv th { width: 220px; background: none; color: var(--muted); font-weight: 500; }
-table.kv table.kv { margin: 0; }
-table.kv table.kv th { width: auto; }
-.facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(230px, 1fr));
-         gap: 10px 18px; margin: 8px 0 18px; }
-.fact { background: var(--bg); border-radius: 6px; padding: 8px 12px; }
-.fact .k { color: var(--muted); font-size: 0.8rem; text-transform: uppercase;
-           letter-spacing: 0.03em; }
-.fact .v { font-weight: 600; word-break: break-word; }
-.verdict { border-left: 5px solid var(--accent); background: #eef4fb; padding: 12px 16px;
-           border-radius: 4px; font-size: 1.02rem; }
-.verdict.bad { border-color: var(--bad); background: var(--badbg); }
-.note { border-left: 4px solid var(--warn); background: var(--warnbg); padding: 8px 14px;
-        border-radius: 4px; margin: 10px 0; font-size: 0.92rem; }
-.note ul { margin: 4px 0; padding-left: 20px; }
-.bad { color: var(--bad); }
-.ok { color: var(--ok); }
-.muted { color: var(--muted); }
-figure { margin: 10px 0 18px; }
-figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
-figcaption { color: var(--muted); font-size: 0.88rem; margin-top: 4px; max-width: 900px; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 0.8rem;
-         font-weight: 600; }
-.badge.bad { background: var(--bad); color: #fff; }
-.badge.ok { background: #dcfae6; color: var(--ok); }
-footer { margin-top: 40px; color: var(--muted); font-size: 0.85rem; }
-"""
-
 
 # ---------------------------------------------------------------------------------------------
-# Small formatting helpers
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+# Formatting (Jinja filters)
 
 
 def _signed_num(value: Any, digits: int = 3) -> str:
@@ -111,68 +57,10 @@ def _pvalue(value: Any) -> str:
     return f"{value:.3g}" if value >= 1e-4 else f"{value:.1e}"
 
 
-def _metric(metric: Mapping[str, Any] | None) -> str:
-    """``value [low, high]`` cell content (escaped HTML)."""
-    if not metric or not _finite(metric.get("value")):
-        return '<span class="muted">n/a</span>'
-    out = _e(_num(metric["value"]))
-    if _finite(metric.get("low")) and _finite(metric.get("high")):
-        out += f' <span class="ci">[{_num(metric["low"])}, {_num(metric["high"])}]</span>'
-    return out
-
-
 def _sign_text(sign: Any) -> str:
     if sign is None:
         return "n/a"
     return "+1 (aligned)" if int(sign) > 0 else "-1 (anti-aligned)"
-
-
-def _table(
-    header: list[str],
-    rows: list[list[str]],
-    numeric: set[int] = frozenset(),
-    row_classes: list[str] | None = None,
-    cls: str = "",
-) -> str:
-    """Table from already-escaped cell HTML."""
-    head = "".join(
-        f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>"
-        for i, h in enumerate(header)
-    )
-    body = []
-    for r, row in enumerate(rows):
-        klass = row_classes[r] if row_classes and row_classes[r] else ""
-        cells = "".join(
-            f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
-            for i, c in enumerate(row)
-        )
-        body.append(f'<tr class="{klass}">{cells}</tr>' if klass else f"<tr>{cells}</tr>")
-    attr = f' class="{cls}"' if cls else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _kv(mapping: Mapping[str, Any], depth: int = 0) -> str:
-    """Key/value table of a (nested) mapping; lists of scalars inline, others as JSON."""
-    if not mapping:
-        return '<span class="muted">(empty)</span>'
-    rows = []
-    for key, value in mapping.items():
-        if isinstance(value, Mapping) and depth < 2:
-            cell = _kv(value, depth + 1)
-        elif isinstance(value, list | tuple) and all(
-            isinstance(v, str | int | float | bool) or v is None for v in value
-        ):
-            cell = (
-                _e(", ".join(_plain(v) for v in value))
-                if value
-                else '<span class="muted">[]</span>'
-            )
-        elif isinstance(value, Mapping | list | tuple):
-            cell = f'<span class="mono">{_e(json.dumps(value, default=str))}</span>'
-        else:
-            cell = _e(_plain(value))
-        rows.append(f"<tr><th>{_e(key)}</th><td>{cell}</td></tr>")
-    return f'<table class="kv"><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _plain(value: Any) -> str:
@@ -185,18 +73,45 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _figure(fig: Any, alt: str, caption: str = "") -> str:
-    uri = plots.figure_to_data_uri(fig)
-    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f'<figure><img src="{uri}" alt="{_e(alt)}">{cap}</figure>'
+@functools.cache
+def _environment() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(
+        loader=PackageLoader("qkscore.report", "templates"),
+        autoescape=True,  # every template, whatever its name: no text goes out unescaped
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(num=_num, signed=_signed_num, pvalue=_pvalue, percent=lambda v: f"{v:.1%}")
+    env.tests["finite_number"] = _finite
+    return env
 
 
-def _note(text_html: str) -> str:
-    return f'<div class="note">{text_html}</div>'
+def _kv_rows(mapping: Mapping[str, Any], depth: int = 0) -> list[dict[str, Any]]:
+    """Rows of a key/value table of a (nested) mapping: nested mappings as tables (two levels),
+    lists of scalars inline, anything else as JSON."""
+    rows = []
+    for key, value in mapping.items():
+        if isinstance(value, Mapping) and depth < 2:
+            row = {"kind": "kv", "value": _kv_rows(value, depth + 1)}
+        elif isinstance(value, list | tuple) and all(
+            isinstance(v, str | int | float | bool) or v is None for v in value
+        ):
+            row = {"kind": "text", "value": ", ".join(_plain(v) for v in value)}
+            if not value:
+                row = {"kind": "empty", "value": ""}
+        elif isinstance(value, Mapping | list | tuple):
+            row = {"kind": "json", "value": json.dumps(value, default=str)}
+        else:
+            row = {"kind": "text", "value": _plain(value)}
+        rows.append({"key": key, **row})
+    return rows
 
 
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+def _figure(fig: Any, **values: Any) -> dict[str, Any]:
+    return {"uri": plots.figure_to_data_uri(fig), **values}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,10 +153,10 @@ def _option_names(records: list[dict[str, Any]], n_options: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sections
+# Sections: the values each template section shows
 
 
-def _header(meta: Mapping[str, Any], prof: Profile, ev: Mapping[str, Any]) -> str:
+def _header(meta: Mapping[str, Any], prof: Profile, ev: Mapping[str, Any]) -> dict[str, Any]:
     model = meta.get("model", {})
     calib = prof.data.get("calibration", {})
     counts = ", ".join(f"{k}: {v}" for k, v in calib.get("label_counts", {}).items())
@@ -256,11 +171,7 @@ def _header(meta: Mapping[str, Any], prof: Profile, ev: Mapping[str, Any]) -> st
         ),
         ("Data", meta.get("data", ev.get("data")), f"{meta.get('n_items', '?')} items in the run"),
         ("Template", template.get("name", ev.get("template")), _template_line(template)),
-        (
-            "Reader chosen",
-            prof.reader_name,
-            _reader_line(prof),
-        ),
+        ("Reader chosen", prof.reader_name, _reader_line(prof)),
         (
             "Best single head",
             prof.data.get("head"),
@@ -273,56 +184,25 @@ def _header(meta: Mapping[str, Any], prof: Profile, ev: Mapping[str, Any]) -> st
         ),
         ("Evaluation items", ev.get("n_eval"), f"{ev.get('split', '')}; labels {ev_counts}"),
     ]
-    cells = "".join(
-        f'<div class="fact"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div>'
-        f'<div class="muted" style="font-size:0.85rem">{_e(d)}</div></div>'
-        for k, v, d in facts
-    )
     text = _verdict(dict(ev)) if ev.get("methods") else ""
     flagged = any(c.get("flagged") for c in ev.get("controls", {}).values())
     chance = "interval includes the majority-class rate" in text
-    klass = "verdict bad" if flagged or chance else "verdict"
-    verdict_html = (
-        f'<div class="{klass}"><strong>Verdict.</strong> {_e(text)}</div>'
-        if text
-        else '<div class="verdict">No verdict: the evaluation holds no head method.</div>'
-    )
-    notes = []
+    mismatch = None
     if ev.get("head") and ev.get("head") != prof.data.get("head"):
-        notes.append(
-            f"The evaluation reports head {_e(ev.get('head'))} but the profile chose "
-            f"{_e(prof.data.get('head'))}: they do not belong together."
-        )
+        mismatch = (ev.get("head"), prof.data.get("head"))
+    transfer = None
     if ev.get("calibration_data") and ev.get("calibration_data") != ev.get("data"):
-        notes.append(
-            f"Transfer: the head was calibrated on <code>{_e(ev.get('calibration_data'))}</code>"
-            f" and is evaluated on every item of <code>{_e(ev.get('data'))}</code>."
-        )
-    warn = calib.get("warnings") or []
-    if warn:
-        notes.append(
-            "Calibration warnings:<ul>" + "".join(f"<li>{_e(w)}</li>" for w in warn) + "</ul>"
-        )
-    nav = "".join(
-        f'<a href="#{a}">{_e(t)}</a>'
-        for a, t in (
-            ("heads", "Heads"),
-            ("distributions", "Distributions"),
-            ("methods", "Methods"),
-            ("breakdowns", "Breakdowns"),
-            ("controls", "Controls"),
-            ("provenance", "Provenance"),
-        )
-    )
+        transfer = (ev.get("calibration_data"), ev.get("data"))
     title = f"{model.get('name', ev.get('model', '?'))} on {meta.get('data', ev.get('data', '?'))}"
-    return (
-        "<header><h1>qkscore report</h1>"
-        f'<p class="sub">{_e(title)}</p>'
-        f"<nav>{nav}</nav>"
-        f'<div class="facts">{cells}</div>{verdict_html}'
-        + "".join(_note(n) for n in notes)
-        + "</header>"
-    )
+    return {
+        "title": title,
+        "facts": [(k, "" if v is None else v, d) for k, v, d in facts],
+        "verdict": text,
+        "verdict_bad": flagged or chance,
+        "mismatch": mismatch,
+        "transfer": transfer,
+        "warnings": calib.get("warnings") or [],
+    }
 
 
 def _reader_line(prof: Profile) -> str:
@@ -349,12 +229,12 @@ def _template_line(template: Mapping[str, Any]) -> str:
     return ", ".join(bits)
 
 
-def _heads_section(prof: Profile) -> str:
+def _heads_section(prof: Profile) -> dict[str, Any]:
     sel = prof.data.get("selector") or {}
-    body = []
     acc = _array(sel.get("accuracy"))
     sign = _array(sel.get("sign"))
     n_options = int(sel.get("n_options") or 2)
+    out: dict[str, Any] = {"n_options": n_options, "heatmap": None, "ranking": []}
     chosen = None
     with contextlib.suppress(KeyError, ValueError, TypeError):
         chosen = prof.head
@@ -368,107 +248,78 @@ def _heads_section(prof: Profile) -> str:
             chance=1.0 / n_options,
             title=f"Calibration accuracy per head (chosen {prof.data.get('head')})",
         )
-        anti = int(np.sum(sign < 0)) if sign is not None else None
-        caption = (
-            f"Accuracy of every head on the {sel.get('n_items', '?')} calibration items "
-            "(in-sample, after each head's sign"
-            + (" and threshold" if n_options == 2 else "")
-            + " was fitted on them, so optimistic). Layers run down, heads across, both "
-            f"zero-based; the chosen head {_e(prof.data.get('head'))} is outlined in red. "
-            f"The colour scale starts at chance (1/{n_options})."
+        out["heatmap"] = _figure(
+            fig,
+            n_items=sel.get("n_items", "?"),
+            anti=int(np.sum(sign < 0)) if sign is not None else None,
+            size=acc.size,
         )
-        if anti is not None:
-            caption += (
-                f" {anti} of {acc.size} heads read best anti-aligned (sign -1: the wrong option "
-                "scores higher); they are orange on the right."
-            )
-        body.append(_figure(fig, "layer by head calibration accuracy heatmap", caption))
-    else:
-        body.append(_note("The profile holds no per-head accuracies: heatmap not drawn."))
     ranking = prof.data.get("ranking")
     if not ranking:
         try:
             ranking = prof.selector().ranking_
         except Exception:
             ranking = []
-    if ranking:
-        rows, classes = [], []
-        for i, r in enumerate(ranking[:TOP_HEADS], 1):
-            thr = r.get("threshold")
-            rows.append(
-                [
-                    str(i),
-                    _e(r.get("name")),
-                    _e(_sign_text(r.get("sign"))),
-                    _e(_num(thr, 4) if n_options == 2 else "none (multi-option)"),
-                    _e(_num(r.get("accuracy"))),
-                    _e(_num(r.get("balanced_accuracy"))),
-                    _e(_num(r.get("auroc"))),
-                ]
-            )
-            classes.append("chosen" if r.get("name") == prof.data.get("head") else "")
-        body.append(f"<h3>Top {min(TOP_HEADS, len(ranking))} heads on the calibration split</h3>")
-        body.append(
-            _table(
-                ["#", "head", "sign", "threshold", "accuracy", "balanced acc.", "AUROC"],
-                rows,
-                numeric={0, 3, 4, 5, 6},
-                row_classes=classes,
-            )
+    rows = []
+    for i, r in enumerate(ranking[:TOP_HEADS], 1):
+        threshold = _num(r.get("threshold"), 4) if n_options == 2 else "none (multi-option)"
+        rows.append(
+            [
+                str(i),
+                r.get("name"),
+                _sign_text(r.get("sign")),
+                threshold,
+                _num(r.get("accuracy")),
+                _num(r.get("balanced_accuracy")),
+                _num(r.get("auroc")),
+            ]
         )
-        metric = (prof.data.get("calibration") or {}).get("metric", "accuracy")
-        body.append(
-            f'<p class="muted">Ranked by {_e(metric)}, ties broken by the other metrics. '
-            "Thresholds are in signed units: option 0 is predicted when "
-            "sign &times; (score<sub>0</sub> &minus; score<sub>1</sub>) exceeds the threshold.</p>"
-        )
-    body.append(_linear_weights(prof))
+    out["ranking"] = rows
+    out["ranking_classes"] = [
+        "chosen" if r.get("name") == prof.data.get("head") else "" for r in ranking[:TOP_HEADS]
+    ]
+    out["metric"] = (prof.data.get("calibration") or {}).get("metric", "accuracy")
+    out["linear"] = _linear_weights(prof)
     ens = prof.data.get("ensemble")
+    out["ensemble"] = None
     if ens and ens.get("heads"):
-        body.append(
-            f"<p>Top-k ensemble (k={_e(ens.get('k'))}, "
-            f"{_e((ens.get('combiner') or {}).get('method', ''))}): "
-            f"{_e(', '.join(ens['heads']))}.</p>"
-        )
-    return _section("heads", "How the head was chosen", "".join(body))
+        out["ensemble"] = {
+            "k": ens.get("k"),
+            "method": (ens.get("combiner") or {}).get("method", ""),
+            "heads": list(ens["heads"]),
+        }
+    return out
 
 
-def _linear_weights(prof: Profile) -> str:
+def _linear_weights(prof: Profile) -> dict[str, Any] | None:
     """The linear reader's weights beside the single-head map: where all heads' readout draws
-    its evidence (empty when the profile has no linear reader)."""
+    its evidence (None when the profile has no linear reader)."""
     saved = (prof.data.get("readers") or {}).get("linear")
     if not saved:
-        return ""
+        return None
     try:
         reader = prof.readers()["linear"]
     except (KeyError, ValueError):
-        return ""
+        return None
     fig = plots.weight_heatmap(
         reader.weights_, title=f"Linear reader (L2, C={reader.C_:g}): weight per head"
     )
-    caption = (
-        "Weight of each head's standardised True-False margin in the linear reader (logistic "
-        "regression over every head, C chosen by cross-validation on the calibration split). "
-        "Red pushes towards option 0 (True), blue towards option 1; the signal of one head is "
-        "rarely where the weight concentrates."
-    )
-    return _figure(fig, "layer by head linear reader weights", caption)
+    return _figure(fig)
 
 
-def _distribution_section(run: RunFolder, prof: Profile) -> str:
-    title = "The chosen head on the evaluation items"
+def _distribution_section(run: RunFolder, prof: Profile) -> dict[str, Any]:
     try:
         selector = prof.selector()
         records = run.items()
         idx = evaluation_indices(run, prof, records)[0]
         if len(idx) == 0:
-            return _section("distributions", title, _note("No evaluation items."))
+            return {"error": "No evaluation items."}
         scores = np.asarray(run.load(MAIN))[idx]
         labels = run.labels(records)[idx]
         margins = selector.margin(scores)
         pred = selector.predict(scores)
     except (FileNotFoundError, ValueError, KeyError) as err:
-        return _section("distributions", title, _note(f"Score distributions not drawn: {_e(err)}"))
+        return {"error": f"Score distributions not drawn: {err}"}
     head = prof.data.get("head")
     acc = float(np.mean(pred == labels))
     n_options = selector.n_options_
@@ -485,12 +336,6 @@ def _distribution_section(run: RunFolder, prof: Profile) -> str:
             title=f"{head}: signed score difference per gold option",
             threshold_label=f"threshold {threshold:.3g} (option 0 predicted to the right)",
         )
-        caption = (
-            f"Signed QK-score difference of {_e(head)} on the {len(idx)} evaluation items, "
-            "split by the gold option. Items right of the dashed line are read as option 0; "
-            f"the head is right on {acc:.1%} of them. Overlap between the two histograms is "
-            "what the head gets wrong."
-        )
     else:
         groups = {"head correct": margins[pred == labels], "head wrong": margins[pred != labels]}
         fig = plots.score_distributions(
@@ -499,77 +344,32 @@ def _distribution_section(run: RunFolder, prof: Profile) -> str:
             xlabel="best minus second-best signed QK-score (gold-free confidence)",
             title=f"{head}: margin of its choice, correct vs wrong ({n_options} options)",
         )
-        caption = (
-            f"{_e(head)} on the {len(idx)} evaluation items with {n_options} options: the margin "
-            "by which its chosen option beats the runner-up, for the items it gets right and "
-            f"wrong ({acc:.1%} right). Multi-option items have no threshold; a useful head "
-            "is more confident when right."
-        )
-    return _section("distributions", title, _figure(fig, "score distributions", caption))
+    return _figure(fig, error=None, binary=n_options == 2, n=len(idx), acc=acc, n_options=n_options)
 
 
-def _methods_section(ev: Mapping[str, Any]) -> str:
+def _methods_section(ev: Mapping[str, Any]) -> dict[str, Any]:
     methods = ev.get("methods") or {}
-    if not methods:
-        return _section("methods", "Methods compared", _note("The evaluation holds no methods."))
     tests = ev.get("mcnemar") or {}
     chosen = _chosen_method(ev)
-    rows, classes = [], []
+    rows = []
     for name, m in methods.items():
-        t = tests.get(f"{name} vs model_margin") or tests.get(f"{name} vs model")
         rows.append(
-            [
-                _e(m.get("label", name)) + (" <strong>(chosen)</strong>" if name == chosen else ""),
-                _e(m.get("n", (m.get("accuracy") or {}).get("n", ""))),
-                _metric(m.get("accuracy")),
-                _metric(m.get("balanced_accuracy")),
-                _metric(m.get("auroc")),
-                _e(f"{_pvalue(t.get('pvalue'))} (stat {_num(t.get('statistic'), 2)})")
-                if t
-                else ('<span class="muted">reference</span>' if name == "model_margin" else ""),
-            ]
+            {
+                "key": name,
+                "label": m.get("label", name),
+                "chosen": name == chosen,
+                "n": m.get("n", (m.get("accuracy") or {}).get("n", "")),
+                "accuracy": m.get("accuracy"),
+                "balanced_accuracy": m.get("balanced_accuracy"),
+                "auroc": m.get("auroc"),
+                "test": tests.get(f"{name} vs model_margin") or tests.get(f"{name} vs model"),
+            }
         )
-        classes.append("chosen" if name == chosen else "")
-    body = [
-        _table(
-            [
-                "method",
-                "n",
-                "accuracy [95% CI]",
-                "balanced accuracy [95% CI]",
-                "AUROC [95% CI]",
-                "McNemar vs calibrated model margin: p",
-            ],
-            rows,
-            numeric={1, 2, 3, 4, 5},
-            row_classes=classes,
-        ),
-        '<p class="muted">Intervals are percentile bootstraps over the evaluation items. '
-        "McNemar compares which items a reader and the model's margin (with a threshold fit on "
-        "the same calibration items, the fair baseline) get right (exact binomial test for few "
-        "discordant pairs). Shallow matching needs no model: word overlap and polarity between "
-        "context and statement. AUROC takes option 0 as the positive class and exists only for "
-        "two-option items.</p>",
-    ]
-    missing = []
-    if "model_answer" not in methods:
-        missing.append(
-            "the model's own answer (its option log-probabilities are missing or not finite)"
-        )
-    if "attention" not in methods:
-        missing.append(
-            "the attention-score baseline (scan with <code>--attention</code> to store "
-            "attention weights)"
-        )
-    if "ensemble" not in methods:
-        missing.append("the top-k ensemble (calibrated without one)")
-    if missing:
-        body.append(_note("Not in this evaluation: " + "; ".join(missing) + "."))
-    return _section("methods", "Methods compared", "".join(body))
+    missing = [k for k in ("model_answer", "attention", "ensemble") if k not in methods]
+    return {"rows": rows, "missing": missing}
 
 
-def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> str:
-    title = "Accuracy by depth, distractors, rule and logic"
+def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> dict[str, Any] | None:
     breakdowns = ev.get("breakdowns") or {}
     chosen = _chosen_method(ev)
     shown = [m for m in dict.fromkeys((chosen, "head", "model_margin")) if m and m in breakdowns]
@@ -577,27 +377,13 @@ def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> str:
     for m in shown:
         keys += [k for k in breakdowns[m] if k not in keys]
     if not shown or not keys:
-        return _section(
-            "breakdowns",
-            title,
-            _note("The items carry no depth, distractors, rule or logic metadata."),
-        )
-    body = []
+        return None
     fig = plots.breakdown_bars(
         breakdowns, shown, keys, chance=chance, chance_label="majority-class rate (all items)"
     )
-    if fig is not None:
-        body.append(
-            _figure(
-                fig,
-                "accuracy breakdown bars",
-                "Accuracy on the evaluation items per metadata value; n above each group. Small "
-                "groups are noisy: read the n.",
-            )
-        )
-    header = ["key", "value", "n"] + [_e(m) for m in shown]
+    header = ["key", "value", "n", *shown]
     if len(shown) >= 2:
-        header.append(f"{_e(shown[0])} &minus; {_e(shown[-1])}")
+        header.append(f"{shown[0]} − {shown[-1]}")
     rows = []
     for key in keys:
         values: list[str] = []
@@ -607,104 +393,51 @@ def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> str:
             cells = [breakdowns[m].get(key, {}).get(v, {}) for m in shown]
             n = max((c.get("n", 0) for c in cells), default=0)
             accs = [c.get("accuracy") for c in cells]
-            row = [_e(key), _e(v), _e(n)] + [_e(_num(a)) for a in accs]
+            row = [key, v, n, *(_num(a) for a in accs)]
             if len(shown) >= 2:
                 both = _finite(accs[0]) and _finite(accs[-1])
-                row.append(_e(_signed_num(accs[0] - accs[-1]) if both else "n/a"))
+                row.append(_signed_num(accs[0] - accs[-1]) if both else "n/a")
             rows.append(row)
-    body.append(_table(header, rows, numeric=set(range(2, len(header)))))
-    return _section("breakdowns", title, "".join(body))
+    return {
+        "figure": None if fig is None else _figure(fig),
+        "header": header,
+        "rows": rows,
+        "numeric": tuple(range(2, len(header))),
+    }
 
 
-def _controls_section(ev: Mapping[str, Any]) -> str:
-    title = "Shortcut controls"
+def _controls_section(ev: Mapping[str, Any]) -> dict[str, Any] | None:
     controls = ev.get("controls") or {}
     if not controls:
-        return _section(
-            "controls",
-            title,
-            _note(
-                "No control scans in this run, so nothing shows whether the head reads the "
-                "context or the statement alone. Scan with <code>--control context-ablated"
-                "</code> (and/or <code>context-swapped</code>) to check."
-            ),
-        )
-    rows, classes = [], []
-    for name, c in controls.items():
-        flagged = bool(c.get("flagged"))
-        flag = (
-            '<span class="badge bad">SHORTCUT SUSPECTED</span>'
-            if flagged
-            else '<span class="badge ok">ok</span>'
-        )
-        rows.append(
-            [
-                _e(name),
-                _e(_num(c.get("full"))),
-                _e(_num(c.get("ablated"))),
-                _e(_signed_num(c.get("gap"))),
-                _e(_num(c.get("ensemble_accuracy"))),
-                _e(_num(c.get("model_accuracy"))),
-                _e(_num(c.get("flag_at"), 2)),
-                flag,
-            ]
-        )
-        classes.append("flagged" if flagged else "")
-    body = [
-        _table(
-            [
-                "control",
-                "chosen reader acc. (full context)",
-                "chosen reader acc. (control)",
-                "gap",
-                "ensemble acc. (control)",
-                "model acc. (control)",
-                "flag at",
-                "flag",
-            ],
-            rows,
-            numeric={1, 2, 3, 4, 5, 6},
-            row_classes=classes,
-        ),
-        '<p class="muted">The same head, sign and threshold read the same statements with the '
-        "context removed (ablated) or taken from another item (swapped). A head that reasons "
-        "from the context falls towards chance there; one that keeps an accuracy of "
-        "<em>flag at</em> or more is answering from the statement alone.</p>",
-    ]
+        return None
+    rows = [{"name": name, "flagged": bool(c.get("flagged")), **c} for name, c in controls.items()]
+    for row in rows:
+        for key in ("full", "ablated", "gap", "ensemble_accuracy", "model_accuracy", "flag_at"):
+            row.setdefault(key, None)
     per_method = [c.get("accuracy") or {} for c in controls.values()]
     methods = list(dict.fromkeys(k for acc in per_method for k in acc))
-    if methods:
-        body.append("<h3>Every reader under the controls</h3>")
-        body.append(
-            _table(
-                ["control", *[_e(m) for m in methods]],
-                [
-                    [_e(name), *[_e(_num(acc.get(m))) for m in methods]]
-                    for name, acc in zip(controls, per_method)
-                ],
-                numeric=set(range(1, len(methods) + 1)),
-            )
-        )
-    if any(c.get("flagged") for c in controls.values()):
-        body.insert(
-            0,
-            (
-                '<div class="verdict bad"><strong class="bad">Shortcut suspected.</strong> '
-                "The head keeps its accuracy without the real context: its accuracy above "
-                "does not show that it follows the inference.</div>"
-            ),
-        )
-    return _section("controls", title, "".join(body))
+    return {
+        "rows": rows,
+        "flagged": any(r["flagged"] for r in rows),
+        "methods": methods,
+        "per_method_header": ["control", *methods],
+        "per_method": [
+            [name, *(_num(acc.get(m)) for m in methods)] for name, acc in zip(controls, per_method)
+        ],
+        "per_method_numeric": tuple(range(1, len(methods) + 1)),
+    }
 
 
 def _provenance_section(
     run: RunFolder, meta: Mapping[str, Any], prof: Profile, ev: Mapping[str, Any]
-) -> str:
+) -> dict[str, Any]:
     model = dict(meta.get("model") or {})
     run_info = {
         "run folder": str(run.path),
         "model": model,
         "qkscore version": meta.get("qkscore_version"),
+        "library versions": meta.get("versions")
+        or "not recorded (a run folder made before they were)",
         "created": meta.get("created"),
         "data": meta.get("data"),
         "rope": meta.get("rope"),
@@ -743,24 +476,13 @@ def _provenance_section(
             (m.get("n_boot") for m in (ev.get("methods") or {}).values() if "n_boot" in m), None
         ),
     }
-    warn_html = (
-        "<ul>" + "".join(f"<li>{_e(w)}</li>" for w in warn) + "</ul>"
-        if warn
-        else '<p class="ok">none</p>'
-    )
-    body = (
-        "<h3>Run (run.json)</h3>"
-        + _kv(run_info)
-        + "<h3>Template settings</h3>"
-        + _kv(meta.get("template") or {})
-        + "<h3>Profile</h3>"
-        + _kv(profile_info)
-        + "<h3>Calibration warnings</h3>"
-        + warn_html
-        + "<h3>Evaluation</h3>"
-        + _kv(eval_info)
-    )
-    return _section("provenance", "Provenance", body)
+    return {
+        "run": _kv_rows(run_info),
+        "template": _kv_rows(meta.get("template") or {}),
+        "profile": _kv_rows(profile_info),
+        "warnings": warn,
+        "evaluation": _kv_rows(eval_info),
+    }
 
 
 def _file_sha256(path: Path | None) -> str:
@@ -778,34 +500,28 @@ def _file_sha256(path: Path | None) -> str:
 def render_report(
     run_path: str | Path, profile: Profile | str | Path, evaluation: Mapping[str, Any]
 ) -> str:
-    """The report as one HTML string (see ``write_report``)."""
+    """The report as one HTML string (see ``write_report``); ``evaluation`` is validated
+    (:class:`qkscore.results.Evaluation`) before anything is drawn."""
     run = RunFolder(run_path)
     meta = run.meta()
     prof = _load_profile(profile)
     ev = dict(evaluation)
+    Evaluation.from_data(ev, "the evaluation passed to the report")
     majority = (ev.get("methods") or {}).get("majority", {}).get("accuracy", {})
     chance = majority.get("value") if _finite(majority.get("value")) else None
-    model_name = (meta.get("model") or {}).get("name", ev.get("model", ""))
-    generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    parts = [
-        _header(meta, prof, ev),
-        _heads_section(prof),
-        _distribution_section(run, prof),
-        _methods_section(ev),
-        _breakdown_section(ev, chance),
-        _controls_section(ev),
-        _provenance_section(run, meta, prof, ev),
-    ]
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>qkscore report: {_e(model_name)} {_e(prof.data.get('head', ''))}</title>"
-        f"<style>{_CSS}</style></head><body><main>"
-        + "".join(parts)
-        + f"<footer>Written by qkscore {_e(__version__)} at {_e(generated)}. QK-score head "
-        "selection after Tulchinskii et al. (2025), arXiv 2502.17017. This file is "
-        "self-contained: no scripts, fonts or links are fetched.</footer>"
-        "</main></body></html>\n"
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        model_name=(meta.get("model") or {}).get("name", ev.get("model", "")),
+        head=prof.data.get("head", ""),
+        header=_header(meta, prof, ev),
+        heads=_heads_section(prof),
+        distributions=_distribution_section(run, prof),
+        methods=_methods_section(ev),
+        breakdowns=_breakdown_section(ev, chance),
+        controls=_controls_section(ev),
+        provenance=_provenance_section(run, meta, prof, ev),
+        version=__version__,
+        generated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
 
