@@ -15,8 +15,8 @@ from qkscore.generation.label import label_steps, parse_coverage
 from qkscore.generation.problems import Problem, chain_steps
 from tiny_models import few_threads
 
-SPEC = "generated:depth=1-2&n=3&seed=5"
-SETTINGS = dict(samples=2, max_new_tokens=10, batch_size=2, progress=False, log=lambda *_: None)
+SPEC = "generated:depth=1-2&n=2&seed=5"
+SETTINGS = dict(samples=2, max_new_tokens=8, batch_size=2, progress=False, log=lambda *_: None)
 
 
 @pytest.fixture(autouse=True)
@@ -38,20 +38,20 @@ def _texts(folder: GenFolder) -> list[tuple]:
 def test_generation_folder_holds_every_chain_with_provenance(generated):
     meta = generated.meta()
     assert meta["complete"] and meta["kind"] == "generations" and meta["source"] == "generate"
-    assert meta["n_problems"] == 3 and meta["samples"] == 2 and meta["data"] == SPEC
+    assert meta["n_problems"] == 2 and meta["samples"] == 2 and meta["data"] == SPEC
     assert meta["model"]["fingerprint"] and meta["temperature"] == 0.7 and meta["seed"] == 0
     stats = meta["generation"]
     assert stats["tokens"] > 0 and stats["wall_s"] > 0
     assert stats["tokens_per_s"] == pytest.approx(stats["tokens"] / stats["wall_s"], rel=0.01)
     problems = generated.problems()
-    assert len(problems) == 3 and all(p.question.startswith("True or false: ") for p in problems)
+    assert len(problems) == 2 and all(p.question.startswith("True or false: ") for p in problems)
     records = generated.records()
     assert [(r["problem"], r["sample"]) for r in records] == [
-        (p, s) for p in range(3) for s in (0, 1)
+        (p, s) for p in range(2) for s in (0, 1)
     ]
     assert stats["tokens"] == sum(r["tokens"] for r in records)
     for r in records:
-        assert 0 < r["tokens"] <= 10 + 1 and r["finish"] in ("answer", "eos", "length")
+        assert 0 < r["tokens"] <= 8 + 1 and r["finish"] in ("answer", "eos", "length")
         assert r["answer"] == parse_answer(r["text"]) and r["steps"] == chain_steps(r["text"])
         assert len(r["labels"]) == len(r["steps"])
         assert r["correct"] == (r["answer"] is not None and r["answer"] == r["gold"])
@@ -84,7 +84,7 @@ def test_resume_after_a_crash_gives_identical_generations(
     generate(smollm2, SPEC, out, **{**SETTINGS, "log": logs.append})
     assert any("torn or partial batch" in line for line in logs)
     assert _texts(GenFolder(out)) == _texts(generated)
-    assert GenFolder(out).generations_path.read_text().count("\n") == 6
+    assert GenFolder(out).generations_path.read_text().count("\n") == 4
 
 
 def test_a_folder_made_with_other_settings_is_refused(generated, smollm2):
@@ -286,3 +286,26 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
     md = (tmp_path / "ranked" / "summary.md").read_text()
     assert "Problems in the profile's calibration split: 1 (excluded" in md
     assert f"`{summary['best_qk_selector']}`" in md
+
+
+def test_token_stats_match_the_full_logits(smollm2):
+    import torch
+
+    from qkscore.extract import extract
+
+    ids = smollm2.tokenizer("Every cat is a mammal. Tom is a cat.", return_tensors="pt")
+    input_ids = ids["input_ids"]
+    n = input_ids.shape[1]
+    out = extract(smollm2, input_ids, None, [[(n - 1, 0)]], token_spans=[(3, n)])
+    with torch.inference_mode():
+        logp = smollm2.model(input_ids).logits[0].float().log_softmax(-1)
+    want = logp[2 : n - 1].gather(-1, input_ids[0, 3:n, None])[:, 0]
+    stats = out.token_stats[0]
+    assert stats.shape == (n - 3, 3)
+    np.testing.assert_allclose(stats[:, 0], want.numpy(), atol=1e-4)
+    entropy = -(logp[2 : n - 1].exp() * logp[2 : n - 1]).sum(-1)
+    np.testing.assert_allclose(stats[:, 1], entropy.numpy(), atol=1e-3)
+    uniform_kl = -logp[2 : n - 1].mean(-1) - np.log(logp.shape[-1])
+    np.testing.assert_allclose(stats[:, 2], uniform_kl.numpy(), atol=1e-3)
+    with pytest.raises(IndexError, match="token span"):
+        extract(smollm2, input_ids, None, [[(n - 1, 0)]], token_spans=[(0, n)])

@@ -44,6 +44,13 @@ def row_seed(seed: int, problem_id: str, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _fingerprint_before_loading(model: Any) -> str | None:
+    """The model's fingerprint when it is known without loading it (see run.py's scan)."""
+    from qkscore.models import LoadedModel, model_fingerprint
+
+    return model.fingerprint if isinstance(model, LoadedModel) else model_fingerprint(str(model))
+
+
 def _batches(n_problems: int, samples: int, batch_size: int) -> list[list[tuple[int, int]]]:
     jobs = [(p, s) for p in range(n_problems) for s in range(samples)]
     return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
@@ -115,6 +122,9 @@ def generate(
     old = folder.meta() if folder.exists() else None
     if old is not None:
         _refuse_differences(folder, old, request)  # type: ignore[arg-type]
+        fingerprint = _fingerprint_before_loading(model)
+        if fingerprint and fingerprint != (old.get("model") or {}).get("fingerprint"):
+            _refuse_differences(folder, {"model": old.get("model")}, {"model": fingerprint})
         if old.get("complete"):
             log(f"{folder.path} is complete: nothing to do")
             return folder
@@ -211,6 +221,8 @@ def _sample_batch(
     if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
         eos_ids.append(tok.eos_token_id)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+    if pad not in eos_ids and pad in tok.all_special_ids:
+        eos_ids.append(pad)  # Qwen's <|endoftext|>: a base-style prompt ends with it
     side = tok.padding_side
     tok.padding_side = "left"
     try:
@@ -225,9 +237,13 @@ def _sample_batch(
     processors = LogitsProcessorList()
     if temperature > 0:
         processors.append(_RowSampler(seeds, temperature, top_p))
+    # every setting explicit: transformers fills unset ones from the model's own generation
+    # config (a hub model may bring a repetition penalty), which would change the sampling
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         eos_token_id=eos_ids,
         pad_token_id=pad,
     )

@@ -44,9 +44,7 @@ EXAMPLE = (
     "Every mammal is warm.\nTom is warm.\nAnswer: True"
 )
 # "Answer: True", "answer = **false**", and the looser "the answer is `False`"
-_ANSWER_RE = re.compile(
-    r"answer\s*(?:[:=]|is)\s*[*`'\"]*\s*(true|false)\b", re.IGNORECASE
-)
+_ANSWER_RE = re.compile(r"answer\s*(?:[:=]|is)\s*[*`'\"]*\s*(true|false)\b", re.IGNORECASE)
 # markdown emphasis and a bold heading before the step ("**Check**: Tom is a cat.")
 _MARKDOWN_RE = re.compile(r"^\s*\*\*[^*]*\*\*\s*:?\s*|\*\*|`")
 # a list marker at the start of a line ("1.", "2)", "-", "*", "Step 3:"): not part of a step
@@ -107,15 +105,19 @@ def problems_from_items(items: Iterable[Item]) -> list[Problem]:
 
 
 def render_prompt(problem: Problem, tokenizer: Any = None, chat_template: bool = False) -> str:
-    """The text the model continues: the problem, then the instruction; with
-    ``chat_template`` the two as one user turn in the tokenizer's chat template."""
+    """The text the model continues: the instruction, the solved example, the problem and
+    ``Reasoning:``; with ``chat_template`` all but that last line as one user turn of the
+    tokenizer's chat template, the assistant's turn then opening with ``Reasoning:``."""
     user = f"{INSTRUCTION}\n\n{EXAMPLE}\n\n{problem.text}\n\n"
     if not chat_template:
         return f"{user}Reasoning:\n"
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("--chat-template needs a tokenizer with a chat template")
     messages = [{"role": "user", "content": user.strip()}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # the assistant's turn starts as the example's did: without it instruct models answer
+    # at once, with no reasoning to judge
+    turn = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{turn}Reasoning:\n"
 
 
 def parse_answer(text: str) -> bool | None:
