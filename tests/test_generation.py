@@ -309,3 +309,25 @@ def test_token_stats_match_the_full_logits(smollm2):
     np.testing.assert_allclose(stats[:, 2], uniform_kl.numpy(), atol=1e-3)
     with pytest.raises(IndexError, match="token span"):
         extract(smollm2, input_ids, None, [[(n - 1, 0)]], token_spans=[(0, n)])
+
+
+def test_generate_command_imports_and_names_a_bad_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from qkscore.cli import app
+
+    env = {"COLUMNS": "200", "QKSCORE_DEBUG": None}
+    good = _write(tmp_path / "good.jsonl", [GOOD])
+    args = ["generate", "--from", str(good), "-o", str(tmp_path / "g")]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 problems, 2 chains; final answer parsed in 2/2, correct in 1/2" in text
+    assert "steps: 2 valid, 1 invalid, 0 unparsed (parse coverage 100.0%)" in text
+    bad = _write(tmp_path / "bad.jsonl", [GOOD, {**GOOD, "id": "p2", "question": ""}])
+    args = ["generate", "--from", str(bad), "-o", str(tmp_path / "g2")]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2
+    assert "bad.jsonl:2 field 'question': expected non-empty text" in result.output
+    result = CliRunner().invoke(app, ["generate", "-o", str(tmp_path / "g3")], env=env)
+    assert result.exit_code == 2 and "give --model and --data" in result.output

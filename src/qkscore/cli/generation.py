@@ -97,6 +97,14 @@ def generate(
             f"; {stats['tokens']} tokens in {stats['wall_s']:.1f} s "
             f"({stats['tokens_per_s']} tokens/s)"
         )
+    from qkscore.generation.label import parse_coverage
+
+    cov = parse_coverage([lab for r in records for lab in r["labels"]])
+    if cov["steps"]:
+        line += (
+            f"; steps: {cov['valid']} valid, {cov['invalid']} invalid, {cov['unparsed']} "
+            f"unparsed (parse coverage {cov['coverage']:.1%})"
+        )
     _console().print(line)
 
 

@@ -317,6 +317,10 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"- Best QK selector `{c['selector']}` {c['verdict']} `{other}` "
             f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g})."
         )
+    lines.append(
+        "- The best QK selector is picked among the QK selectors by its accuracy on these same "
+        "problems, so its figure is optimistic; the others are not picked."
+    )
     lines += ["", "## Chain level: AUROC for a correct final answer", ""]
     lines += ["| scorer | AUROC | chains |", "|---|---|---|"]
     for name, entry in summary["chain_level"].items():
