@@ -92,6 +92,11 @@ def test_a_folder_made_with_other_settings_is_refused(generated, smollm2):
 
     with pytest.raises(RunMismatchError, match="seed"):
         generate(smollm2, SPEC, generated.path, **{**SETTINGS, "seed": 1})
+    with pytest.raises(RunMismatchError, match="model"):  # known from the alias, before loading
+        generate("qwen2.5-coder-0.5b", SPEC, generated.path, **SETTINGS)
+    log: list[str] = []
+    generate(smollm2, SPEC, generated.path, **{**SETTINGS, "log": log.append})
+    assert log == [f"{generated.path} is complete: nothing to do"]
 
 
 # ---- labels ----------------------------------------------------------------------------

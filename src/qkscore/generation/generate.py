@@ -124,7 +124,8 @@ def generate(
         _refuse_differences(folder, old, request)  # type: ignore[arg-type]
         fingerprint = _fingerprint_before_loading(model)
         if fingerprint and fingerprint != (old.get("model") or {}).get("fingerprint"):
-            _refuse_differences(folder, {"model": old.get("model")}, {"model": fingerprint})
+            was = {"model": (old.get("model") or {}).get("fingerprint")}
+            _refuse_differences(folder, was, {"model": fingerprint})  # type: ignore[arg-type]
         if old.get("complete"):
             log(f"{folder.path} is complete: nothing to do")
             return folder
@@ -134,8 +135,13 @@ def generate(
         "fingerprint": lm.fingerprint,
         "dtype": str(lm.dtype).removeprefix("torch."),
     }
-    if old is not None:
-        _refuse_differences(folder, old, {"model": model_info})  # type: ignore[arg-type]
+    if old is not None:  # the same weights in the same dtype, by whatever name
+        was = old.get("model") or {}
+        _refuse_differences(
+            folder,  # type: ignore[arg-type]
+            {"model": was.get("fingerprint"), "dtype": was.get("dtype")},
+            {"model": model_info["fingerprint"], "dtype": model_info["dtype"]},
+        )
     batches = _batches(len(problems), samples, batch_size)
     sizes = {b: len(jobs) for b, jobs in enumerate(batches)}
     kept = folder.complete_records(sizes) if old is not None else []
@@ -157,6 +163,8 @@ def generate(
         backend="transformers",
     )
     stats = dict(meta.get("generation") or {"wall_s": 0.0, "tokens": 0})
+    # the kept chains' own count (a kill between a batch's write and run.json's misses one)
+    stats["tokens"] = sum(r.get("tokens", 0) for r in kept)
     meta["generation"] = stats
     folder.write_meta(meta)
     done = {r["batch"] for r in kept}
