@@ -129,6 +129,7 @@ def test_prover_labels_hand_written_steps_exactly():
     assert [lab["depth"] for lab in labels] == [0, 0, 1, 2, None, None, 1, 2, None, None, 1]
     assert [lab["reason"] for lab in labels][4:6] == ["contradicted", "not entailed"]
     assert labels[6]["grounded"] is False and labels[3]["grounded"] is True
+    assert labels[6]["reason"] == "follows from an unsupported earlier step"
     assert [lab["kind"] for lab in labels][:2] == ["fact", "rule"] and labels[9]["kind"] is None
     cov = parse_coverage(labels)
     assert (cov["steps"], cov["valid"], cov["invalid"], cov["unparsed"]) == (11, 7, 3, 1)

@@ -61,8 +61,10 @@ def _judge_fact(fact: Fact, local, base) -> tuple[str, int | None, bool, str]:
     answer = local.query(fact)
     grounded = base is not None and base.query(fact).label == "True"
     if answer.label == "True":
-        depth = base.depth(fact) if grounded else local.depth(fact)
-        return "valid", depth, grounded, "restated premise" if depth == 0 else "derived"
+        if not grounded:  # it rests on an earlier step the context does not support
+            return "valid", local.depth(fact), False, "follows from an unsupported earlier step"
+        depth = base.depth(fact)
+        return "valid", depth, True, "restated premise" if depth == 0 else "derived"
     if answer.label == "False":
         return "invalid", None, False, "contradicted"
     return "invalid", None, False, "not entailed"
