@@ -7,7 +7,8 @@
 # seed 1 keep 152 after the exclusion (30/30/36/31/24 over 1-5 hops), and --limit keeps 150.
 # Generation is resumable: run the script again after an interruption and it continues.
 #   bash benchmarks/best_of_n.sh [MODEL ...]          (default: both Qwen sizes)
-#   SAMPLES=4 LIMIT=150 BATCH=8 CHAT=--no-chat-template MAX_NEW=256 ... (the defaults)
+#   SAMPLES=4 LIMIT=150 BATCH=8 MAX_NEW=256 ... (the defaults); CHAT=--no-chat-template for
+#   a plain prompt (default: the chat template, which Qwen-Coder-Instruct has)
 # Results: runs/best_of_n/<model>/{gen/,ranked/summary.md,ranked/summary.json,ranked/ranked.jsonl}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ LIMIT=${LIMIT:-150}
 SAMPLES=${SAMPLES:-4}
 BATCH=${BATCH:-8}
 MAX_NEW=${MAX_NEW:-256}
-CHAT=${CHAT:---no-chat-template}
+CHAT=${CHAT:-}
 DATA="prontoqa:$SHARED/prontoqa/truefalse_0shot/*hop_0shot_random.json?sample=$SAMPLE&seed=1"
 MODELS=("$@")
 [ ${#MODELS[@]} -gt 0 ] || MODELS=(qwen2.5-coder-0.5b qwen2.5-coder-1.5b)

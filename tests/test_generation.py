@@ -40,6 +40,7 @@ def test_generation_folder_holds_every_chain_with_provenance(generated):
     assert meta["complete"] and meta["kind"] == "generations" and meta["source"] == "generate"
     assert meta["n_problems"] == 2 and meta["samples"] == 2 and meta["data"] == SPEC
     assert meta["model"]["fingerprint"] and meta["temperature"] == 0.7 and meta["seed"] == 0
+    assert meta["chat_template"] is True  # SmolLM2-Instruct has one: used by default
     stats = meta["generation"]
     assert stats["tokens"] > 0 and stats["wall_s"] > 0
     assert stats["tokens_per_s"] == pytest.approx(stats["tokens"] / stats["wall_s"], rel=0.01)

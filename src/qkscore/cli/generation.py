@@ -35,10 +35,10 @@ def generate(
     top_p: float = typer.Option(0.95, min=0.0, max=1.0),
     seed: int = typer.Option(0, help="Each (problem, sample) draws from its own seed from it."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-    chat_template: bool = typer.Option(
-        False,
+    chat_template: bool | None = typer.Option(
+        None,
         "--chat-template/--no-chat-template",
-        help="Wrap the prompt in the tokenizer's chat template (instruct models).",
+        help="Wrap the prompt in the tokenizer's chat template (default: when it has one).",
     ),
     limit: int | None = typer.Option(None, min=1, help="Keep the first N problems."),
     exclude_ids_from: Path | None = typer.Option(

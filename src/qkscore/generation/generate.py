@@ -84,7 +84,7 @@ def generate(
     top_p: float = 0.95,
     seed: int = 0,
     batch_size: int = 8,
-    chat_template: bool = False,
+    chat_template: bool | None = None,
     limit: int | None = None,
     exclude_ids: Sequence[str] = (),
     dtype: str = "auto",
@@ -96,7 +96,10 @@ def generate(
     ``data`` is a data spec of True/False items or a list of :class:`Problem`. Running the same
     call again resumes an interrupted run and leaves a finished one alone; a folder made with
     other settings is refused (:class:`qkscore.run.RunMismatchError`). ``temperature=0`` is
-    greedy decoding.
+    greedy decoding. ``chat_template=None`` uses the tokenizer's chat template when it has one
+    (instruct models: Qwen2.5-Coder-0.5B-Instruct answered at once, with no reasoning, unless
+    the assistant's turn was opened for it, and reached its answer line more often inside
+    the template than without it); run.json records the choice made.
     """
     from qkscore.models import LoadedModel, load_model
 
@@ -116,9 +119,10 @@ def generate(
         "top_p": top_p,
         "seed": seed,
         "batch_size": batch_size,
-        "chat_template": chat_template,
         "prompt_version": PROMPT_VERSION,
     }
+    if chat_template is not None:
+        request["chat_template"] = bool(chat_template)
     old = folder.meta() if folder.exists() else None
     if old is not None:
         _refuse_differences(folder, old, request)  # type: ignore[arg-type]
@@ -135,12 +139,23 @@ def generate(
         "fingerprint": lm.fingerprint,
         "dtype": str(lm.dtype).removeprefix("torch."),
     }
+    if chat_template is None:
+        chat_template = bool(getattr(lm.tokenizer, "chat_template", None))
+    request["chat_template"] = chat_template
     if old is not None:  # the same weights in the same dtype, by whatever name
         was = old.get("model") or {}
         _refuse_differences(
             folder,  # type: ignore[arg-type]
-            {"model": was.get("fingerprint"), "dtype": was.get("dtype")},
-            {"model": model_info["fingerprint"], "dtype": model_info["dtype"]},
+            {
+                "model": was.get("fingerprint"),
+                "dtype": was.get("dtype"),
+                "chat_template": old.get("chat_template"),
+            },
+            {
+                "model": model_info["fingerprint"],
+                "dtype": model_info["dtype"],
+                "chat_template": chat_template,
+            },
         )
     batches = _batches(len(problems), samples, batch_size)
     sizes = {b: len(jobs) for b, jobs in enumerate(batches)}
