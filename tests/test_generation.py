@@ -269,7 +269,7 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
         assert r["scores"]["logprob_min"] <= r["scores"]["logprob_mean"] < 0
         assert r["scores"]["self_certainty"] > 0
         for step in r["steps"]:
-            assert step["verdict"] in ("valid", "invalid") and "qk_head" in step
+            assert step["verdict"] in ("valid", "invalid") and 0 <= step["probability"] <= 1
     steps = rows[0]["steps"]
     assert [s["label"] for s in steps] == ["valid", "valid", "valid"]
     assert rows[0]["scores"]["qk_reader_min"] == pytest.approx(min(s["qk_reader"] for s in steps))

@@ -29,22 +29,41 @@ from qkscore.run import _atomic_write_bytes, _progress, save_array, write_json
 
 __all__ = ["STEP_SCORERS", "cross_fit_solution", "rank", "select"]
 
-STEP_SCORERS = ("qk_reader", "qk_head")
+#: Step scorers, higher = more likely valid: the profile's reader margin, its single head's
+#: margin, and the model's own log-odds of "True" for the step (the fair baseline).
+STEP_SCORERS = ("qk_reader", "qk_head", "model_logodds")
 STEP_AGGREGATES = ("min", "mean", "last")
 SOLUTION_SCORERS = ("qk_solution_head", "qk_solution_linear")
 
 
 def _step_verdicts(judge: Any, context: str, steps: Sequence[str]) -> list[dict[str, float]]:
-    """The profile reader's margin and the profile head's signed margin for each step, judged
-    against the context plus the steps before it (as ``verify-chain`` does)."""
+    """The profile reader's margin, the profile head's signed margin and the model's own
+    log-odds of "True" for each step, judged against the context plus the steps before it (as
+    ``verify-chain`` does). The whole pass runs: the fast path stops at the reader's deepest
+    layer, which may lie below the single head's (an L1 reader that kept no head stops at 0)."""
     if not steps:
         return []
     queries = [(context_with_steps(context, steps[:i]), s) for i, s in enumerate(steps)]
     out = []
-    for v in judge.check_many(queries, model_answer=False):
+    for v in judge.check_many(queries, model_answer=True):
         head = judge.sign * (v.qk_scores["True"] - v.qk_scores["False"]) - judge.threshold
-        out.append({"qk_reader": v.margin, "qk_head": float(head), "verdict": v.verdict})
+        p = min(max(float(v.model_probability), 1e-12), 1 - 1e-12)
+        out.append(
+            {
+                "qk_reader": v.margin,
+                "qk_head": float(head),
+                "model_logodds": float(np.log(p) - np.log1p(-p)),
+                "probability": v.probability,
+                "verdict": v.verdict,
+            }
+        )
     return out
+
+
+def _constant_reader(judge: Any) -> bool:
+    """Whether the profile's reader reads no head at all (an L1 readout that kept none): its
+    margins are then one constant, and the summary says so."""
+    return getattr(judge.reader, "n_kept_", None) == 0
 
 
 def _folds(groups: Sequence[str], k: int, seed: int) -> np.ndarray:
@@ -160,7 +179,8 @@ def rank(
     folder = GenFolder(gen)
     records = folder.records()
     problems = folder.problems()
-    judge = Judge(profile, model=model, dtype=dtype, model_answer=False)
+    judge = Judge(profile, model=model, dtype=dtype, model_answer=True)
+    constant = _constant_reader(judge)
     calib = {str(i) for i in judge.profile.data["calibration"].get("item_ids", [])}
     in_calib = sorted({p.id for p in problems} & calib)
     keep = [r for r in records if include_calibration or r["id"] not in calib]
@@ -207,6 +227,7 @@ def rank(
         keep, steps, chain_scores, selected, correct, n_boot=n_boot, folds=folds, chosen=chosen
     )
     summary.update(
+        constant_reader=constant,
         generations=str(folder.path),
         profile=str(profile),
         reader=judge.reader_name,
@@ -302,6 +323,12 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         + ("–" if cov["coverage"] is None else f"{cov['coverage']:.1%}")
         + ").",
     ]
+    if summary.get("constant_reader"):
+        lines.append(
+            f"**The profile's reader `{summary['reader']}` keeps no head: its margin is one "
+            "constant, so `qk_reader_*` rank nothing; `qk_head_*` read the profile's single "
+            "head.**"
+        )
     overlap = summary["calibration_overlap"]
     lines.append(
         f"Problems in the profile's calibration split: {overlap['problems']}"
