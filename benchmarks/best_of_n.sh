@@ -4,7 +4,7 @@
 # the chains with the readers issue's profile (runs/findings/<model>/prontoqa/profile.json, made
 # by benchmarks/findings.sh): step verdicts, solution-level QK, logit confidence, majority vote.
 # The problems the profile was calibrated on are left out at generation: the 255 sampled with
-# seed 1 keep 152 after the exclusion (30/30/36/31/24 over 1-5 hops), and --limit keeps 150.
+# seed 1 keep 152 after the exclusion, and --limit keeps 150 (29/30/36/31/24 over 1-5 hops).
 # Generation is resumable: run the script again after an interruption and it continues.
 #   bash benchmarks/best_of_n.sh [MODEL ...]          (default: both Qwen sizes)
 #   SAMPLES=4 LIMIT=150 BATCH=8 MAX_NEW=256 ... (the defaults); CHAT=--no-chat-template for

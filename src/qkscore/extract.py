@@ -175,8 +175,10 @@ def extract(
     stop_at = last if max_layer is None else max_layer
     if not 0 <= stop_at <= last:
         raise ValueError(f"max_layer={max_layer} outside 0..{last}")
-    if (want_logits or token_spans is not None) and stop_at < last:
-        raise ValueError("logits need the full pass; drop max_layer or candidate_ids")
+    if want_logits and stop_at < last:
+        raise ValueError("candidate logits need the full pass; drop max_layer or candidate_ids")
+    if token_spans is not None and stop_at < last:
+        raise ValueError("token statistics need the full pass; drop max_layer or token_spans")
     if token_spans is not None:
         _check_token_spans(token_spans, host_lengths.tolist())
     hidden_layers = [int(x) for x in hidden_layers or ()]
