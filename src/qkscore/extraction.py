@@ -44,12 +44,17 @@ class Extraction:
     [batch, layers, heads, pairs] post-softmax weight of the key at the query row; ``hidden``
     [batch, len(hidden_layers), pairs, d_model] float16, the residual stream leaving each
     chosen layer at each pair's query position. Pair slots a row does not use hold NaN.
+    ``token_stats`` (with ``token_spans``) is one float32 array per row, ``[tokens, 3]``: for
+    each token of the row's span, the log-probability the model gave it, the entropy of the
+    distribution it was drawn from, and that distribution's KL divergence from uniform
+    (``KL(U || p)``, the self-certainty of Kang et al. 2025).
     """
 
     scores: np.ndarray
     candidate_logprobs: np.ndarray | None = None
     attention: np.ndarray | None = None
     hidden: np.ndarray | None = None
+    token_stats: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -129,6 +134,7 @@ def extract(
     max_layer: int | None = None,
     prefix: Prefix | None = None,
     hidden_layers: Sequence[int] | None = None,
+    token_spans: Sequence[tuple[int, int]] | None = None,
 ) -> Extraction:
     """One forward pass: QK-scores, and optionally candidate log-probs and attention weights.
 
@@ -143,6 +149,10 @@ def extract(
 
     ``hidden_layers`` also keeps the residual stream at each pair's query position after those
     layers (the hidden-state probe's input), from the same pass: one more hook per layer.
+
+    ``token_spans`` (per row, ``(start, end)`` in prompt coordinates, ``start >= 1``) asks for
+    the logit confidence of those tokens from the same pass (see :class:`Extraction`): how
+    sure the model was of a text it is shown, such as a generated solution.
     """
     model = lm.model
     device = lm.device
@@ -167,6 +177,10 @@ def extract(
         raise ValueError(f"max_layer={max_layer} outside 0..{last}")
     if want_logits and stop_at < last:
         raise ValueError("candidate logits need the full pass; drop max_layer or candidate_ids")
+    if token_spans is not None and stop_at < last:
+        raise ValueError("token statistics need the full pass; drop max_layer or token_spans")
+    if token_spans is not None:
+        _check_token_spans(token_spans, host_lengths.tolist())
     hidden_layers = [int(x) for x in hidden_layers or ()]
     for layer_no in hidden_layers:
         if not 0 <= layer_no <= stop_at:
@@ -210,6 +224,11 @@ def extract(
             logprobs = _candidate_logprobs(
                 lm, out.last_hidden_state, offsets, lengths, logit_positions, candidate_ids
             )
+        token_stats = None
+        if token_spans is not None:
+            token_stats = _token_stats(
+                lm, out.last_hidden_state, input_ids, host_offsets.tolist(), token_spans
+            )
     unused = ~valid.numpy()[:, None, None, :]
     scores = np.where(unused, np.nan, capture.scores()).astype(np.float32)
     attn = hidden = None
@@ -219,7 +238,13 @@ def extract(
         unused_rows = ~valid.numpy()[:, None, :, None]
         hidden = np.where(unused_rows, np.nan, capture.hidden_states(hidden_layers))
         hidden = hidden.astype(np.float16)
-    return Extraction(scores=scores, candidate_logprobs=logprobs, attention=attn, hidden=hidden)
+    return Extraction(
+        scores=scores,
+        candidate_logprobs=logprobs,
+        attention=attn,
+        hidden=hidden,
+        token_stats=token_stats,
+    )
 
 
 def _pad_offsets(mask: torch.Tensor) -> torch.Tensor:
@@ -430,6 +455,41 @@ def _attention_parts(lm: LoadedModel) -> list[tuple[torch.nn.Module, ...]]:
     return parts
 
 
+def _lm_logprobs(lm, rows: torch.Tensor) -> torch.Tensor:
+    """Log-softmax of the LM head over final hidden states (with Gemma's logit soft-cap)."""
+    logits = lm.model.get_output_embeddings()(rows).float()
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.log_softmax(-1)
+
+
+def _check_token_spans(spans: Sequence[tuple[int, int]], lengths: list[int]) -> None:
+    if len(spans) != len(lengths):
+        raise ValueError(f"token_spans has {len(spans)} rows but input_ids has {len(lengths)}")
+    for row, (start, end) in enumerate(spans):
+        if not 1 <= start < end <= lengths[row]:
+            raise IndexError(
+                f"row {row}: token span ({start}, {end}) must satisfy 1 <= start < end <= "
+                f"{lengths[row]} (a token's probability is read at the position before it)"
+            )
+
+
+def _token_stats(lm, hidden, input_ids, offsets: list[int], spans) -> list[np.ndarray]:
+    """Per row: log-probability of each span token, entropy and KL(uniform || p) of the
+    distribution it was predicted from (read at the position before it)."""
+    out = []
+    for row, (start, end) in enumerate(spans):
+        lo, hi = offsets[row] + start, offsets[row] + end
+        logp = _lm_logprobs(lm, hidden[row, lo - 1 : hi - 1])
+        token = logp.gather(-1, input_ids[row, lo:hi, None])[:, 0]
+        entropy = -(logp.exp() * logp).sum(-1)
+        vocab = logp.shape[-1]
+        certainty = -logp.mean(-1) - float(np.log(vocab))
+        out.append(torch.stack([token, entropy, certainty], -1).cpu().numpy().astype(np.float32))
+    return out
+
+
 def _candidate_logprobs(lm, hidden, offsets, lengths, logit_positions, candidate_ids) -> np.ndarray:
     """Log-softmax at each row's logit position for its candidate tokens."""
     batch = hidden.shape[0]
@@ -438,11 +498,7 @@ def _candidate_logprobs(lm, hidden, offsets, lengths, logit_positions, candidate
     else:
         pos = torch.as_tensor(list(logit_positions), device=hidden.device) + offsets
     rows = hidden[torch.arange(batch, device=hidden.device), pos]
-    logits = lm.model.get_output_embeddings()(rows).float()
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    logprobs = logits.log_softmax(-1)
+    logprobs = _lm_logprobs(lm, rows)
     # one list for every row, or one per row; numpy arrays and numpy ints welcome
     index = torch.as_tensor(np.asarray(candidate_ids, dtype=np.int64), device=hidden.device)
     if index.dim() == 1:

@@ -846,8 +846,22 @@ def _scan_one(
 class _progress:
     """A rich progress bar with items/s and ETA; in a log (no terminal) one line per update."""
 
-    def __init__(self, enabled: bool, label: str, total: int, done: int) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        label: str,
+        total: int,
+        done: int,
+        *,
+        unit: str = "items",
+        extra: Callable[[], str] | None = None,
+    ) -> None:
+        """``extra`` adds a figure of the caller's after the rate (generation: tokens/s)."""
         self.enabled, self.label, self.total, self.done = enabled, label, total, done
+        self.unit, self.extra = unit, extra
+
+    def _extra(self) -> str:
+        return f", {self.extra()}" if self.extra is not None else ""
 
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
@@ -881,7 +895,8 @@ class _progress:
         def advance(n: int) -> None:
             self._bar.advance(task, n)
             speed = self._bar.tasks[0].speed
-            self._bar.update(task, rate=f"{speed:.1f} items/s" if speed else "")
+            rate = f"{speed:.1f} {self.unit}/s" if speed else ""
+            self._bar.update(task, rate=rate + self._extra())
 
         return advance
 
@@ -900,8 +915,8 @@ class _progress:
             rate = state["new"] / now if now > 0 else 0.0
             eta = (self.total - state["done"]) / rate if rate else float("nan")
             console.print(
-                f"{self.label}: {state['done']}/{self.total} items, "
-                f"{rate:.2f} items/s, ETA {eta:.0f} s",
+                f"{self.label}: {state['done']}/{self.total} {self.unit}, "
+                f"{rate:.2f} {self.unit}/s{self._extra()}, ETA {eta:.0f} s",
                 highlight=False,
             )
 

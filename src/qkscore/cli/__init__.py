@@ -12,6 +12,7 @@ import typer
 
 from qkscore.cli import audit as _audit
 from qkscore.cli import data as _data
+from qkscore.cli import generation as _generation
 from qkscore.cli import models as _models
 from qkscore.cli import pipeline as _pipeline
 from qkscore.cli._errors import DEBUG_ENV, ErrorHandlingGroup
@@ -38,6 +39,8 @@ for _command in (
     _audit.check,
     _audit.verify_chain,
     _audit.serve,
+    _generation.generate,
+    _generation.rank,
 ):
     app.command(_command.__name__.replace("_", "-"))(_command)
 

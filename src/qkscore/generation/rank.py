@@ -1,0 +1,381 @@
+"""Rank sampled chains: per-step QK verdicts, the solution-level QK score, logit confidence,
+and best-of-N selectors compared with majority vote and the oracle.
+
+Why the solution-level readers are cross-fitted by problem: the head (or the linear readout of
+every head) is chosen on labelled generations, and a chain must never be scored by a reader
+that saw its own problem. Problems are dealt into ``folds`` groups; each group's chains are
+scored by readers fitted on the other groups only.
+
+Problems whose ids are in the profile's calibration split are left out of every figure by
+default (the step reader was fitted on them); the summary says how many there were.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qkscore.audit.chain import context_with_steps
+from qkscore.evaluate import accuracy, auroc, bootstrap_ci, mcnemar
+from qkscore.generation.folder import GenFolder
+from qkscore.generation.label import parse_coverage
+from qkscore.generation.solution import score_solutions
+from qkscore.run import _atomic_write_bytes, _progress, save_array, write_json
+
+__all__ = ["STEP_SCORERS", "cross_fit_solution", "rank", "select"]
+
+#: Step scorers, higher = more likely valid: the profile's reader margin, its single head's
+#: margin, and the model's own log-odds of "True" for the step (the fair baseline).
+STEP_SCORERS = ("qk_reader", "qk_head", "model_logodds")
+STEP_AGGREGATES = ("min", "mean", "last")
+SOLUTION_SCORERS = ("qk_solution_head", "qk_solution_linear")
+
+
+def _step_verdicts(judge: Any, context: str, steps: Sequence[str]) -> list[dict[str, float]]:
+    """The profile reader's margin, the profile head's signed margin and the model's own
+    log-odds of "True" for each step, judged against the context plus the steps before it (as
+    ``verify-chain`` does). The whole pass runs: the fast path stops at the reader's deepest
+    layer, which may lie below the single head's (an L1 reader that kept no head stops at 0)."""
+    if not steps:
+        return []
+    queries = [(context_with_steps(context, steps[:i]), s) for i, s in enumerate(steps)]
+    out = []
+    for v in judge.check_many(queries, model_answer=True):
+        head = judge.sign * (v.qk_scores["True"] - v.qk_scores["False"]) - judge.threshold
+        p = min(max(float(v.model_probability), 1e-12), 1 - 1e-12)
+        out.append(
+            {
+                "qk_reader": v.margin,
+                "qk_head": float(head),
+                "model_logodds": float(np.log(p) - np.log1p(-p)),
+                "probability": v.probability,
+                "verdict": v.verdict,
+            }
+        )
+    return out
+
+
+def _constant_reader(judge: Any) -> bool:
+    """Whether the profile's reader reads no head at all (an L1 readout that kept none): its
+    margins are then one constant, and the summary says so."""
+    return getattr(judge.reader, "n_kept_", None) == 0
+
+
+def _folds(groups: Sequence[str], k: int, seed: int) -> np.ndarray:
+    """Fold of each chain: its problem's, problems dealt at random into ``k`` groups."""
+    unique = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {unique[j]: i % k for i, j in enumerate(order)}
+    return np.array([fold_of[g] for g in groups], dtype=int)
+
+
+def cross_fit_solution(
+    qk: np.ndarray, correct: np.ndarray, groups: Sequence[str], folds: int = 5, seed: int = 0
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Grouped cross-fitting of the single head (by AUROC) and the linear reader over every
+    head's solution-level q.k, target = the final answer is correct. Returns the out-of-fold
+    scores (higher = more likely correct; NaN where a fold could not be fitted) and, per fold,
+    the head chosen."""
+    from qkscore.heads import CalibrationWarning, HeadSelector
+    from qkscore.readers import LinearQKReader
+
+    n = len(correct)
+    scores = {name: np.full(n, np.nan) for name in SOLUTION_SCORERS}
+    # as a two-option item: option 0 ("correct") has the raw q.k, option 1 zero, so a head's
+    # margin is its raw score and its learned sign says which way it reads
+    x = np.stack([qk, np.zeros_like(qk)], -1)
+    y = np.where(correct, 0, 1)
+    ok = np.isfinite(qk).all(axis=(1, 2))
+    fold = _folds(groups, max(2, folds), seed)
+    chosen = []
+    for f in range(max(2, folds)):
+        train, test = ok & (fold != f), ok & (fold == f)
+        counts = np.bincount(y[train], minlength=2)
+        if not test.any() or counts.min() < 2:
+            chosen.append({"fold": f, "head": None, "train_chains": int(train.sum())})
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CalibrationWarning)
+            head = HeadSelector(metric="auroc").fit(x[train], y[train])
+            scores["qk_solution_head"][test] = head.margin(x[test])
+            linear = LinearQKReader(cv=int(min(5, counts.min()))).fit(x[train], y[train])
+            scores["qk_solution_linear"][test] = linear.decision_function(x[test])
+        chosen.append({"fold": f, "head": head.head_name_, "train_chains": int(train.sum())})
+    return scores, chosen
+
+
+def select(
+    scores: Mapping[str, np.ndarray],
+    records: Sequence[Mapping[str, Any]],
+    by_problem: Mapping[str, list[int]],
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per problem, whether the kept answer is right, for each selector: the chain with the
+    highest score per scorer (NaN never wins; ties go to the earlier sample), majority vote
+    over parsed answers (a tie goes to the answer parsed first; no answer is wrong), the
+    first sample, a random pick and the oracle (any chain right)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[bool]] = {name: [] for name in scores}
+    for extra in ("majority_vote", "first_sample", "random", "oracle"):
+        out[extra] = []
+    for chains in by_problem.values():
+        for name, s in scores.items():
+            vals = np.array([s[i] for i in chains], dtype=float)
+            vals = np.where(np.isfinite(vals), vals, -np.inf)
+            out[name].append(bool(records[chains[int(np.argmax(vals))]]["correct"]))
+        answers = [records[i]["answer"] for i in chains if records[i]["answer"] is not None]
+        gold = records[chains[0]]["gold"]
+        if answers:
+            yes, no = answers.count(True), answers.count(False)
+            vote = answers[0] if yes == no else yes > no
+            out["majority_vote"].append(vote == gold)
+        else:
+            out["majority_vote"].append(False)
+        out["first_sample"].append(bool(records[chains[0]]["correct"]))
+        out["random"].append(bool(records[chains[int(rng.integers(len(chains)))]]["correct"]))
+        out["oracle"].append(any(records[i]["correct"] for i in chains))
+    return {k: np.array(v, dtype=bool) for k, v in out.items()}
+
+
+def _auroc_entry(score: np.ndarray, positive: np.ndarray, n_boot: int) -> dict[str, Any]:
+    ok = np.isfinite(score)
+    s, y = score[ok], positive[ok].astype(bool)
+    entry: dict[str, Any] = {"n": int(ok.sum()), "positives": int(y.sum())}
+    if y.all() or not y.any():
+        return {**entry, "auroc": None, "ci": None}
+    ci = bootstrap_ci(auroc, s, y, n_boot=n_boot)
+    return {**entry, "auroc": float(ci.point), "ci": [ci.low, ci.high]}
+
+
+def _accuracy_entry(correct: np.ndarray, n_boot: int) -> dict[str, Any]:
+    ci = bootstrap_ci(accuracy, correct.astype(int), np.ones(len(correct), int), n_boot=n_boot)
+    return {"accuracy": float(ci.point), "ci": [ci.low, ci.high], "n": len(correct)}
+
+
+def rank(
+    gen: str | Path,
+    profile: str | Path,
+    out: str | Path,
+    *,
+    model: Any = None,
+    folds: int = 5,
+    dtype: str = "float32",
+    batch_size: int = 4,
+    include_calibration: bool = False,
+    seed: int = 0,
+    n_boot: int = 1000,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Score every chain of the generation folder ``gen`` and write ``out``: ranked.jsonl,
+    solution_qk.npy, summary.json and summary.md. Returns the summary."""
+    from qkscore.audit import Judge
+
+    folder = GenFolder(gen)
+    records = folder.records()
+    problems = folder.problems()
+    judge = Judge(profile, model=model, dtype=dtype, model_answer=True)
+    constant = _constant_reader(judge)
+    calib = {str(i) for i in judge.profile.data["calibration"].get("item_ids", [])}
+    in_calib = sorted({p.id for p in problems} & calib)
+    keep = [r for r in records if include_calibration or r["id"] not in calib]
+    if not keep:
+        raise ValueError(f"every problem of {folder.path} is in the profile's calibration split")
+    with _progress(progress, "steps", len(keep), 0, unit="chains") as advance:
+        steps = []
+        for r in keep:
+            steps.append(_step_verdicts(judge, problems[r["problem"]].context, r["steps"]))
+            advance(1)
+    with _progress(progress, "solutions", len(keep), 0, unit="chains") as advance:
+        solution = score_solutions(
+            judge.lm,
+            [problems[r["problem"]].text for r in keep],
+            [r["text"] for r in keep],
+            rope=judge.rope,
+            batch_size=batch_size,
+            on_batch=advance,
+        )
+    correct = np.array([r["correct"] for r in keep], dtype=bool)
+    groups = [r["id"] for r in keep]
+    cross, chosen = cross_fit_solution(solution.qk, correct, groups, folds, seed)
+
+    chain_scores: dict[str, np.ndarray] = {}
+    for name in STEP_SCORERS:
+        for agg in STEP_AGGREGATES:
+            vals = []
+            for verdicts in steps:
+                xs = [v[name] for v in verdicts]
+                if not xs:
+                    vals.append(np.nan)
+                else:
+                    vals.append({"min": min, "mean": np.mean, "last": lambda a: a[-1]}[agg](xs))
+            chain_scores[f"{name}_{agg}"] = np.array(vals, dtype=float)
+    chain_scores.update(cross)
+    chain_scores.update(solution.confidence)
+
+    by_problem: dict[str, list[int]] = {}
+    for i, r in enumerate(keep):
+        by_problem.setdefault(r["id"], []).append(i)
+    selected = select(chain_scores, keep, by_problem, seed)
+
+    summary = _summary(
+        keep, steps, chain_scores, selected, correct, n_boot=n_boot, folds=folds, chosen=chosen
+    )
+    summary.update(
+        constant_reader=constant,
+        generations=str(folder.path),
+        profile=str(profile),
+        reader=judge.reader_name,
+        head=judge.head,
+        n_problems=len(by_problem),
+        n_chains=len(keep),
+        calibration_overlap={
+            "problems": len(in_calib),
+            "excluded": not include_calibration and bool(in_calib),
+            "ids": in_calib[:20],
+        },
+    )
+    _write(Path(out), keep, steps, chain_scores, solution.qk, summary)
+    return summary
+
+
+def _summary(records, steps, chain_scores, selected, correct, *, n_boot, folds, chosen):
+    labels = [lab for r in records for lab in r["labels"]]
+    step_rows = [
+        (v, lab, r.get("hops"))
+        for r, verdicts in zip(records, steps)
+        for v, lab in zip(verdicts, r["labels"])
+        if lab["label"] != "unparsed"
+    ]
+    step_level: dict[str, Any] = {}
+    valid = np.array([lab["label"] == "valid" for _, lab, _ in step_rows], dtype=bool)
+    hops = np.array([-1 if h is None else h for _, _, h in step_rows])
+    for name in STEP_SCORERS:
+        s = np.array([v[name] for v, _, _ in step_rows], dtype=float)
+        entry = {"overall": _auroc_entry(s, valid, n_boot), "by_hops": {}}
+        for h in sorted(set(hops.tolist())):
+            m = hops == h
+            entry["by_hops"][str(h) if h >= 0 else "unknown"] = _auroc_entry(s[m], valid[m], n_boot)
+        step_level[name] = entry
+    depths: dict[str, int] = {}
+    for _, lab, _ in step_rows:
+        if lab["label"] == "valid":
+            key = str(lab["depth"])
+            depths[key] = depths.get(key, 0) + 1
+    chain_level = {name: _auroc_entry(s, correct, n_boot) for name, s in chain_scores.items()}
+    best_of_n = {name: _accuracy_entry(c, n_boot) for name, c in selected.items()}
+    qk_names = [n for n in selected if n.startswith("qk_")]
+    best_qk = max(qk_names, key=lambda n: (best_of_n[n]["accuracy"], -qk_names.index(n)))
+    comparisons = {}
+    for other in ("majority_vote", "logprob_mean"):
+        test = mcnemar(selected[best_qk], selected[other])
+        diff = best_of_n[best_qk]["accuracy"] - best_of_n[other]["accuracy"]
+        verdict = (
+            "beats"
+            if test.pvalue < 0.05 and diff > 0
+            else ("is beaten by" if test.pvalue < 0.05 else "does not beat")
+        )
+        comparisons[other] = {
+            "selector": best_qk,
+            "accuracy_difference": diff,
+            "mcnemar_statistic": test.statistic,
+            "pvalue": test.pvalue,
+            "verdict": verdict,
+        }
+    return {
+        "parse_coverage": parse_coverage(labels),
+        "valid_steps_by_depth": dict(sorted(depths.items())),
+        "chains_correct": float(correct.mean()),
+        "answers_parsed": float(np.mean([r["answer"] is not None for r in records])),
+        "step_level": step_level,
+        "chain_level": chain_level,
+        "best_of_n": best_of_n,
+        "best_qk_selector": best_qk,
+        "comparisons": comparisons,
+        "solution_folds": {"folds": folds, "heads": chosen},
+    }
+
+
+def _fmt(entry: Mapping[str, Any], key: str) -> str:
+    value = entry.get(key)
+    if value is None:
+        return "–"
+    ci = entry.get("ci")
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The summary as Markdown; every comparison says plainly whether QK selection wins."""
+    cov = summary["parse_coverage"]
+    lines = [
+        "# Best-of-N with query-key alignment",
+        "",
+        f"{summary['n_problems']} problems, {summary['n_chains']} chains; final answer parsed "
+        f"in {summary['answers_parsed']:.1%}, correct in {summary['chains_correct']:.1%}. "
+        f"Reader `{summary['reader']}` (head {summary['head']}).",
+        f"Steps: {cov['steps']} ({cov['valid']} valid, {cov['invalid']} invalid, "
+        f"{cov['unparsed']} unparsed; parse coverage "
+        + ("–" if cov["coverage"] is None else f"{cov['coverage']:.1%}")
+        + ").",
+    ]
+    if summary.get("constant_reader"):
+        lines.append(
+            f"**The profile's reader `{summary['reader']}` keeps no head: its margin is one "
+            "constant, so `qk_reader_*` rank nothing; `qk_head_*` read the profile's single "
+            "head.**"
+        )
+    overlap = summary["calibration_overlap"]
+    lines.append(
+        f"Problems in the profile's calibration split: {overlap['problems']}"
+        + (" (excluded from every figure)." if overlap["excluded"] else ".")
+    )
+    lines += ["", "## Best-of-N accuracy (95% bootstrap CI)", "", "| selector | accuracy |"]
+    lines.append("|---|---|")
+    for name, entry in summary["best_of_n"].items():
+        lines.append(f"| {name} | {_fmt(entry, 'accuracy')} |")
+    lines += [""]
+    for other, c in summary["comparisons"].items():
+        lines.append(
+            f"- Best QK selector `{c['selector']}` {c['verdict']} `{other}` "
+            f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g})."
+        )
+    lines.append(
+        "- The best QK selector is picked among the QK selectors by its accuracy on these same "
+        "problems, so its figure is optimistic; the others are not picked."
+    )
+    lines += ["", "## Chain level: AUROC for a correct final answer", ""]
+    lines += ["| scorer | AUROC | chains |", "|---|---|---|"]
+    for name, entry in summary["chain_level"].items():
+        lines.append(f"| {name} | {_fmt(entry, 'auroc')} | {entry['n']} |")
+    lines += ["", "## Step level: AUROC against the prover's labels (valid = positive)", ""]
+    lines += ["| scorer | problem hops | AUROC | steps (valid) |", "|---|---|---|---|"]
+    for name, entry in summary["step_level"].items():
+        rows = [("all", entry["overall"]), *entry["by_hops"].items()]
+        for hops, e in rows:
+            lines.append(f"| {name} | {hops} | {_fmt(e, 'auroc')} | {e['n']} ({e['positives']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, records, steps, chain_scores, qk, summary) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (r, verdicts) in enumerate(zip(records, steps)):
+        row = {k: r[k] for k in ("id", "sample", "answer", "gold", "correct", "hops")}
+        row["scores"] = {
+            name: (None if not np.isfinite(s[i]) else float(s[i]))
+            for name, s in chain_scores.items()
+        }
+        row["steps"] = [
+            {"text": t, **lab, **v} for t, lab, v in zip(r["steps"], r["labels"], verdicts)
+        ]
+        lines.append(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    _atomic_write_bytes(out / "ranked.jsonl", lambda fh: fh.write(b"".join(lines)))
+    save_array(out / "solution_qk.npy", qk)
+    write_json(out / "summary.json", summary)
+    text = summary_markdown(summary).encode()
+    _atomic_write_bytes(out / "summary.md", lambda fh: fh.write(text))

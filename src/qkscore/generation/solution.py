@@ -1,0 +1,99 @@
+"""The solution-level pass: every head's q.k between a solution's end and its problem's end,
+and the model's confidence in the solution's tokens, from one forward pass per chain.
+
+The prompt is ``{problem}\\n\\nSolution:\\n{chain}`` with no chat template (the native
+verifier's prompt, Tulchinskii et al. 2026): the query sits at the solution's last token and
+the key at the problem's last token. Logit confidence is read over the solution's tokens from
+the same pass: mean and minimum token log-probability, mean entropy, and self-certainty (mean
+KL divergence of the uniform distribution from the token distribution, Kang et al. 2025).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CONFIDENCE", "SolutionScores", "score_solutions", "solution_prompt"]
+
+#: Logit-confidence scorers, each oriented so that higher means more confident.
+CONFIDENCE = ("logprob_mean", "logprob_min", "neg_entropy", "self_certainty")
+
+
+def solution_prompt(problem_text: str, chain: str) -> tuple[str, int, int]:
+    """The prompt, the character where the problem ends and where the solution starts."""
+    head = f"{problem_text}\n\nSolution:\n"
+    return head + chain.strip(), len(problem_text), len(head)
+
+
+@dataclass
+class SolutionScores:
+    """``qk`` float32 ``[chains, layers, heads]`` (NaN for an empty chain) and the logit
+    confidence of each chain (``CONFIDENCE`` names -> float arrays)."""
+
+    qk: np.ndarray
+    confidence: dict[str, np.ndarray]
+
+
+def _positions(tokenizer: Any, prompt: str, problem_end: int, solution_start: int):
+    enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    real = [i for i, (s, e) in enumerate(offsets) if e > s]
+    key = max(i for i in real if offsets[i][0] < problem_end)
+    start = min((i for i in real if offsets[i][0] >= solution_start), default=None)
+    return ids, key, start, real[-1]
+
+
+def score_solutions(
+    lm: Any,
+    problem_texts: Sequence[str],
+    chains: Sequence[str],
+    *,
+    rope: bool = False,
+    batch_size: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> SolutionScores:
+    """One pass per chain (batched, right-padded) for every head's q.k and logit confidence."""
+    import torch
+
+    from qkscore.extract import extract, iter_batches
+
+    n = len(chains)
+    qk = np.full((n, lm.n_layers, lm.n_heads), np.nan, dtype=np.float32)
+    conf = {name: np.full(n, np.nan) for name in CONFIDENCE}
+    rows = []
+    for i, (problem, chain) in enumerate(zip(problem_texts, chains)):
+        if not chain.strip():
+            continue  # nothing to score: stays NaN
+        prompt, problem_end, solution_start = solution_prompt(problem, chain)
+        ids, key, start, last = _positions(lm.tokenizer, prompt, problem_end, solution_start)
+        if start is not None:
+            rows.append((i, ids, key, start, last))
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for batch in iter_batches(rows, batch_size):
+        width = max(len(r[1]) for r in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, (_, ids, *_rest) in enumerate(batch):
+            input_ids[j, : len(ids)] = torch.tensor(ids)
+            mask[j, : len(ids)] = 1
+        out = extract(
+            lm,
+            input_ids,
+            mask,
+            [[(last, key)] for _, _, key, _, last in batch],
+            rope=rope,
+            token_spans=[(start, last + 1) for _, _, _, start, last in batch],
+        )
+        for j, (i, *_rest) in enumerate(batch):
+            qk[i] = out.scores[j, :, :, 0]
+            stats = out.token_stats[j].astype(np.float64)
+            conf["logprob_mean"][i] = stats[:, 0].mean()
+            conf["logprob_min"][i] = stats[:, 0].min()
+            conf["neg_entropy"][i] = -stats[:, 1].mean()
+            conf["self_certainty"][i] = stats[:, 2].mean()
+        if on_batch is not None:
+            on_batch(len(batch))
+    return SolutionScores(qk, conf)

@@ -1,0 +1,340 @@
+"""Generate chains, label their steps with the prover, import chains made elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qkscore.data.items import DataError
+from qkscore.generation import GenFolder, generate, parse_answer
+from qkscore.generation.byo import import_chains
+from qkscore.generation.label import label_steps, parse_coverage
+from qkscore.generation.problems import Problem, chain_steps
+from tiny_models import few_threads
+
+SPEC = "generated:depth=1-2&n=2&seed=5"
+SETTINGS = dict(samples=2, max_new_tokens=8, batch_size=2, progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    with few_threads():
+        yield
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, smollm2) -> GenFolder:
+    with few_threads():
+        return generate(smollm2, SPEC, tmp_path_factory.mktemp("gen") / "g", **SETTINGS)
+
+
+def _texts(folder: GenFolder) -> list[tuple]:
+    return [(r["id"], r["sample"], r["text"]) for r in folder.records()]
+
+
+def test_generation_folder_holds_every_chain_with_provenance(generated):
+    meta = generated.meta()
+    assert meta["complete"] and meta["kind"] == "generations" and meta["source"] == "generate"
+    assert meta["n_problems"] == 2 and meta["samples"] == 2 and meta["data"] == SPEC
+    assert meta["model"]["fingerprint"] and meta["temperature"] == 0.7 and meta["seed"] == 0
+    assert meta["chat_template"] is True  # SmolLM2-Instruct has one: used by default
+    stats = meta["generation"]
+    assert stats["tokens"] > 0 and stats["wall_s"] > 0
+    assert stats["tokens_per_s"] == pytest.approx(stats["tokens"] / stats["wall_s"], rel=0.01)
+    problems = generated.problems()
+    assert len(problems) == 2 and all(p.question.startswith("True or false: ") for p in problems)
+    records = generated.records()
+    assert [(r["problem"], r["sample"]) for r in records] == [
+        (p, s) for p in range(2) for s in (0, 1)
+    ]
+    assert stats["tokens"] == sum(r["tokens"] for r in records)
+    for r in records:
+        assert 0 < r["tokens"] <= 8 + 1 and r["finish"] in ("answer", "eos", "length")
+        assert r["answer"] == parse_answer(r["text"]) and r["steps"] == chain_steps(r["text"])
+        assert len(r["labels"]) == len(r["steps"])
+        assert r["correct"] == (r["answer"] is not None and r["answer"] == r["gold"])
+    # two samples of one problem differ (their own seeds), as sampling should
+    assert records[0]["text"] != records[1]["text"]
+
+
+def test_resume_after_a_crash_gives_identical_generations(
+    generated, smollm2, tmp_path, monkeypatch
+):
+    out = tmp_path / "crashed"
+    real_append = GenFolder.append
+    calls = {"n": 0}
+
+    def append_then_die(self, records):
+        calls["n"] += 1
+        if calls["n"] == 2:  # half of the second batch reaches the disk, then kill -9
+            with open(self.generations_path, "ab") as fh:
+                fh.write((json.dumps(records[0]) + "\n" + json.dumps(records[1])[:25]).encode())
+            raise KeyboardInterrupt
+        real_append(self, records)
+
+    monkeypatch.setattr(GenFolder, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        generate(smollm2, SPEC, out, **SETTINGS)
+    monkeypatch.setattr(GenFolder, "append", real_append)
+    assert not GenFolder(out).meta()["complete"]
+    assert len(GenFolder(out).raw_records()) == 3  # batch 0 and one line of batch 1
+    logs: list[str] = []
+    generate(smollm2, SPEC, out, **{**SETTINGS, "log": logs.append})
+    assert any("torn or partial batch" in line for line in logs)
+    assert _texts(GenFolder(out)) == _texts(generated)
+    assert GenFolder(out).generations_path.read_text().count("\n") == 4
+
+
+def test_a_folder_made_with_other_settings_is_refused(generated, smollm2):
+    from qkscore.run import RunMismatchError
+
+    with pytest.raises(RunMismatchError, match="seed"):
+        generate(smollm2, SPEC, generated.path, **{**SETTINGS, "seed": 1})
+    with pytest.raises(RunMismatchError, match="model"):  # known from the alias, before loading
+        generate("qwen2.5-coder-0.5b", SPEC, generated.path, **SETTINGS)
+    log: list[str] = []
+    generate(smollm2, SPEC, generated.path, **{**SETTINGS, "log": log.append})
+    assert log == [f"{generated.path} is complete: nothing to do"]
+
+
+# ---- labels ----------------------------------------------------------------------------
+
+CONTEXT = (
+    "Every cat is a mammal. Every mammal is an animal. Cats are not green. Tom is a cat. "
+    "Every dog is loud."
+)
+
+
+def test_prover_labels_hand_written_steps_exactly():
+    steps = [
+        "Tom is a cat.",  # restated premise
+        "Every cat is a mammal.",  # restated rule
+        "Tom is a mammal.",  # one hop
+        "Tom is an animal.",  # two hops
+        "Tom is green.",  # contradicted
+        "Tom is a dog.",  # not entailed
+        "Tom is loud.",  # follows from the unsupported step before: locally valid
+        "Every cat is an animal.",  # a derived rule
+        "Every animal is a cat.",  # not entailed
+        "So the answer is clear.",  # the parser reads nothing
+        "Tom is not green.",
+    ]
+    labels = label_steps(CONTEXT, steps)
+    assert [lab["label"] for lab in labels] == [
+        "valid", "valid", "valid", "valid", "invalid", "invalid", "valid", "valid", "invalid",
+        "unparsed", "valid",
+    ]  # fmt: skip
+    assert [lab["depth"] for lab in labels] == [0, 0, 1, 2, None, None, 1, 2, None, None, 1]
+    assert [lab["reason"] for lab in labels][4:6] == ["contradicted", "not entailed"]
+    assert labels[6]["grounded"] is False and labels[3]["grounded"] is True
+    assert labels[6]["reason"] == "follows from an unsupported earlier step"
+    assert [lab["kind"] for lab in labels][:2] == ["fact", "rule"] and labels[9]["kind"] is None
+    cov = parse_coverage(labels)
+    assert (cov["steps"], cov["valid"], cov["invalid"], cov["unparsed"]) == (11, 7, 3, 1)
+    assert cov["coverage"] == pytest.approx(10 / 11)
+
+
+def test_a_contradicted_step_is_not_built_upon():
+    labels = label_steps(CONTEXT, ["Tom is green.", "Tom is green."])
+    assert [lab["label"] for lab in labels] == ["invalid", "invalid"]
+
+
+def test_answer_line_and_steps_are_read_from_the_text():
+    text = "1. Tom is a cat.\n2. Every cat is a mammal. Tom is a mammal.\nAnswer: True\nmore"
+    assert chain_steps(text) == ["Tom is a cat.", "Every cat is a mammal.", "Tom is a mammal."]
+    assert parse_answer(text) is True
+    assert parse_answer("answer: false") is False
+    assert parse_answer("Tom is a mammal.") is None
+
+
+# ---- bring your own --------------------------------------------------------------------
+
+
+def _write(path: Path, records: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    return path
+
+
+GOOD = {
+    "id": "p1",
+    "context": CONTEXT,
+    "question": "True or false: Tom is a mammal.",
+    "gold": True,
+    "generations": ["Tom is a cat. Tom is a mammal.\nAnswer: True", "Tom is green.\nAnswer: False"],
+}
+
+
+def test_imported_chains_make_the_same_folder(tmp_path):
+    other = {**GOOD, "id": "p2", "answer": "False", "generations": ["Answer: False"], "hops": 2}
+    del other["gold"]
+    folder = import_chains(_write(tmp_path / "c.jsonl", [GOOD, other]), tmp_path / "g")
+    meta = folder.meta()
+    assert meta["complete"] and meta["source"] == "import" and meta["n_problems"] == 2
+    records = folder.records()
+    assert [(r["id"], r["sample"], r["answer"], r["correct"]) for r in records] == [
+        ("p1", 0, True, True),
+        ("p1", 1, False, False),
+        ("p2", 0, False, True),
+    ]
+    assert [lab["label"] for lab in records[0]["labels"]] == ["valid", "valid"]
+    assert records[1]["labels"][0]["reason"] == "contradicted"
+    assert folder.problems()[1] == Problem("p2", CONTEXT, GOOD["question"], False, 2)
+
+
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        ("{not json", "c.jsonl:2: not valid JSON"),
+        ({**GOOD, "id": "p3", "gold": "yes"}, "c.jsonl:2 field 'gold': expected true or false"),
+        ({**GOOD, "id": "p3", "generations": []}, "c.jsonl:2 field 'generations'"),
+        ({**GOOD, "id": "p3", "generations": ["a", 3]}, "c.jsonl:2 field 'generations[1]'"),
+        ({k: v for k, v in GOOD.items() if k != "context"}, "c.jsonl:2 field 'context'"),
+        (GOOD, "c.jsonl:2 field 'id': duplicate id 'p1'"),
+    ],
+)
+def test_a_malformed_record_names_file_line_and_field(tmp_path, bad, where):
+    path = _write(tmp_path / "c.jsonl", [GOOD, bad])
+    with pytest.raises(DataError) as err:
+        import_chains(path, tmp_path / "g")
+    assert where in str(err.value)
+    assert not (tmp_path / "g").exists()
+
+
+# ---- rank ------------------------------------------------------------------------------
+
+NAMES = ["Tom", "Max", "Sam", "Ann", "Liz", "Bob"]
+
+
+def _problem_record(name: str, pid: str) -> dict:
+    context = CONTEXT.replace("Tom", name)
+    right = f"{name} is a cat. Every cat is a mammal. {name} is a mammal.\nAnswer: True"
+    wrong = f"{name} is green. {name} is not a mammal.\nAnswer: False"
+    # the right chain comes first for half the problems
+    gens = [right, wrong] if NAMES.index(name) % 2 == 0 else [wrong, right]
+    return {
+        "id": pid,
+        "context": context,
+        "question": f"True or false: {name} is a mammal.",
+        "gold": True,
+        "generations": gens,
+        "hops": 1,
+    }
+
+
+def test_solution_readers_never_see_the_problem_they_score():
+    from qkscore.generation.rank import cross_fit_solution
+
+    rng = np.random.default_rng(0)
+    qk = rng.normal(size=(40, 3, 2)).astype(np.float32)
+    correct = rng.random(40) < 0.5
+    groups = [f"p{i // 4}" for i in range(40)]
+    base, chosen = cross_fit_solution(qk, correct, groups, folds=5)
+    assert len(chosen) == 5 and all(c["head"] for c in chosen)
+    assert np.isfinite(base["qk_solution_head"]).all()
+    flipped = correct.copy()
+    flipped[:4] = ~flipped[:4]  # problem p0's own labels change
+    again, _ = cross_fit_solution(qk, flipped, groups, folds=5)
+    for name in base:
+        np.testing.assert_array_equal(base[name][:4], again[name][:4])
+        assert not np.array_equal(base[name], again[name])  # the other folds did use them
+
+
+def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
+    from audit_fixtures import build_profile
+    from qkscore.generation.rank import rank
+
+    profile = build_profile(tmp_path_factory.getbasetemp(), smollm2)
+    calib_id = json.loads(profile.read_text())["calibration"]["item_ids"][0]
+    records = [_problem_record(n, f"p-{n}") for n in NAMES]
+    records.append(_problem_record("Tom", calib_id))
+    records[0]["generations"].append("I cannot tell.")  # a step the parser cannot read, no answer
+    gen = import_chains(_write(tmp_path / "c.jsonl", records), tmp_path / "gen")
+    summary = rank(gen.path, profile, tmp_path / "ranked", model=smollm2, folds=2, progress=False)
+
+    assert summary["calibration_overlap"] == {"problems": 1, "excluded": True, "ids": [calib_id]}
+    assert (summary["n_problems"], summary["n_chains"]) == (6, 13)
+    rows = [json.loads(x) for x in (tmp_path / "ranked" / "ranked.jsonl").read_text().splitlines()]
+    assert len(rows) == 13 and calib_id not in {r["id"] for r in rows}
+    qk = np.load(tmp_path / "ranked" / "solution_qk.npy")
+    assert qk.shape == (13, smollm2.n_layers, smollm2.n_heads) and np.isfinite(qk).all()
+    for r in rows:
+        assert set(r["scores"]) >= {
+            "qk_reader_min", "qk_reader_mean", "qk_reader_last", "qk_head_min",
+            "qk_solution_head", "qk_solution_linear", "logprob_mean", "logprob_min",
+            "neg_entropy", "self_certainty",
+        }  # fmt: skip
+        assert r["scores"]["logprob_min"] <= r["scores"]["logprob_mean"] < 0
+        assert r["scores"]["self_certainty"] > 0
+        for step in r["steps"]:
+            assert step["verdict"] in ("valid", "invalid") and 0 <= step["probability"] <= 1
+    steps = rows[0]["steps"]
+    assert [s["label"] for s in steps] == ["valid", "valid", "valid"]
+    assert rows[0]["scores"]["qk_reader_min"] == pytest.approx(min(s["qk_reader"] for s in steps))
+    assert rows[0]["scores"]["qk_reader_last"] == pytest.approx(steps[-1]["qk_reader"])
+    # a step the parser cannot read is judged by QK but left out of the step-level figures
+    unread = next(r for r in rows if r["answer"] is None)
+    assert [s["label"] for s in unread["steps"]] == ["unparsed"] and not unread["correct"]
+
+    best = summary["best_of_n"]
+    assert best["oracle"]["accuracy"] == 1.0
+    assert best["first_sample"]["accuracy"] == pytest.approx(0.5)
+    assert best["majority_vote"]["accuracy"] == pytest.approx(0.5)  # 1-1 ties: the first answer
+    for entry in best.values():
+        assert entry["ci"][0] <= entry["accuracy"] <= entry["ci"][1]
+    assert summary["chain_level"]["logprob_mean"]["n"] == 13
+    assert summary["step_level"]["qk_reader"]["overall"]["n"] == 6 * 3 + 6 * 2
+    assert summary["parse_coverage"]["unparsed"] == 1
+    assert summary["comparisons"]["majority_vote"]["verdict"] in (
+        "beats", "does not beat", "is beaten by",
+    )  # fmt: skip
+    md = (tmp_path / "ranked" / "summary.md").read_text()
+    assert "Problems in the profile's calibration split: 1 (excluded" in md
+    assert f"`{summary['best_qk_selector']}`" in md
+
+
+def test_token_stats_match_the_full_logits(smollm2):
+    import torch
+
+    from qkscore.extract import extract
+
+    ids = smollm2.tokenizer("Every cat is a mammal. Tom is a cat.", return_tensors="pt")
+    input_ids = ids["input_ids"]
+    n = input_ids.shape[1]
+    out = extract(smollm2, input_ids, None, [[(n - 1, 0)]], token_spans=[(3, n)])
+    with torch.inference_mode():
+        logp = smollm2.model(input_ids).logits[0].float().log_softmax(-1)
+    want = logp[2 : n - 1].gather(-1, input_ids[0, 3:n, None])[:, 0]
+    stats = out.token_stats[0]
+    assert stats.shape == (n - 3, 3)
+    np.testing.assert_allclose(stats[:, 0], want.numpy(), atol=1e-4)
+    entropy = -(logp[2 : n - 1].exp() * logp[2 : n - 1]).sum(-1)
+    np.testing.assert_allclose(stats[:, 1], entropy.numpy(), atol=1e-3)
+    uniform_kl = -logp[2 : n - 1].mean(-1) - np.log(logp.shape[-1])
+    np.testing.assert_allclose(stats[:, 2], uniform_kl.numpy(), atol=1e-3)
+    with pytest.raises(IndexError, match="token span"):
+        extract(smollm2, input_ids, None, [[(n - 1, 0)]], token_spans=[(0, n)])
+
+
+def test_generate_command_imports_and_names_a_bad_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from qkscore.cli import app
+
+    env = {"COLUMNS": "200", "QKSCORE_DEBUG": None}
+    good = _write(tmp_path / "good.jsonl", [GOOD])
+    args = ["generate", "--from", str(good), "-o", str(tmp_path / "g")]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 problems, 2 chains; final answer parsed in 2/2, correct in 1/2" in text
+    assert "steps: 2 valid, 1 invalid, 0 unparsed (parse coverage 100.0%)" in text
+    bad = _write(tmp_path / "bad.jsonl", [GOOD, {**GOOD, "id": "p2", "question": ""}])
+    args = ["generate", "--from", str(bad), "-o", str(tmp_path / "g2")]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2
+    assert "bad.jsonl:2 field 'question': expected non-empty text" in result.output
+    result = CliRunner().invoke(app, ["generate", "-o", str(tmp_path / "g3")], env=env)
+    assert result.exit_code == 2 and "give --model and --data" in result.output
