@@ -298,7 +298,7 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
 def test_token_stats_match_the_full_logits(smollm2):
     import torch
 
-    from qkscore.extract import extract
+    from qkscore.extraction import extract
 
     ids = smollm2.tokenizer("Every cat is a mammal. Tom is a cat.", return_tensors="pt")
     input_ids = ids["input_ids"]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qkscore.audit.chain import context_with_steps
-from qkscore.evaluate import accuracy, auroc, bootstrap_ci, mcnemar
+from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar
 from qkscore.generation.folder import GenFolder
 from qkscore.generation.label import parse_coverage
 from qkscore.generation.solution import score_solutions
@@ -81,8 +81,9 @@ def cross_fit_solution(
     head's solution-level q.k, target = the final answer is correct. Returns the out-of-fold
     scores (higher = more likely correct; NaN where a fold could not be fitted) and, per fold,
     the head chosen."""
-    from qkscore.heads import CalibrationWarning, HeadSelector
-    from qkscore.readers import LinearQKReader
+    from qkscore.estimators.base import CalibrationWarning
+    from qkscore.estimators.heads import HeadSelector
+    from qkscore.estimators.readers import LinearQKReader
 
     n = len(correct)
     scores = {name: np.full(n, np.nan) for name in SOLUTION_SCORERS}

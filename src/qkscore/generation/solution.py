@@ -58,7 +58,7 @@ def score_solutions(
     """One pass per chain (batched, right-padded) for every head's q.k and logit confidence."""
     import torch
 
-    from qkscore.extract import extract, iter_batches
+    from qkscore.extraction import extract, iter_batches
 
     n = len(chains)
     qk = np.full((n, lm.n_layers, lm.n_heads), np.nan, dtype=np.float32)
