@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from qkscore.audit.chain import context_with_steps
-from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar
 from qkscore.generation.folder import GenFolder
 from qkscore.generation.label import parse_coverage
 from qkscore.generation.solution import score_solutions
 from qkscore.run import _atomic_write_bytes, _progress, save_array, write_json
+from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar
 
 __all__ = ["STEP_SCORERS", "cross_fit_solution", "rank", "select"]
 
