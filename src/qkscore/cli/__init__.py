@@ -12,6 +12,7 @@ import typer
 
 from qkscore.cli import audit as _audit
 from qkscore.cli import data as _data
+from qkscore.cli import lm_eval as _lm_eval
 from qkscore.cli import models as _models
 from qkscore.cli import pipeline as _pipeline
 from qkscore.cli._errors import DEBUG_ENV, ErrorHandlingGroup
@@ -40,6 +41,7 @@ for _command in (
     _audit.serve,
 ):
     app.command(_command.__name__.replace("_", "-"))(_command)
+app.command("lm-eval", context_settings=_lm_eval.CONTEXT)(_lm_eval.lm_eval)
 
 
 @app.callback()
