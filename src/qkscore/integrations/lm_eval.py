@@ -69,7 +69,8 @@ class QKScoreLM(LM):
     ``calibrate=SOURCE`` (a packaged task's name: its validation split; or a data spec: all its
     items), with ``template`` (default: the packaged task's, else answer-statement),
     ``reader`` (default auto) and ``calibrate_out`` (folder for the scan and profile; default
-    a temporary one). ``dtype`` defaults to float32, as ``check`` does, so verdicts do not
+    a temporary one) and ``calib_size`` (a balanced subset of the calibration items, faster).
+    ``dtype`` defaults to float32, as ``check`` does, so verdicts do not
     depend on batching. Documents that were calibration items are refused.
     """
 
@@ -81,6 +82,7 @@ class QKScoreLM(LM):
         template: str | None = None,
         reader: str = "auto",
         calibrate_out: str | None = None,
+        calib_size: int | None = None,
         dtype: str = "float32",
         device: str | None = None,
         batch_size: Any = 8,
@@ -104,7 +106,9 @@ class QKScoreLM(LM):
         if profile is not None:
             self.profile = Profile.load(profile)
         else:
-            self.profile = self._calibrate(str(calibrate), template, reader, calibrate_out)
+            self.profile = self._calibrate(
+                str(calibrate), template, reader, calibrate_out, calib_size
+            )
         self._check_profile()
         self.template: Template = template_from_description(self.profile.data["template"])
         self.reader = self.profile.reader()
@@ -125,13 +129,19 @@ class QKScoreLM(LM):
             )
 
     def _calibrate(
-        self, source: str, template: str | None, reader: str, out: str | None
+        self,
+        source: str,
+        template: str | None,
+        reader: str,
+        out: str | None,
+        size: int | None = None,
     ) -> Profile:
         """Scan the calibration items and fit the readers on all of them; never the scored ones.
 
-        The calibration prompts are remembered, and a document showing one is refused later.
+        ``size`` keeps a label-balanced subset of that many (seed 0), for a faster run. The
+        calibration prompts are remembered, and a document showing one is refused later.
         """
-        from qkscore.pipeline import calibrate
+        from qkscore.pipeline import balanced_split, calibrate
         from qkscore.run import scan
 
         splits = packaged_task(source)
@@ -141,6 +151,9 @@ class QKScoreLM(LM):
             items, tmpl = load_items(source), get_template("answer-statement")
         if template:
             tmpl = get_template(template)
+        if size is not None and int(size) < len(items):
+            keep, _ = balanced_split(np.array([it.answer_index for it in items]), int(size))
+            items = [items[i] for i in keep]
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="qkscore-lm-eval-"))
         log.info("qkscore: calibrating on %d items of %s in %s", len(items), source, folder)
         run = scan(
