@@ -173,3 +173,26 @@ def test_lm_eval_choices_equal_qkscore_evaluate_on_the_same_items(pronto, qk_mod
     acc = out["results"]["qkscore_test_pronto"]["acc,none"]
     assert acc == pytest.approx(report["methods"]["head"]["accuracy"]["value"])
     assert out["config"]["qkscore_reader"] == "head"
+    first = simple_evaluate(model=qk_model, tasks=[task], limit=2, log_samples=True)
+    got = first["samples"]["qkscore_test_pronto"]
+    assert [lm_eval_choice[s["doc"]["id"]] for s in got] == [
+        int(np.argmax([float(r[0]) for r in s["filtered_resps"]])) for s in got
+    ]
+    assert len(got) == 2
+
+
+@pytest.mark.slow  # scans 12 items
+def test_calibrate_fits_on_its_own_items_and_refuses_to_score_them(tmp_path, smollm2, shared_data):
+    from qkscore.data import load_items
+
+    folder = shared_data / "prontoqa" / "truefalse_0shot"
+    spec = f"prontoqa:{folder}/1hop_0shot_random.json?sample=12&balance=1&seed=3"
+    with pytest.warns(Warning):  # 12 calibration items are few, and it says so
+        model = QKScoreLM(
+            pretrained=smollm2, calibrate=spec, reader="head", calibrate_out=str(tmp_path)
+        )
+    assert (tmp_path / "profile.json").is_file()
+    assert model.profile.data["calibration"]["size"] == 12
+    seen = get_template("answer-statement").text(load_items(spec)[0])
+    with pytest.raises(ValueError, match="one of the calibration items"):
+        model.loglikelihood(_requests(seen, [" A", " B"]))
