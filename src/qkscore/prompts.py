@@ -65,6 +65,7 @@ __all__ = [
     "PromptPart",
     "Template",
     "available_templates",
+    "find_listed_options",
     "get_template",
     "render_batch",
     "template_from_description",
@@ -167,6 +168,88 @@ class _Block:
     statement: tuple[int, int] = (0, 0)
     options: list[tuple[int, int]] = field(default_factory=list)  # display order
     line_ends: list[int | None] = field(default_factory=list)  # index of the line's "\n"
+
+
+@dataclass
+class _Located:
+    """Token ids of a prompt and its anchors' tokens, options in one order (display or item)."""
+
+    ids: list[int]
+    statement_end: int
+    option_tokens: list[int]
+    line_ends: list[int]
+    eol_fallback: list[bool]
+    last: int
+    target_start: int
+    leading_special: bool
+
+    def reordered(self, order: list[int]) -> _Located:
+        """The same anchors with options in item order (``order[j]``: item option at j)."""
+        back = [order.index(i) for i in range(len(order))]
+        return dataclasses.replace(
+            self,
+            option_tokens=[self.option_tokens[j] for j in back],
+            line_ends=[self.line_ends[j] for j in back],
+            eol_fallback=[self.eol_fallback[j] for j in back],
+        )
+
+    def positions(self) -> dict[str, Any]:
+        """The JSON-able ``PromptPart.positions`` record (see :class:`PromptPart`)."""
+        return {
+            "statement_end": self.statement_end,
+            "option_tokens": list(self.option_tokens),
+            "option_line_ends": list(self.line_ends),
+            "eol_fallback": list(self.eol_fallback),
+            "last": self.last,
+            "cue_end": self.last,
+            "target_start": self.target_start,
+            "leading_special": self.leading_special,
+        }
+
+
+def find_listed_options(text: str, candidates: Sequence[str], where: str = "prompt") -> _Block:
+    """Character spans of the statement and option lines a prompt ends with, before its cue.
+
+    The last non-blank line is the cue; the ``len(candidates)`` lines before it are the options
+    in order, each either ``"A. text"`` (letter j for option j) or the candidate's own text;
+    the line before them is the statement. Anything else is refused, naming what was expected.
+    """
+    n = len(candidates)
+    lines: list[tuple[int, int]] = []  # (start, end) of each line, without its "\n"
+    start = 0
+    for piece in text.split("\n"):
+        lines.append((start, start + len(piece)))
+        start += len(piece) + 1
+    while lines and not text[slice(*lines[-1])].strip():
+        lines.pop()
+    why = (
+        f"{where}: the prompt does not list its {n} choices ({[c.strip() for c in candidates]}) "
+        "one per line ('A. text' or the choice itself) between a statement line and the answer "
+        "cue on the last line, so the query and key positions cannot be found; use a task whose "
+        "prompt lists its choices"
+    )
+    if n < 2 or n > len(LETTERS) or len(lines) < n + 2:
+        raise ValueError(why)
+    option_lines = lines[-1 - n : -1]
+    block = _Block(start=0)
+    for j, (s, e) in enumerate(option_lines):
+        line = text[s:e]
+        lead = len(line) - len(line.lstrip())
+        body = line.strip()
+        letter = f"{LETTERS[j]}. "
+        if body.startswith(letter) and body[len(letter) :].strip():
+            s_opt = s + lead + len(letter)
+        elif body == candidates[j].strip():
+            s_opt = s + lead
+        else:
+            raise ValueError(f"{why} (line {len(lines) - n + j} reads {body[:60]!r})")
+        block.options.append((s_opt, s + lead + len(body)))
+        block.line_ends.append(e if e < len(text) else None)
+    s, e = lines[-2 - n]
+    if not text[s:e].strip():
+        raise ValueError(f"{why} (no statement line before the choices)")
+    block.statement = (s, e)
+    return block
 
 
 class _Builder:
@@ -483,16 +566,15 @@ class Template:
             )
         return out
 
-    def render(self, item: Item, tokenizer: Any) -> Prompt:
-        """Text, token ids and (query, key) pairs for one item; see the module docstring."""
-        _check_tokenizer(tokenizer)
-        _check_item(item)
-        n = len(item.options)
-        order = self.option_order(n, item.id)
-        text, block, add_special = self._full_text(item, order, tokenizer)
-        ids, offs = _encode(tokenizer, text, add_special)
-        where = f"item {item.id!r}"
+    def _locate(
+        self, tokenizer: Any, text: str, block: _Block, add_special: bool, where: str
+    ) -> _Located:
+        """Token ids of ``text`` and the token of every anchor in ``block`` (display order).
 
+        The one offset-mapped position finder: templates' own prompts and prompts written
+        elsewhere (:meth:`render_listed`) both go through it, so equal text gives equal pairs.
+        """
+        ids, offs = _encode(tokenizer, text, add_special)
         s0, s1 = block.statement
         st_char = _last_char(text, s0, s1, word=self.statement_anchor == "last_word")
         statement_end = _token_at(offs, st_char, f"{where} statement end")
@@ -524,21 +606,79 @@ class Template:
         if _token_at(offs, len(text) - 1, f"{where} cue") != last:
             raise ValueError(f"{where}: the cue {self.answer_cue!r} is not the last token")
         target_start = _tokens_overlapping(offs, block.start, len(text))[0]
-
-        # display order -> item order
-        option_tokens = [opt_tok_disp[order.index(i)] for i in range(n)]
-        line_ends = [eol_disp[order.index(i)] for i in range(n)]
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        positions: dict[str, Any] = {
-            "statement_end": statement_end,
-            "option_tokens": option_tokens,
-            "option_line_ends": line_ends,
-            "eol_fallback": [eol_fallback[order.index(i)] for i in range(n)],
-            "last": last,
-            "cue_end": last,
-            "target_start": target_start,
-            "leading_special": bool(offs[0][0] == offs[0][1] and ids[0] in special),
-        }
+        return _Located(
+            ids=ids,
+            statement_end=statement_end,
+            option_tokens=opt_tok_disp,
+            line_ends=eol_disp,
+            eol_fallback=eol_fallback,
+            last=last,
+            target_start=target_start,
+            leading_special=bool(offs[0][0] == offs[0][1] and ids[0] in special),
+        )
+
+    def _pairs(self, at: _Located, n: int) -> list[tuple[int, int]]:
+        """(query, key) per option for the single-pass schemes, in the order of ``at``."""
+        if self.scheme == "answer-statement":
+            return [(at.option_tokens[i], at.statement_end) for i in range(n)]
+        return [(at.last, at.line_ends[i]) for i in range(n)]
+
+    def text(self, item: Item) -> str:
+        """The prompt :meth:`render` builds for ``item``, as text (no tokenizer needed).
+
+        For tasks defined elsewhere (lm-evaluation-harness) that must show exactly this
+        template's prompt; a chat template needs the tokenizer, so it is refused here.
+        """
+        if self.use_chat_template:
+            raise ValueError(f"template {self.name!r} uses the chat template: render it instead")
+        _check_item(item)
+        order = self.option_order(len(item.options), item.id)
+        return self._full_text(item, order, None)[0]
+
+    def render_listed(
+        self, text: str, candidates: Sequence[str], tokenizer: Any, where: str = "prompt"
+    ) -> Prompt:
+        """Pairs for a prompt written elsewhere that lists its options one per line.
+
+        ``text`` ends with the answer cue; the ``len(candidates)`` lines before the cue are the
+        options ("A. text" or the candidate's own text), and the line before them is the
+        statement (or question). ``candidates`` are the answer continuations in option order
+        (" A", " B" or " True", " False"); their first tokens are the model-answer baseline.
+        Positions come from :meth:`_locate`, so the template's own prompt gives the same pairs
+        as :meth:`render`. A prompt that does not list its options this way is refused: there
+        would be no key for the ``last-option`` scheme and no answer token for
+        ``answer-statement``.
+        """
+        _check_tokenizer(tokenizer)
+        if self.scheme == "candidate-appended":
+            raise ValueError(
+                f"template {self.name!r}: the candidate-appended scheme appends its own "
+                "candidates and cannot read a prompt written elsewhere"
+            )
+        n = len(candidates)
+        block = find_listed_options(text, candidates, where)
+        at = self._locate(tokenizer, text, block, True, where)
+        appended = self._append_candidates(tokenizer, text, at.ids, True, list(candidates), where)
+        positions = at.positions()
+        positions["candidate_multi_token"] = [len(toks) > 1 for _, _, toks in appended]
+        cand_ids = [pids[toks[0]] for pids, _, toks in appended]
+        part = PromptPart(
+            text, at.ids, self._pairs(at, n), list(range(n)), at.last, cand_ids, positions
+        )
+        return Prompt(where, n, [part], list(range(n)))
+
+    def render(self, item: Item, tokenizer: Any) -> Prompt:
+        """Text, token ids and (query, key) pairs for one item; see the module docstring."""
+        _check_tokenizer(tokenizer)
+        _check_item(item)
+        n = len(item.options)
+        order = self.option_order(n, item.id)
+        text, block, add_special = self._full_text(item, order, tokenizer)
+        where = f"item {item.id!r}"
+        at = self._locate(tokenizer, text, block, add_special, where).reordered(order)
+        ids, statement_end, last = at.ids, at.statement_end, at.last
+        positions = at.positions()
 
         if self.resolved_baseline_tokens == "letters":
             cands = [" " + LETTERS[order.index(i)] for i in range(n)]
@@ -550,11 +690,9 @@ class Template:
         positions["candidate_multi_token"] = [len(toks) > 1 for _, _, toks in appended]
 
         if self.scheme != "candidate-appended":
-            if self.scheme == "answer-statement":
-                pairs = [(option_tokens[i], statement_end) for i in range(n)]
-            else:
-                pairs = [(last, line_ends[i]) for i in range(n)]
-            part = PromptPart(text, ids, pairs, list(range(n)), last, cand_ids, positions)
+            part = PromptPart(
+                text, ids, self._pairs(at, n), list(range(n)), last, cand_ids, positions
+            )
             return Prompt(item.id, n, [part], order)
 
         # candidate-appended: one part per option in item order, identical prefix tokens

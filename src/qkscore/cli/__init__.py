@@ -13,6 +13,7 @@ import typer
 from qkscore.cli import audit as _audit
 from qkscore.cli import data as _data
 from qkscore.cli import generation as _generation
+from qkscore.cli import lm_eval as _lm_eval
 from qkscore.cli import models as _models
 from qkscore.cli import pipeline as _pipeline
 from qkscore.cli._errors import DEBUG_ENV, ErrorHandlingGroup
@@ -43,6 +44,7 @@ for _command in (
     _generation.rank,
 ):
     app.command(_command.__name__.replace("_", "-"))(_command)
+app.command("lm-eval", context_settings=_lm_eval.CONTEXT)(_lm_eval.lm_eval)
 
 
 @app.callback()
