@@ -1,7 +1,7 @@
 """qkscore inside lm-evaluation-harness: the ``qkscore`` model, the packaged tasks, the wrapper.
 
 The first tests need only the tokenizer; the model tests share one small SmolLM2 scan
-(``pytest -m slow tests/test_lm_eval.py``, about three minutes here).
+(one test of calibration is marked slow).
 
 The end-to-end test runs lm-eval's own ``simple_evaluate`` with SmolLM2 on a few ProntoQA items
 and checks every choice against what ``qkscore evaluate`` decides for the same items, reader and
