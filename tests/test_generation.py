@@ -338,3 +338,38 @@ def test_generate_command_imports_and_names_a_bad_line(tmp_path):
     assert "bad.jsonl:2 field 'question': expected non-empty text" in result.output
     result = CliRunner().invoke(app, ["generate", "-o", str(tmp_path / "g3")], env=env)
     assert result.exit_code == 2 and "give --model and --data" in result.output
+
+
+def test_answer_control_flags_a_scorer_that_only_reads_finishing():
+    """A scorer equal to "reached an answer line" looks strong at chain level (unanswered
+    chains count as wrong) but is flagged; a scorer of the right answer is not."""
+    from qkscore.generation.rank import answer_control, select
+
+    rng = np.random.default_rng(0)
+    n = 200
+    answered = np.arange(n) % 2 == 0
+    correct = answered & (rng.random(n) < 0.5)
+    scores = {
+        "qk_finishing": answered.astype(float) + rng.normal(0, 0.01, n),
+        "qk_rightness": correct.astype(float) + rng.normal(0, 0.01, n),
+        "logprob_mean": rng.normal(0, 1, n),
+    }
+    records = [
+        {"id": f"p{i // 4}", "answer": bool(c) if a else None, "gold": True, "correct": bool(c)}
+        for i, (a, c) in enumerate(zip(answered, correct))
+    ]
+    by_problem: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_problem.setdefault(r["id"], []).append(i)
+    masked = {k: np.where(answered, v, np.nan) for k, v in scores.items()}
+    control = answer_control(
+        scores, select(masked, records, by_problem), correct, answered, n_boot=200
+    )["answer_control"]
+    assert control["reads_finishing"] == ["qk_finishing"]
+    among = control["chain_level_among_answered"]
+    assert among["qk_rightness"]["auroc"] > 0.99
+    assert abs(among["qk_finishing"]["auroc"] - 0.5) < 0.15
+    assert control["answered_vs_not"]["qk_finishing"]["auroc"] > 0.99
+    assert control["chains_answered"] == answered.sum()
+    best = control["best_of_n_among_answered"]
+    assert best["qk_rightness"]["accuracy"] >= best["qk_finishing"]["accuracy"]

@@ -223,10 +223,17 @@ def rank(
     for i, r in enumerate(keep):
         by_problem.setdefault(r["id"], []).append(i)
     selected = select(chain_scores, keep, by_problem, seed)
+    # The same selectors choosing only among chains that reached an answer line: a scorer
+    # that merely prefers finished chains gains nothing here.
+    answered = np.array([r["answer"] is not None for r in keep], dtype=bool)
+    selected_answered = select(
+        {k: np.where(answered, v, np.nan) for k, v in chain_scores.items()}, keep, by_problem, seed
+    )
 
     summary = _summary(
         keep, steps, chain_scores, selected, correct, n_boot=n_boot, folds=folds, chosen=chosen
     )
+    summary.update(answer_control(chain_scores, selected_answered, correct, answered, n_boot))
     summary.update(
         constant_reader=constant,
         generations=str(folder.path),
@@ -243,6 +250,77 @@ def rank(
     )
     _write(Path(out), keep, steps, chain_scores, solution.qk, summary)
     return summary
+
+
+def _compare(best: str, selected: Mapping[str, np.ndarray], others: Sequence[str]) -> dict:
+    """McNemar of selector ``best`` against each of ``others``; "beats" only at p < 0.05."""
+    out = {}
+    for other in others:
+        test = mcnemar(selected[best], selected[other])
+        diff = float(selected[best].mean() - selected[other].mean())
+        verdict = (
+            "beats"
+            if test.pvalue < 0.05 and diff > 0
+            else ("is beaten by" if test.pvalue < 0.05 else "does not beat")
+        )
+        out[other] = {
+            "selector": best,
+            "accuracy_difference": diff,
+            "mcnemar_statistic": test.statistic,
+            "pvalue": test.pvalue,
+            "verdict": verdict,
+        }
+    return out
+
+
+def _best_qk(best_of_n: Mapping[str, Mapping[str, Any]]) -> str:
+    names = [n for n in best_of_n if n.startswith("qk_")]
+    return max(names, key=lambda n: (best_of_n[n]["accuracy"], -names.index(n)))
+
+
+def answer_control(
+    chain_scores: Mapping[str, np.ndarray],
+    selected_answered: Mapping[str, np.ndarray],
+    correct: np.ndarray,
+    answered: np.ndarray,
+    n_boot: int,
+) -> dict[str, Any]:
+    """Whether a scorer knows a chain is right, or only that it reached an answer line.
+
+    A chain without an answer counts as wrong, so a scorer that only tells finished chains
+    from rambling ones earns a high chain-level AUROC and wins best-of-N against selectors that
+    prefer fluent loops (mean log-probability does). Per scorer: AUROC for a correct answer
+    among the chains that have one, AUROC for having one at all, and best-of-N choosing only
+    among answered chains. ``reads_finishing`` flags a scorer whose answered-vs-not AUROC is
+    far from chance while among answered chains its interval does not lie above 0.5.
+    """
+    among = {
+        name: _auroc_entry(s[answered], correct[answered], n_boot)
+        for name, s in chain_scores.items()
+    }
+    finishing = {name: _auroc_entry(s, answered, n_boot) for name, s in chain_scores.items()}
+    flagged = [
+        name
+        for name in chain_scores
+        if finishing[name]["auroc"] is not None
+        and abs(finishing[name]["auroc"] - 0.5) >= 0.2
+        and (among[name]["ci"] is None or among[name]["ci"][0] <= 0.5)
+    ]
+    best_of_n = {name: _accuracy_entry(c, n_boot) for name, c in selected_answered.items()}
+    best = _best_qk(best_of_n)
+    return {
+        "answer_control": {
+            "chains_answered": int(answered.sum()),
+            "chain_level_among_answered": among,
+            "answered_vs_not": finishing,
+            "reads_finishing": flagged,
+            "best_of_n_among_answered": best_of_n,
+            "best_qk_selector_among_answered": best,
+            "comparisons_among_answered": _compare(
+                best, selected_answered, ("majority_vote", "logprob_mean")
+            ),
+        }
+    }
 
 
 def _summary(records, steps, chain_scores, selected, correct, *, n_boot, folds, chosen):
@@ -270,24 +348,8 @@ def _summary(records, steps, chain_scores, selected, correct, *, n_boot, folds, 
             depths[key] = depths.get(key, 0) + 1
     chain_level = {name: _auroc_entry(s, correct, n_boot) for name, s in chain_scores.items()}
     best_of_n = {name: _accuracy_entry(c, n_boot) for name, c in selected.items()}
-    qk_names = [n for n in selected if n.startswith("qk_")]
-    best_qk = max(qk_names, key=lambda n: (best_of_n[n]["accuracy"], -qk_names.index(n)))
-    comparisons = {}
-    for other in ("majority_vote", "logprob_mean"):
-        test = mcnemar(selected[best_qk], selected[other])
-        diff = best_of_n[best_qk]["accuracy"] - best_of_n[other]["accuracy"]
-        verdict = (
-            "beats"
-            if test.pvalue < 0.05 and diff > 0
-            else ("is beaten by" if test.pvalue < 0.05 else "does not beat")
-        )
-        comparisons[other] = {
-            "selector": best_qk,
-            "accuracy_difference": diff,
-            "mcnemar_statistic": test.statistic,
-            "pvalue": test.pvalue,
-            "verdict": verdict,
-        }
+    best_qk = _best_qk(best_of_n)
+    comparisons = _compare(best_qk, selected, ("majority_vote", "logprob_mean"))
     return {
         "parse_coverage": parse_coverage(labels),
         "valid_steps_by_depth": dict(sorted(depths.items())),
@@ -353,6 +415,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines += ["| scorer | AUROC | chains |", "|---|---|---|"]
     for name, entry in summary["chain_level"].items():
         lines.append(f"| {name} | {_fmt(entry, 'auroc')} | {entry['n']} |")
+    control = summary.get("answer_control")
+    if control:
+        lines += _answer_control_markdown(control)
     lines += ["", "## Step level: AUROC against the prover's labels (valid = positive)", ""]
     lines += ["| scorer | problem hops | AUROC | steps (valid) |", "|---|---|---|---|"]
     for name, entry in summary["step_level"].items():
@@ -360,6 +425,40 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         for hops, e in rows:
             lines.append(f"| {name} | {hops} | {_fmt(e, 'auroc')} | {e['n']} ({e['positives']}) |")
     return "\n".join(lines) + "\n"
+
+
+def _answer_control_markdown(control: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Control: a right answer, or only an answer line?",
+        "",
+        f"{control['chains_answered']} chains reached an answer line; a chain without one counts "
+        "as wrong above.",
+        "",
+        "| scorer | AUROC correct, among answered | AUROC answered vs not |",
+        "|---|---|---|",
+    ]
+    for name, entry in control["chain_level_among_answered"].items():
+        finishing = control["answered_vs_not"][name]
+        lines.append(f"| {name} | {_fmt(entry, 'auroc')} | {_fmt(finishing, 'auroc')} |")
+    if control["reads_finishing"]:
+        names = ", ".join(f"`{n}`" for n in control["reads_finishing"])
+        lines += [
+            "",
+            f"**{names} tell finished chains from unfinished ones but not right answers from "
+            "wrong ones among the finished: their chain-level figures above measure finishing.**",
+        ]
+    lines += ["", "Best-of-N choosing only among chains with an answer line:", ""]
+    lines += ["| selector | accuracy |", "|---|---|"]
+    for name, entry in control["best_of_n_among_answered"].items():
+        lines.append(f"| {name} | {_fmt(entry, 'accuracy')} |")
+    lines.append("")
+    for other, c in control["comparisons_among_answered"].items():
+        lines.append(
+            f"- Best QK selector `{c['selector']}` {c['verdict']} `{other}` "
+            f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g})."
+        )
+    return lines
 
 
 def _write(out: Path, records, steps, chain_scores, qk, summary) -> None:
