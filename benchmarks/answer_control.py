@@ -12,20 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from qkscore.generation.rank import _answer_control_markdown, answer_control, select
+from qkscore.generation.rank import _answer_control_markdown, answer_control, group_by_problem
 
 
 def main(folder: str) -> None:
     rows = [json.loads(line) for line in (Path(folder) / "ranked.jsonl").open()]
     scores = {k: np.array([r["scores"][k] for r in rows], dtype=float) for k in rows[0]["scores"]}
-    answered = np.array([r["answer"] is not None for r in rows], dtype=bool)
-    correct = np.array([r["correct"] for r in rows], dtype=bool)
-    by_problem: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_problem.setdefault(r["id"], []).append(i)
-    masked = {k: np.where(answered, v, np.nan) for k, v in scores.items()}
-    selected = select(masked, rows, by_problem, seed=0)
-    control = answer_control(scores, selected, correct, answered, n_boot=1000)["answer_control"]
+    by_problem = group_by_problem(rows)
+    control = answer_control(scores, rows, by_problem, n_boot=1000)["answer_control"]
     print("\n".join(_answer_control_markdown(control)))
 
 

@@ -343,7 +343,7 @@ def test_generate_command_imports_and_names_a_bad_line(tmp_path):
 def test_answer_control_flags_a_scorer_that_only_reads_finishing():
     """A scorer equal to "reached an answer line" looks strong at chain level (unanswered
     chains count as wrong) but is flagged; a scorer of the right answer is not."""
-    from qkscore.generation.rank import answer_control, select
+    from qkscore.generation.rank import answer_control, group_by_problem
 
     rng = np.random.default_rng(0)
     n = 200
@@ -358,13 +358,9 @@ def test_answer_control_flags_a_scorer_that_only_reads_finishing():
         {"id": f"p{i // 4}", "answer": bool(c) if a else None, "gold": True, "correct": bool(c)}
         for i, (a, c) in enumerate(zip(answered, correct))
     ]
-    by_problem: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        by_problem.setdefault(r["id"], []).append(i)
-    masked = {k: np.where(answered, v, np.nan) for k, v in scores.items()}
-    control = answer_control(
-        scores, select(masked, records, by_problem), correct, answered, n_boot=200
-    )["answer_control"]
+    control = answer_control(scores, records, group_by_problem(records), n_boot=200)[
+        "answer_control"
+    ]
     assert control["reads_finishing"] == ["qk_finishing"]
     among = control["chain_level_among_answered"]
     assert among["qk_rightness"]["auroc"] > 0.99

@@ -219,21 +219,13 @@ def rank(
     chain_scores.update(cross)
     chain_scores.update(solution.confidence)
 
-    by_problem: dict[str, list[int]] = {}
-    for i, r in enumerate(keep):
-        by_problem.setdefault(r["id"], []).append(i)
+    by_problem = group_by_problem(keep)
     selected = select(chain_scores, keep, by_problem, seed)
-    # The same selectors choosing only among chains that reached an answer line: a scorer
-    # that merely prefers finished chains gains nothing here.
-    answered = np.array([r["answer"] is not None for r in keep], dtype=bool)
-    selected_answered = select(
-        {k: np.where(answered, v, np.nan) for k, v in chain_scores.items()}, keep, by_problem, seed
-    )
 
     summary = _summary(
         keep, steps, chain_scores, selected, correct, n_boot=n_boot, folds=folds, chosen=chosen
     )
-    summary.update(answer_control(chain_scores, selected_answered, correct, answered, n_boot))
+    summary.update(answer_control(chain_scores, keep, by_problem, n_boot, seed))
     summary.update(
         constant_reader=constant,
         generations=str(folder.path),
@@ -278,12 +270,20 @@ def _best_qk(best_of_n: Mapping[str, Mapping[str, Any]]) -> str:
     return max(names, key=lambda n: (best_of_n[n]["accuracy"], -names.index(n)))
 
 
+def group_by_problem(records: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Chain indices per problem id, in record order."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(r["id"], []).append(i)
+    return groups
+
+
 def answer_control(
     chain_scores: Mapping[str, np.ndarray],
-    selected_answered: Mapping[str, np.ndarray],
-    correct: np.ndarray,
-    answered: np.ndarray,
+    records: Sequence[Mapping[str, Any]],
+    by_problem: Mapping[str, list[int]],
     n_boot: int,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Whether a scorer knows a chain is right, or only that it reached an answer line.
 
@@ -294,6 +294,11 @@ def answer_control(
     among answered chains. ``reads_finishing`` flags a scorer whose answered-vs-not AUROC is
     far from chance while among answered chains its interval does not lie above 0.5.
     """
+    answered = np.array([r["answer"] is not None for r in records], dtype=bool)
+    correct = np.array([r["correct"] for r in records], dtype=bool)
+    # the same selectors choosing only among chains that reached an answer line
+    masked = {k: np.where(answered, v, np.nan) for k, v in chain_scores.items()}
+    selected_answered = select(masked, records, by_problem, seed)
     among = {
         name: _auroc_entry(s[answered], correct[answered], n_boot)
         for name, s in chain_scores.items()
