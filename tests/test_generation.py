@@ -295,6 +295,58 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
     assert f"`{summary['best_qk_selector']}`" in md
 
 
+def _ranked_scores(out: Path) -> list[dict]:
+    rows = [json.loads(x)["scores"] for x in (out / "ranked.jsonl").read_text().splitlines()]
+    return [{k: np.nan if v is None else v for k, v in r.items()} for r in rows]
+
+
+def test_a_killed_rank_resumes_from_its_cache(tmp_path, tmp_path_factory, smollm2, monkeypatch):
+    from audit_fixtures import build_profile
+    from qkscore.generation import rank as rank_module
+
+    profile = build_profile(tmp_path_factory.getbasetemp(), smollm2)
+    records = [_problem_record(n, f"p-{n}") for n in NAMES[:3]]
+    gen = import_chains(_write(tmp_path / "c.jsonl", records), tmp_path / "gen")
+    out = tmp_path / "ranked"
+    kwargs = dict(model=smollm2, folds=2, batch_size=2, progress=False, log=lambda *_: None)
+    full = rank_module.rank(gen.path, profile, out, **kwargs)
+    before = _ranked_scores(out)
+
+    # a kill -9 mid-run: two chains' steps kept and a torn third line; one solution batch kept
+    steps_file, solutions_file = out / "cache" / "steps.jsonl", out / "cache" / "solutions.jsonl"
+    lines = steps_file.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 6
+    steps_file.write_bytes(b"".join(lines[:2]) + lines[2][:25])
+    solutions_file.write_bytes(b"".join(solutions_file.read_bytes().splitlines(True)[:2]))
+    passes = []
+    real = rank_module._step_verdicts
+    monkeypatch.setattr(rank_module, "_step_verdicts", lambda *a: passes.append(1) or real(*a))
+    resumed = rank_module.rank(gen.path, profile, out, **kwargs)
+    assert len(passes) == 4  # only the chains the cache lacked were judged again
+    for a, b in zip(before, _ranked_scores(out), strict=True):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-5, nan_ok=True)
+    assert resumed["best_of_n"] == full["best_of_n"]
+
+    # a finished folder only recomputes the summary
+    passes.clear()
+    rank_module.rank(gen.path, profile, out, **kwargs)
+    assert passes == [] and len(steps_file.read_bytes().splitlines()) == 6
+
+
+def test_a_rank_cache_made_with_other_settings_is_set_aside(tmp_path):
+    from qkscore.generation.rank_cache import RankCache
+
+    notes = []
+    cache = RankCache(tmp_path, {"profile_sha256": "a"}, notes.append)
+    cache.add_steps("p#0", [{"qk_reader": 1.5}])
+    assert RankCache(tmp_path, {"profile_sha256": "a"}, notes.append).steps() == {
+        "p#0": [{"qk_reader": 1.5}]
+    }
+    assert RankCache(tmp_path, {"profile_sha256": "b"}, notes.append).steps() == {}
+    assert (tmp_path / "cache.stale-1" / "steps.jsonl").exists()
+    assert notes and "other settings" in notes[0]
+
+
 def test_token_stats_match_the_full_logits(smollm2):
     import torch
 
@@ -369,3 +421,22 @@ def test_answer_control_flags_a_scorer_that_only_reads_finishing():
     assert control["chains_answered"] == answered.sum()
     best = control["best_of_n_among_answered"]
     assert best["qk_rightness"]["accuracy"] >= best["qk_finishing"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "raw, kept",
+    [
+        (b'{"a":1}\n{"a":2}\n{"a"', b'{"a":1}\n{"a":2}\n'),  # torn mid-line
+        (b'{"a":1}\n{"a":2}', b'{"a":1}\n{"a":2}\n'),  # cut just before the newline
+        (b'{"a":1}\n\n{"a":2}\n', b'{"a":1}\n\n{"a":2}\n'),  # whole: left alone
+    ],
+)
+def test_a_torn_jsonl_tail_is_cut_before_the_next_append(tmp_path, raw, kept):
+    from qkscore.generation.jsonl import append_jsonl, drop_torn_tail, read_jsonl
+
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(raw)
+    drop_torn_tail(path)
+    assert path.read_bytes() == kept
+    append_jsonl(path, [{"a": 3}])
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 3}]

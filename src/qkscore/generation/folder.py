@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from qkscore.generation.jsonl import append_jsonl, jsonl_bytes, read_jsonl
 from qkscore.generation.problems import Problem
 from qkscore.run import RunFolderError, _atomic_write_bytes, write_json
 
@@ -36,12 +36,6 @@ def problems_sha256(problems: Iterable[Problem]) -> str:
     for p in problems:
         digest.update(json.dumps(p.to_dict(), sort_keys=True, ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
-
-
-def _jsonl_bytes(records: Iterable[Mapping[str, Any]]) -> bytes:
-    return b"".join(
-        json.dumps(r, ensure_ascii=False, default=str).encode() + b"\n" for r in records
-    )
 
 
 class GenFolder:
@@ -80,7 +74,7 @@ class GenFolder:
         write_json(self.meta_path, dict(meta))
 
     def write_problems(self, problems: Sequence[Problem]) -> None:
-        data = _jsonl_bytes(p.to_dict() for p in problems)
+        data = jsonl_bytes(p.to_dict() for p in problems)
         _atomic_write_bytes(self.problems_path, lambda fh: fh.write(data))
 
     def problems(self) -> list[Problem]:
@@ -89,30 +83,16 @@ class GenFolder:
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Append one batch's chains in one write, flushed to disk before returning."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.generations_path, "ab") as fh:
-            fh.write(_jsonl_bytes(records))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(self.generations_path, records)
 
     def rewrite(self, records: Sequence[Mapping[str, Any]]) -> None:
-        data = _jsonl_bytes(records)
+        data = jsonl_bytes(records)
         _atomic_write_bytes(self.generations_path, lambda fh: fh.write(data))
 
     def raw_records(self) -> list[dict[str, Any]]:
         """Every whole JSON line of generations.jsonl; a torn line (a kill mid-write) is
         dropped, as is everything after it."""
-        if not self.generations_path.exists():
-            return []
-        out = []
-        for line in self.generations_path.read_bytes().split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                break
-        return out
+        return read_jsonl(self.generations_path)
 
     def complete_records(self, batch_sizes: Mapping[int, int]) -> list[dict[str, Any]]:
         """The records of batches present in full (``batch_sizes``: expected count per batch)."""

@@ -23,7 +23,8 @@ import numpy as np
 from qkscore.audit.chain import context_with_steps
 from qkscore.generation.folder import GenFolder
 from qkscore.generation.label import parse_coverage
-from qkscore.generation.solution import score_solutions
+from qkscore.generation.rank_cache import RankCache, chain_key, rank_settings
+from qkscore.generation.solution import CONFIDENCE, SolutionScores, score_solutions
 from qkscore.run import _atomic_write_bytes, _progress, save_array, write_json
 from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar
 
@@ -58,6 +59,42 @@ def _step_verdicts(judge: Any, context: str, steps: Sequence[str]) -> list[dict[
             }
         )
     return out
+
+
+def _solution_scores(
+    judge: Any,
+    cache: RankCache,
+    records: Sequence[Mapping[str, Any]],
+    problems: Sequence[Any],
+    batch_size: int,
+    progress: bool,
+) -> SolutionScores:
+    """The solution-level pass for the chains the cache lacks, one batch at a time (each
+    batch is cached as it finishes), then every chain's scores read back from the cache."""
+    done = cache.solutions()
+    todo = [r for r in records if chain_key(r) not in done]
+    with _progress(
+        progress, "solutions", len(records), len(records) - len(todo), unit="chains"
+    ) as advance:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            part = score_solutions(
+                judge.lm,
+                [problems[r["problem"]].text for r in batch],
+                [r["text"] for r in batch],
+                rope=judge.rope,
+                batch_size=batch_size,
+            )
+            cache.add_solutions([chain_key(r) for r in batch], part.qk, part.confidence)
+            advance(len(batch))
+    done = cache.solutions()
+    rows = [done[chain_key(r)] for r in records]
+    qk = np.array([row["qk"] for row in rows], dtype=np.float32)
+    confidence = {
+        name: np.array([row["confidence"][name] for row in rows], dtype=float)
+        for name in CONFIDENCE
+    }
+    return SolutionScores(qk, confidence)
 
 
 def _constant_reader(judge: Any) -> bool:
@@ -187,20 +224,19 @@ def rank(
     keep = [r for r in records if include_calibration or r["id"] not in calib]
     if not keep:
         raise ValueError(f"every problem of {folder.path} is in the profile's calibration split")
-    with _progress(progress, "steps", len(keep), 0, unit="chains") as advance:
-        steps = []
+    settings = rank_settings(folder.meta(), Path(profile), judge.lm.name, dtype)
+    cache = RankCache(Path(out), settings, log)
+    done = cache.steps()
+    cached = sum(chain_key(r) in done for r in keep)
+    with _progress(progress, "steps", len(keep), cached, unit="chains") as advance:
         for r in keep:
-            steps.append(_step_verdicts(judge, problems[r["problem"]].context, r["steps"]))
-            advance(1)
-    with _progress(progress, "solutions", len(keep), 0, unit="chains") as advance:
-        solution = score_solutions(
-            judge.lm,
-            [problems[r["problem"]].text for r in keep],
-            [r["text"] for r in keep],
-            rope=judge.rope,
-            batch_size=batch_size,
-            on_batch=advance,
-        )
+            if chain_key(r) not in done:
+                verdicts = _step_verdicts(judge, problems[r["problem"]].context, r["steps"])
+                cache.add_steps(chain_key(r), verdicts)
+                done[chain_key(r)] = verdicts
+                advance(1)
+    steps = [done[chain_key(r)] for r in keep]
+    solution = _solution_scores(judge, cache, keep, problems, batch_size, progress)
     correct = np.array([r["correct"] for r in keep], dtype=bool)
     groups = [r["id"] for r in keep]
     cross, chosen = cross_fit_solution(solution.qk, correct, groups, folds, seed)

@@ -1,0 +1,109 @@
+"""What ``qkscore rank`` has scored so far, kept beside its results so a killed run resumes.
+
+Why: ranking 600 chains takes about an hour on a CPU (a pass per step, and one per chain for the
+solution-level score). Each chain's step verdicts, and each batch's solution-level scores, are
+appended to ``RANKED/cache/`` as soon as they exist; a rerun scores only the chains missing
+there, and a rerun of a finished folder only recomputes the summary (other ``--folds`` or
+``--include-calibration`` cost no forward pass).
+
+::
+
+    cache/settings.json    what the scores depend on: the generation folder's problems hash
+                           and creation time, the profile's SHA-256, the model and the dtype
+    cache/steps.jsonl      {"key", "verdicts"} per chain
+    cache/solutions.jsonl  {"key", "qk" [layers][heads], "confidence"} per scored chain
+
+A cache written under other settings is set aside (renamed ``cache.stale-N``), never mixed in.
+Floats round-trip exactly through JSON, so resumed figures equal an uninterrupted run's up to
+the rounding of different batch shapes in the solution pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qkscore.generation.jsonl import append_jsonl, drop_torn_tail, read_jsonl
+from qkscore.run import write_json
+
+__all__ = ["RankCache", "chain_key", "rank_settings"]
+
+
+def chain_key(record: Mapping[str, Any]) -> str:
+    return f"{record['id']}#{record['sample']}"
+
+
+def rank_settings(gen_meta: Mapping[str, Any], profile: Path, model: str, dtype: str) -> dict:
+    """The inputs every cached score depends on."""
+    return {
+        "generations": {k: gen_meta.get(k) for k in ("problems", "created", "source")},
+        "profile_sha256": hashlib.sha256(Path(profile).read_bytes()).hexdigest(),
+        "model": model,
+        "dtype": dtype,
+    }
+
+
+class RankCache:
+    """Per-chain scores of one ``rank`` output folder; see the module docstring."""
+
+    def __init__(
+        self, out: Path, settings: Mapping[str, Any], log: Callable[[str], None] = print
+    ) -> None:
+        self.path = Path(out) / "cache"
+        settings_path = self.path / "settings.json"
+        if settings_path.exists():
+            try:
+                old = json.loads(settings_path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                old = None
+            if old != json.loads(json.dumps(dict(settings))):
+                stale = self._stale_name()
+                self.path.rename(stale)
+                log(f"{settings_path} was made with other settings: set aside as {stale}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(settings_path, dict(settings))
+        for path in (self.steps_path, self.solutions_path):
+            drop_torn_tail(path)
+
+    def _stale_name(self) -> Path:
+        n = 1
+        while (self.path.parent / f"cache.stale-{n}").exists():
+            n += 1
+        return self.path.parent / f"cache.stale-{n}"
+
+    @property
+    def steps_path(self) -> Path:
+        return self.path / "steps.jsonl"
+
+    @property
+    def solutions_path(self) -> Path:
+        return self.path / "solutions.jsonl"
+
+    def steps(self) -> dict[str, list[dict[str, Any]]]:
+        return {row["key"]: row["verdicts"] for row in read_jsonl(self.steps_path)}
+
+    def add_steps(self, key: str, verdicts: Sequence[Mapping[str, Any]]) -> None:
+        append_jsonl(self.steps_path, [{"key": key, "verdicts": list(verdicts)}])
+
+    def solutions(self) -> dict[str, dict[str, Any]]:
+        return {row["key"]: row for row in read_jsonl(self.solutions_path)}
+
+    def add_solutions(
+        self, keys: Sequence[str], qk: np.ndarray, confidence: Mapping[str, np.ndarray]
+    ) -> None:
+        """One batch: ``qk[i]`` and ``confidence[name][i]`` belong to ``keys[i]``; chains the
+        pass could not score (NaN) are stored too, so a rerun does not try them again."""
+        rows = [
+            {
+                "key": key,
+                "qk": qk[i].astype(float).tolist(),
+                "confidence": {name: float(v[i]) for name, v in confidence.items()},
+            }
+            for i, key in enumerate(keys)
+        ]
+        append_jsonl(self.solutions_path, rows)
