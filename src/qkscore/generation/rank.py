@@ -314,6 +314,21 @@ def group_by_problem(records: Sequence[Mapping[str, Any]]) -> dict[str, list[int
     return groups
 
 
+#: The fewest chains on the smaller side (answered or not) for ``reads_finishing`` to be
+#: tested: a bootstrap interval over 4 unanswered chains excluded 0.5 for an AUROC of 0.25,
+#: which a rank test puts at p = 0.08.
+MIN_FINISHING_SIDE = 10
+
+
+def _far_from_chance(entry: Mapping[str, Any], distance: float = 0.2) -> bool:
+    """AUROC at least ``distance`` from 0.5 with its 95% interval excluding 0.5: with a
+    handful of unanswered chains the point estimate alone swings to 0 or 1 by chance."""
+    auroc, ci = entry.get("auroc"), entry.get("ci")
+    if auroc is None or ci is None or abs(auroc - 0.5) < distance:
+        return False
+    return ci[1] < 0.5 or ci[0] > 0.5
+
+
 def answer_control(
     chain_scores: Mapping[str, np.ndarray],
     records: Sequence[Mapping[str, Any]],
@@ -340,11 +355,13 @@ def answer_control(
         for name, s in chain_scores.items()
     }
     finishing = {name: _auroc_entry(s, answered, n_boot) for name, s in chain_scores.items()}
+    smaller_side = int(min(answered.sum(), (~answered).sum()))
+    testable = smaller_side >= MIN_FINISHING_SIDE
     flagged = [
         name
         for name in chain_scores
-        if finishing[name]["auroc"] is not None
-        and abs(finishing[name]["auroc"] - 0.5) >= 0.2
+        if testable
+        and _far_from_chance(finishing[name])
         and (among[name]["ci"] is None or among[name]["ci"][0] <= 0.5)
     ]
     best_of_n = {name: _accuracy_entry(c, n_boot) for name, c in selected_answered.items()}
@@ -355,6 +372,7 @@ def answer_control(
             "chain_level_among_answered": among,
             "answered_vs_not": finishing,
             "reads_finishing": flagged,
+            "finishing_testable": testable,
             "best_of_n_among_answered": best_of_n,
             "best_qk_selector_among_answered": best,
             "comparisons_among_answered": _compare(
@@ -482,6 +500,12 @@ def _answer_control_markdown(control: Mapping[str, Any]) -> list[str]:
     for name, entry in control["chain_level_among_answered"].items():
         finishing = control["answered_vs_not"][name]
         lines.append(f"| {name} | {_fmt(entry, 'auroc')} | {_fmt(finishing, 'auroc')} |")
+    if not control.get("finishing_testable", True):
+        lines += [
+            "",
+            f"Too few chains on one side ({MIN_FINISHING_SIDE} needed) to tell whether a scorer "
+            "only reads finishing; no scorer is flagged.",
+        ]
     if control["reads_finishing"]:
         names = ", ".join(f"`{n}`" for n in control["reads_finishing"])
         lines += [
