@@ -323,8 +323,8 @@ MIN_FINISHING_SIDE = 10
 def _far_from_chance(entry: Mapping[str, Any], distance: float = 0.2) -> bool:
     """AUROC at least ``distance`` from 0.5 with its 95% interval excluding 0.5: with a
     handful of unanswered chains the point estimate alone swings to 0 or 1 by chance."""
-    auroc, ci = entry.get("auroc"), entry.get("ci")
-    if auroc is None or ci is None or abs(auroc - 0.5) < distance:
+    value, ci = entry.get("auroc"), entry.get("ci")
+    if value is None or ci is None or abs(value - 0.5) < distance:
         return False
     return ci[1] < 0.5 or ci[0] > 0.5
 
