@@ -286,12 +286,16 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
         assert entry["ci"][0] <= entry["accuracy"] <= entry["ci"][1]
     assert summary["chain_level"]["logprob_mean"]["n"] == 13
     assert summary["step_level"]["qk_reader"]["overall"]["n"] == 6 * 3 + 6 * 2
+    # the two restated premises of each right chain are left out of the derived-only figure
+    derived = summary["step_level"]["qk_reader"]["derived_only"]
+    assert (derived["n"], derived["positives"]) == (6 * 1 + 6 * 2, 6)
     assert summary["parse_coverage"]["unparsed"] == 1
     assert summary["comparisons"]["majority_vote"]["verdict"] in (
         "beats", "does not beat", "is beaten by",
     )  # fmt: skip
     md = (tmp_path / "ranked" / "summary.md").read_text()
     assert "Problems in the profile's calibration split: 1 (excluded" in md
+    assert "12 valid steps restate a premise (depth 0)" in md
     assert f"`{summary['best_qk_selector']}`" in md
 
 

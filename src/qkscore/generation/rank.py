@@ -393,9 +393,16 @@ def _summary(records, steps, chain_scores, selected, correct, *, n_boot, folds, 
     step_level: dict[str, Any] = {}
     valid = np.array([lab["label"] == "valid" for _, lab, _ in step_rows], dtype=bool)
     hops = np.array([-1 if h is None else h for _, _, h in step_rows])
+    # A valid step at depth 0 restates a premise: a scorer that only recognises text copied
+    # from the context does well on those, so each scorer is also measured without them.
+    restated = valid & np.array([lab.get("depth") == 0 for _, lab, _ in step_rows], dtype=bool)
     for name in STEP_SCORERS:
         s = np.array([v[name] for v, _, _ in step_rows], dtype=float)
-        entry = {"overall": _auroc_entry(s, valid, n_boot), "by_hops": {}}
+        entry = {
+            "overall": _auroc_entry(s, valid, n_boot),
+            "derived_only": _auroc_entry(s[~restated], valid[~restated], n_boot),
+            "by_hops": {},
+        }
         for h in sorted(set(hops.tolist())):
             m = hops == h
             entry["by_hops"][str(h) if h >= 0 else "unknown"] = _auroc_entry(s[m], valid[m], n_boot)
@@ -483,6 +490,19 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         rows = [("all", entry["overall"]), *entry["by_hops"].items()]
         for hops, e in rows:
             lines.append(f"| {name} | {hops} | {_fmt(e, 'auroc')} | {e['n']} ({e['positives']}) |")
+    restated = summary.get("valid_steps_by_depth", {}).get("0", 0)
+    lines += [
+        "",
+        f"{restated} valid steps restate a premise (depth 0). Without them (valid steps "
+        "derived by at least one rule against the invalid ones):",
+        "",
+        "| scorer | AUROC | steps (valid) |",
+        "|---|---|---|",
+    ]
+    for name, entry in summary["step_level"].items():
+        e = entry.get("derived_only")
+        if e:
+            lines.append(f"| {name} | {_fmt(e, 'auroc')} | {e['n']} ({e['positives']}) |")
     return "\n".join(lines) + "\n"
 
 
