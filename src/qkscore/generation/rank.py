@@ -70,7 +70,7 @@ def _solution_scores(
     progress: bool,
 ) -> SolutionScores:
     """The solution-level pass for the chains the cache lacks, one batch at a time (each
-    batch is cached as it finishes), then every chain's scores read back from the cache."""
+    batch is cached as it finishes), then every chain's scores in ``records`` order."""
     done = cache.solutions()
     todo = [r for r in records if chain_key(r) not in done]
     with _progress(
@@ -85,9 +85,10 @@ def _solution_scores(
                 rope=judge.rope,
                 batch_size=batch_size,
             )
-            cache.add_solutions([chain_key(r) for r in batch], part.qk, part.confidence)
+            keys = [chain_key(r) for r in batch]
+            for row in cache.add_solutions(keys, part.qk, part.confidence):
+                done[row["key"]] = row
             advance(len(batch))
-    done = cache.solutions()
     rows = [done[chain_key(r)] for r in records]
     qk = np.array([row["qk"] for row in rows], dtype=np.float32)
     confidence = {

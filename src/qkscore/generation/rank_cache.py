@@ -95,9 +95,10 @@ class RankCache:
 
     def add_solutions(
         self, keys: Sequence[str], qk: np.ndarray, confidence: Mapping[str, np.ndarray]
-    ) -> None:
+    ) -> list[dict[str, Any]]:
         """One batch: ``qk[i]`` and ``confidence[name][i]`` belong to ``keys[i]``; chains the
-        pass could not score (NaN) are stored too, so a rerun does not try them again."""
+        pass could not score (NaN) are stored too, so a rerun does not try them again. Returns
+        the rows as :meth:`solutions` reads them back."""
         rows = [
             {
                 "key": key,
@@ -107,3 +108,4 @@ class RankCache:
             for i, key in enumerate(keys)
         ]
         append_jsonl(self.solutions_path, rows)
+        return rows

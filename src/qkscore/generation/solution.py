@@ -10,7 +10,7 @@ KL divergence of the uniform distribution from the token distribution, Kang et a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,6 @@ def score_solutions(
     *,
     rope: bool = False,
     batch_size: int = 4,
-    on_batch: Callable[[int], None] | None = None,
 ) -> SolutionScores:
     """One pass per chain (batched, right-padded) for every head's q.k and logit confidence."""
     import torch
@@ -94,6 +93,4 @@ def score_solutions(
             conf["logprob_min"][i] = stats[:, 0].min()
             conf["neg_entropy"][i] = -stats[:, 1].mean()
             conf["self_certainty"][i] = stats[:, 2].mean()
-        if on_batch is not None:
-            on_batch(len(batch))
     return SolutionScores(qk, conf)
