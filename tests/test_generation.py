@@ -60,43 +60,141 @@ def test_generation_folder_holds_every_chain_with_provenance(generated):
     assert records[0]["text"] != records[1]["text"]
 
 
-@pytest.mark.parametrize("whole", [1, 0], ids=["after-a-whole-line", "inside-the-first-line"])
-def test_resume_after_a_kill_mid_write_gives_identical_generations(
-    generated, smollm2, tmp_path, monkeypatch, whole
-):
-    """A kill -9 while batch 1 is being written: ``whole`` of its lines reach the disk, then a
-    torn fragment of the next. With the tear inside the batch's first line (the data-loss
-    report) the resumed run used to append glued onto the fragment: a chain lost, everything
-    after the glued line unread, and the folder marked complete, so rank saw fewer chains
-    without a word. The fragment must be cut before appending."""
-    out = tmp_path / "crashed"
+def _kill_at_append(monkeypatch, n: int, fragment: int = 25) -> dict:
+    """Make the ``n``-th chain's append write only ``fragment`` bytes of its line and die (a
+    kill -9 mid-write); returns the count of appends, which keeps counting afterwards."""
     real_append = GenFolder.append
     calls = {"n": 0}
 
-    def append_then_die(self, records):
+    def append(self, records):
         calls["n"] += 1
-        if calls["n"] == 2:  # part of the second batch reaches the disk, then kill -9
-            lines = "".join(json.dumps(r) + "\n" for r in records[:whole])
+        if calls["n"] == n:
             with open(self.generations_path, "ab") as fh:
-                fh.write((lines + json.dumps(records[whole])[:25]).encode())
+                fh.write(json.dumps(records[0])[:fragment].encode())
             raise KeyboardInterrupt
         real_append(self, records)
 
-    monkeypatch.setattr(GenFolder, "append", append_then_die)
+    monkeypatch.setattr(GenFolder, "append", append)
+    return calls
+
+
+def test_resume_after_a_kill_mid_write_gives_identical_generations(
+    generated, smollm2, tmp_path, monkeypatch
+):
+    """A kill -9 while the third chain is being written: two whole lines, then a torn
+    fragment. The resumed run cuts the fragment before appending (an older one appended glued
+    onto it: a chain lost, everything after the glued line unread, and the folder marked
+    complete, so rank saw fewer chains without a word) and samples only the two missing
+    chains, with the texts of an uninterrupted run."""
+    out = tmp_path / "crashed"
+    calls = _kill_at_append(monkeypatch, 3)
+    before = smollm2.model.config._attn_implementation
     with pytest.raises(KeyboardInterrupt):
         generate(smollm2, SPEC, out, **SETTINGS)
-    monkeypatch.setattr(GenFolder, "append", real_append)
+    assert smollm2.model.config._attn_implementation == before  # row attention undone
     assert not GenFolder(out).meta()["complete"]
-    assert len(GenFolder(out).raw_records()) == 2 + whole  # batch 0, whole lines of batch 1
+    assert len(GenFolder(out).raw_records()) == 2  # the fragment is the torn tail
     logs: list[str] = []
+    calls["n"] = -100  # no more kills
     generate(smollm2, SPEC, out, **{**SETTINGS, "log": logs.append})
-    assert any("torn or partial batch" in line for line in logs)
+    assert calls["n"] == -98  # two chains appended on resume
+    assert any("dropping a torn line" in line for line in logs)
     folder = GenFolder(out)
     assert folder.meta()["complete"]
     assert _texts(folder) == _texts(generated)  # rank's view: every chain, the same texts
     lines = folder.generations_path.read_bytes().splitlines()
     assert len(lines) == 4 and all(json.loads(line) for line in lines)
     assert folder.meta()["generation"]["tokens"] == sum(r["tokens"] for r in folder.records())
+
+
+def test_texts_do_not_depend_on_batch_composition(generated, smollm2, tmp_path):
+    """Each row draws from its own generator and a finished row's place is refilled, so one
+    row alone (batch 1) or beside others in another order (batch 3: three start together, the
+    fourth joins a batch already under way) writes the texts of batch 2."""
+    for batch_size in (1, 3):
+        folder = generate(smollm2, SPEC, tmp_path / f"b{batch_size}", **{
+            **SETTINGS, "batch_size": batch_size})  # fmt: skip
+        assert _texts(folder) == _texts(generated)
+        assert folder.meta()["generation"]["decode_steps"] > 0
+
+
+def test_a_folder_written_batch_by_batch_reads_and_resumes(generated, smollm2, tmp_path):
+    """A folder of the batch-at-a-time writer (records with a ``batch`` field) is read by rank
+    as before, and a partial one keeps every whole chain, half batches included, on resume."""
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(generated.path, out)
+    folder = GenFolder(out)
+    records = [{**r, "batch": i // 2} for i, r in enumerate(folder.raw_records())]
+    folder.rewrite(records)
+    assert [r["batch"] for r in folder.records()] == [0, 0, 1, 1]
+    head = b"".join(folder.generations_path.read_bytes().splitlines(keepends=True)[:3])
+    folder.generations_path.write_bytes(head + b'{"id": "gen-')  # half of batch 1, torn
+    folder.write_meta({**folder.meta(), "complete": False})
+    generate(smollm2, SPEC, out, **SETTINGS)
+    assert folder.generations_path.read_bytes().startswith(head)  # kept as they were
+    assert _texts(folder) == _texts(generated)
+    assert "batch" not in folder.records()[-1]
+
+
+def test_refill_decoding_matches_each_prompt_decoded_alone(smollm2):
+    """The cache surgery of the refill loop: a row leaves the batch mid-way and a prompt of
+    another length joins the row still running (left padding, positions, mask). Greedy
+    tokens equal those of each prompt decoded alone by full forward passes, no cache."""
+    import torch
+
+    from qkscore.generation.generate import _Decoder
+
+    prompts = [
+        "Every cat is a mammal. Tom is a cat. Is Tom a mammal? Answer:",
+        "List three colours:",
+        "Every wumpus is a zumpus. Every zumpus is a tumpus. Polly is a wumpus. Polly is a",
+    ]
+    decoder = _Decoder(
+        smollm2, batch_size=2, max_new_tokens=8, temperature=0.0, top_p=1.0,
+        add_special_tokens=True,
+    )  # fmt: skip
+    decoder.start([(i, p, 0) for i, p in enumerate(prompts)])
+    results, batches = {}, []
+    with torch.inference_mode(), decoder.attention():
+        while decoder.queue or decoder.rows:
+            results.update((key, (text, n)) for key, text, n, _ in decoder.advance())
+            batches.append([(row.key, len(row.tokens)) for row in decoder.rows])
+    assert set(results) == {0, 1, 2}
+    # SmolLM2 ends prompt 0 at once (EOS) and prompt 2 joins prompt 1 already under way
+    assert results[0] == ("", 1) and [(1, 3), (2, 2)] in batches
+    tok = smollm2.tokenizer
+    for key, (text, n) in results.items():
+        ids = tok(prompts[key], return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            for _ in range(n):
+                nxt = smollm2.model(ids).logits[0, -1].argmax()
+                ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+        want = tok.decode(ids[0, -n:].tolist(), skip_special_tokens=True)
+        assert text == want and n > 0
+
+
+def test_nucleus_from_candidates_equals_a_full_sort():
+    """Top-p from the most likely tokens equals sorting the whole vocabulary bit for bit,
+    with ties (bfloat16 logits), nuclei past the candidates and whole-vocabulary rows."""
+    import torch
+
+    from qkscore.generation.generate import nucleus
+
+    def by_sorting(probs, top_p):
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+        sorted_p[sorted_p.cumsum(dim=-1) - sorted_p >= top_p] = 0.0
+        return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+    gen = torch.Generator().manual_seed(0)
+    for scale in (0.3, 3.0, 12.0):  # flat (nucleus past the candidates) to peaked
+        logits = (torch.randn(8, 3000, generator=gen) * scale).bfloat16().float()
+        logits[:2, :40] = logits[:2, :1]  # a tie group across the candidates' edge
+        probs = torch.softmax(logits / 0.7, dim=-1)
+        for top_p in (0.5, 0.95):
+            assert torch.equal(nucleus(probs, top_p, candidates=32), by_sorting(probs, top_p))
+            assert torch.equal(nucleus(probs[:, :20], top_p), by_sorting(probs[:, :20], top_p))
 
 
 def test_a_folder_missing_chains_is_never_read_as_complete(generated, smollm2, tmp_path):

@@ -34,7 +34,13 @@ def generate(
     temperature: float = typer.Option(0.7, min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(0.95, min=0.0, max=1.0),
     seed: int = typer.Option(0, help="Each (problem, sample) draws from its own seed from it."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+    batch_size: int = typer.Option(
+        8,
+        "--batch-size",
+        "-b",
+        min=1,
+        help="Chains decoded at once; a finished chain's place goes to the next one waiting.",
+    ),
     chat_template: bool | None = typer.Option(
         None,
         "--chat-template/--no-chat-template",

@@ -6,23 +6,22 @@
                         content hash, sampling settings, prompt version, package version, the
                         generation wall time and tokens/s, and whether the run is complete
     problems.jsonl      one problem per line: id, context, question, gold, hops
-    generations.jsonl   one chain per line: id, sample, batch, text, steps, answer, correct,
+    generations.jsonl   one chain per line: id, problem, sample, text, steps, answer, correct,
                         tokens, finish, and the prover's step labels (qkscore.generation.label)
 
-Chains are appended one batch at a time (one write, then fsync). A kill -9 can leave a torn
-last line or half a batch: :meth:`GenFolder.complete_records` keeps whole batches only, and a
-resumed run rewrites the file without the rest (the torn fragment included, so the next batch
-never lands glued onto it) and samples those batches again, with the same seeds and the same
-batch composition, so the texts come out the same. A folder is marked complete only after every
-(problem, sample) pair was found in the file exactly once, and :meth:`GenFolder.records` checks
-that again before anything reads the chains.
+Each chain is appended as it finishes (one write, then fsync). A kill -9 can leave a torn last
+line; a resumed run rewrites the file with the whole chains only (so the next chain never lands
+glued onto the fragment) and samples the missing (problem, sample) pairs, each from its own
+seed, so the texts come out the same. A folder is marked complete only after every pair was
+found in the file exactly once, and :meth:`GenFolder.records` checks that again before anything
+reads the chains. Folders written one batch at a time (records with a ``batch`` field) read
+and resume the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,26 +139,18 @@ class GenFolder:
                 issues.append(f"{len(pairs)} chain(s) {name} ({shown}{more})")
         return issues
 
-    def complete_records(
-        self,
-        batches: Sequence[Sequence[tuple[int, int]]],
-        records: Sequence[dict[str, Any]] | None = None,
+    def whole_chains(
+        self, records: Sequence[dict[str, Any]], pairs: Sequence[tuple[int, int]]
     ) -> list[dict[str, Any]]:
-        """The records (default: every one :meth:`scan` reads, damaged lines left out) of the
-        batches present in full, each pair once; ``batches``: the (problem, sample) pairs of
-        each batch."""
-        records = self.scan().records if records is None else records
-        by_batch: dict[int, list[dict[str, Any]]] = {}
+        """The records to keep on resume: one per (problem, sample) of ``pairs`` (the first
+        one in the file), whatever batch wrote it."""
+        wanted, out = set(pairs), []
         for r in records:
-            by_batch.setdefault(r.get("batch", -1), []).append(r)
-        whole = {
-            b
-            for b, rows in by_batch.items()
-            if isinstance(b, int)
-            and 0 <= b < len(batches)
-            and Counter((r.get("problem"), r.get("sample")) for r in rows) == Counter(batches[b])
-        }
-        return [r for r in records if r.get("batch") in whole]
+            pair = (r.get("problem"), r.get("sample"))
+            if pair in wanted:
+                wanted.discard(pair)
+                out.append(r)
+        return out
 
     def records(self) -> list[dict[str, Any]]:
         """The chains of a finished folder, in problem then sample order; a folder whose file
