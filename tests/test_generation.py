@@ -126,7 +126,8 @@ def test_a_folder_written_batch_by_batch_reads_and_resumes(generated, smollm2, t
     out = tmp_path / "old"
     shutil.copytree(generated.path, out)
     folder = GenFolder(out)
-    records = [{**r, "batch": i // 2} for i, r in enumerate(folder.raw_records())]
+    # in (problem, sample) order, two a batch, as the batch-at-a-time writer had them
+    records = [{**r, "batch": i // 2} for i, r in enumerate(folder.records())]
     folder.rewrite(records)
     assert [r["batch"] for r in folder.records()] == [0, 0, 1, 1]
     head = b"".join(folder.generations_path.read_bytes().splitlines(keepends=True)[:3])
@@ -209,6 +210,7 @@ def test_a_folder_missing_chains_is_never_read_as_complete(generated, smollm2, t
     out = tmp_path / "damaged"
     shutil.copytree(generated.path, out)
     folder = GenFolder(out)
+    folder.rewrite(folder.records())  # (problem, sample) order, not the order chains ended
     lines = folder.generations_path.read_bytes().splitlines(keepends=True)
     # what the old resume wrote: batch 1's first line glued onto a fragment of itself
     folder.generations_path.write_bytes(b"".join(lines[:2]) + lines[2][:25] + b"".join(lines[2:]))
