@@ -118,10 +118,15 @@ def test_texts_do_not_depend_on_batch_composition(generated, smollm2, tmp_path):
         assert folder.meta()["generation"]["decode_steps"] > 0
 
 
-def test_a_folder_written_batch_by_batch_reads_and_resumes(generated, smollm2, tmp_path):
-    """A folder of the batch-at-a-time writer (records with a ``batch`` field) is read by rank
-    as before, and a partial one keeps every whole chain, half batches included, on resume."""
+def test_a_folder_written_batch_by_batch_reads_and_is_never_resumed_mixed(
+    generated, smollm2, tmp_path
+):
+    """A folder of the batch-at-a-time writer (records with a ``batch`` field, drawn with
+    torch.multinomial, no ``sampler_version``) is read by rank as before and left alone when
+    complete; a partial one is refused rather than finished with another sampler."""
     import shutil
+
+    from qkscore.run import RunMismatchError
 
     out = tmp_path / "old"
     shutil.copytree(generated.path, out)
@@ -129,14 +134,18 @@ def test_a_folder_written_batch_by_batch_reads_and_resumes(generated, smollm2, t
     # in (problem, sample) order, two a batch, as the batch-at-a-time writer had them
     records = [{**r, "batch": i // 2} for i, r in enumerate(folder.records())]
     folder.rewrite(records)
+    meta = {k: v for k, v in folder.meta().items() if k != "sampler_version"}
+    folder.write_meta(meta)
     assert [r["batch"] for r in folder.records()] == [0, 0, 1, 1]
+    logs: list[str] = []
+    generate(smollm2, SPEC, out, **{**SETTINGS, "log": logs.append})
+    assert logs == [f"{out} is complete: nothing to do"]
     head = b"".join(folder.generations_path.read_bytes().splitlines(keepends=True)[:3])
     folder.generations_path.write_bytes(head + b'{"id": "gen-')  # half of batch 1, torn
-    folder.write_meta({**folder.meta(), "complete": False})
-    generate(smollm2, SPEC, out, **SETTINGS)
-    assert folder.generations_path.read_bytes().startswith(head)  # kept as they were
-    assert _texts(folder) == _texts(generated)
-    assert "batch" not in folder.records()[-1]
+    folder.write_meta({**meta, "complete": False})
+    with pytest.raises(RunMismatchError, match="sampler_version"):
+        generate(smollm2, SPEC, out, **SETTINGS)
+    assert folder.generations_path.read_bytes() == head + b'{"id": "gen-'  # untouched
 
 
 def test_refill_decoding_matches_each_prompt_decoded_alone(smollm2):
@@ -188,14 +197,42 @@ def test_nucleus_from_candidates_equals_a_full_sort():
         sorted_p[sorted_p.cumsum(dim=-1) - sorted_p >= top_p] = 0.0
         return torch.zeros_like(probs).scatter(-1, order, sorted_p)
 
+    def dense(sets, like):
+        out = torch.zeros_like(like)
+        for row, (ids, p) in zip(out, sets):
+            assert bool((ids[1:] > ids[:-1]).all())  # ascending token ids
+            row[ids] = p
+        return out
+
     gen = torch.Generator().manual_seed(0)
     for scale in (0.3, 3.0, 12.0):  # flat (nucleus past the candidates) to peaked
         logits = (torch.randn(8, 3000, generator=gen) * scale).bfloat16().float()
         logits[:2, :40] = logits[:2, :1]  # a tie group across the candidates' edge
         probs = torch.softmax(logits / 0.7, dim=-1)
         for top_p in (0.5, 0.95):
-            assert torch.equal(nucleus(probs, top_p, candidates=32), by_sorting(probs, top_p))
-            assert torch.equal(nucleus(probs[:, :20], top_p), by_sorting(probs[:, :20], top_p))
+            want = by_sorting(probs, top_p)
+            assert torch.equal(dense(nucleus(probs, top_p, candidates=32), probs), want)
+            small = probs[:, :20]
+            assert torch.equal(dense(nucleus(small, top_p), small), by_sorting(small, top_p))
+
+
+def test_sampling_draws_from_the_nucleus_in_proportion(smollm2):
+    """The exponential race picks each nucleus token with its renormalised probability and
+    never a token outside the nucleus."""
+    import torch
+
+    from qkscore.generation.generate import _Decoder, _Row
+
+    decoder = _Decoder(
+        smollm2, batch_size=1, max_new_tokens=1, temperature=1.0, top_p=0.75,
+        add_special_tokens=True,
+    )  # fmt: skip
+    probs = torch.tensor([0.5, 0.05, 0.3, 0.1, 0.05])  # nucleus: tokens 0, 2 (mass 0.8 > 0.75)
+    rows = [_Row(i, torch.Generator().manual_seed(i), 0) for i in range(4000)]
+    logits = probs.log().expand(len(rows), -1)
+    counts = torch.bincount(torch.tensor(decoder._sample(logits, rows)), minlength=5)
+    assert counts[[1, 3, 4]].sum() == 0
+    assert counts[0] / len(rows) == pytest.approx(0.5 / 0.8, abs=0.03)
 
 
 def test_a_folder_missing_chains_is_never_read_as_complete(generated, smollm2, tmp_path):
