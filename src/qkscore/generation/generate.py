@@ -462,6 +462,7 @@ class _Decoder:
         self.rows: list[_Row] = []
         self.ghost = False  # whether the cache holds a copy of a lone row (see _forward)
         self.cache: Any = None
+        self._container: Any = None  # the last prefill's cache object, to hold a new batch
         self.mask: Any = None  # [rows, cache length] long, 1 where a real token is
 
     @contextmanager
@@ -584,7 +585,7 @@ class _Decoder:
                     f"generate's refill loop needs a full-attention KV cache; {self.lm.name} "
                     f"uses {sorted(kinds)} layers"
                 )
-            self._container = cache  # an initialised cache object to hold the batch
+            self._container = cache
             return [(layer.keys, layer.values) for layer in cache.layers], logits
 
     def _forward(self) -> Any:
