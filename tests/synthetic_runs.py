@@ -25,12 +25,20 @@ def make_run(
     baseline: bool = True,
     metadata: bool = True,
     seed: int = 0,
+    texts: list | None = None,
 ) -> Path:
-    """A run folder as ``scan`` writes it, with a planted signal head and no model."""
+    """A run folder as ``scan`` writes it, with a planted signal head and no model.
+
+    ``texts``: real items (``qkscore.data.Item``) whose context, statement, options and gold
+    the run takes instead of made-up ones (the shallow baseline needs the texts)."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % n_options
     rng.shuffle(labels)
     options = ["True", "False"] if n_options == 2 else [f"opt{o}" for o in range(n_options)]
+    if texts is not None:
+        n, options = len(texts), list(texts[0].options)
+        n_options = len(options)
+        labels = np.array([it.answer_index for it in texts])
     onehot = np.eye(n_options)[labels]
 
     def scores(signal: bool, short: bool) -> np.ndarray:
@@ -63,6 +71,8 @@ def make_run(
                 "positions": [],
             }
         )
+        if texts is not None:
+            items[-1].update(context=texts[i].context, statement=texts[i].statement)
     run = RunFolder(path)
     path.mkdir(parents=True)
     (path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))

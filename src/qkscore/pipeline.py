@@ -18,6 +18,7 @@ import numpy as np
 from qkscore import stats
 from qkscore.data.controls import control_names
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
+from qkscore.estimators.base import DECISION_RULE, decide
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector, head_name
 from qkscore.estimators.readers import (
@@ -175,6 +176,7 @@ def calibrate(
             "data": meta["data"],
             "run": str(run.path),
             "reader": choice["chosen"],
+            "decision_rule": DECISION_RULE,
             "reader_choice": choice,
             "readers": readers,
             "baselines": _fit_baselines(run, meta, calib, y, baseline),
@@ -293,43 +295,47 @@ def _evaluate(
     margins: dict[str, np.ndarray | None] = {}
     labels_of: dict[str, str] = {}
     kinds: dict[str, str] = {}
+    option_proba: dict[str, np.ndarray] = {}  # multi-option items: for the macro AUROC
 
     def add(key: str, label: str, kind: str, pred: np.ndarray, margin: np.ndarray | None) -> None:
         preds[key], margins[key], labels_of[key], kinds[key] = pred, margin, label, kind
 
-    def from_proba(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return proba.argmax(-1), _positive_score(proba)
+    def add_proba(key: str, label: str, kind: str, proba: np.ndarray) -> None:
+        """A method judged by its probabilities: the verdict is the one rule, ``decide``."""
+        add(key, label, kind, decide(proba), _positive_score(proba))
+        if proba.shape[1] > 2:
+            option_proba[key] = proba
 
     for key, reader in readers.items():
         proba = _reader_proba(reader, inputs)
         if proba is not None:
-            add(key, _reader_label(key, reader), "reader", *from_proba(proba))
+            add_proba(key, _reader_label(key, reader), "reader", proba)
     base = inputs["baseline"]
     if np.isfinite(base).all():
-        add("model_answer", "model (own answer)", "baseline", *from_proba(_softmax(base)))
+        add_proba("model_answer", "model (own answer)", "baseline", _softmax(base))
         margin_sel = prof.baseline("model_margin")
         if margin_sel is not None:
             margin_scores = as_margin_scores(base)
-            add("model_margin", "model margin (threshold fit on calibration)", "baseline",
-                margin_sel.predict(margin_scores),
-                _positive_score(margin_sel.predict_proba(margin_scores)))  # fmt: skip
+            add_proba("model_margin", "model margin (threshold fit on calibration)", "baseline",
+                      margin_sel.predict_proba(margin_scores))  # fmt: skip
     if run.has(MAIN, "attention"):
         add("attention", f"attention {name}", "baseline",
             *_attention_baseline(run, prof, idx, layer, head, all_records, all_labels))  # fmt: skip
     notes: list[str] = []
     probe = _usable_probe(prof, meta, notes)
     if probe is not None and inputs.get("hidden") is not None:
-        add("hidden_probe", f"hidden-state probe (layer {probe.layer_})", "baseline",
-            *from_proba(probe.predict_proba(inputs["hidden"])))  # fmt: skip
+        add_proba("hidden_probe", f"hidden-state probe (layer {probe.layer_})", "baseline",
+                  probe.predict_proba(inputs["hidden"]))  # fmt: skip
     shallow = _shallow_predictions(prof, all_records, records, notes)
     if shallow is not None:
-        add("shallow", "shallow matching (no model)", "baseline", *from_proba(shallow))
+        add_proba("shallow", "shallow matching (no model)", "baseline", shallow)
     calib_labels = _calibration_labels(prof)
     add("majority", "majority class", "baseline",
         np.full_like(labels, np.bincount(calib_labels).argmax()), None)  # fmt: skip
     methods = {}
     for key, p in preds.items():
-        methods[key] = stats.metric_report(p, labels, score=margins[key], n_boot=n_boot, seed=seed)
+        score = option_proba.get(key, margins[key])
+        methods[key] = stats.metric_report(p, labels, score=score, n_boot=n_boot, seed=seed)
         methods[key]["label"] = labels_of[key]
         methods[key]["kind"] = kinds[key]
     chosen = prof.reader_name if prof.reader_name in preds else "head"
@@ -470,9 +476,9 @@ def _control_report(run, control, idx, labels, readers, probe, prof, preds) -> d
     for key, reader in readers.items():
         proba = _reader_proba(reader, inputs)
         if proba is not None:
-            accuracy[key] = float((proba.argmax(-1) == labels).mean())
+            accuracy[key] = float((decide(proba) == labels).mean())
     if np.isfinite(inputs["baseline"]).all():
-        accuracy["model_answer"] = float((inputs["baseline"].argmax(-1) == labels).mean())
+        accuracy["model_answer"] = float((decide(_softmax(inputs["baseline"])) == labels).mean())
     if probe is not None and inputs["hidden"] is not None:
         accuracy["hidden_probe"] = float((probe.predict(inputs["hidden"]) == labels).mean())
     chosen = prof.reader_name if prof.reader_name in accuracy else "head"

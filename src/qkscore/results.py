@@ -213,6 +213,7 @@ class ProfileModel(Output):
     data: str | None = None
     run: str | None = None
     reader: str = "head"
+    decision_rule: str | None = None
     reader_choice: dict[str, Any] | None = None
     readers: dict[str, dict[str, Any]] | None = None
     baselines: dict[str, dict[str, Any] | None] | None = None

@@ -26,6 +26,7 @@ __all__ = [
     "accuracy",
     "auroc",
     "auroc_rows",
+    "macro_auroc",
     "balanced_accuracy",
     "binary_head_table",
     "bootstrap_ci",
@@ -209,9 +210,11 @@ def metric_report(
     """Accuracy, balanced accuracy and (binary items, when ``score`` is given) AUROC with CIs.
 
     ``score`` is evidence *for option* ``positive`` (default 0, like ``HeadSelector.margin``,
-    which is positive for option 0). Each metric is ``{"value", "low", "high", "n"}`` with a
-    ``1 - alpha`` percentile bootstrap interval; all metrics share the same resamples (same
-    seed). AUROC is reported only when the labels hold exactly two options, 0 and 1.
+    which is positive for option 0), or, for items of three or more options, the option
+    probabilities ``[items, options]``, scored by :func:`macro_auroc`. Each metric is
+    ``{"value", "low", "high", "n"}`` with a ``1 - alpha`` percentile bootstrap interval; all
+    metrics share the same resamples (same seed). A binary score's AUROC is reported only when
+    the labels hold exactly two options, 0 and 1.
     """
     p, y = _pair(pred, labels)
     if p.ndim != 1:
@@ -229,7 +232,12 @@ def metric_report(
         "accuracy": entry(accuracy, p, y),
         "balanced_accuracy": entry(balanced_accuracy, p, y),
     }
-    if score is not None:
+    if score is not None and np.ndim(score) == 2:
+        s = np.asarray(score, dtype=np.float64)
+        if s.shape[0] != n:
+            raise ValueError(f"probabilities {s.shape} and labels {y.shape} differ in items")
+        report["auroc"] = entry(macro_auroc, s, y)
+    elif score is not None:
         s = np.asarray(score, dtype=np.float64)
         if s.shape != y.shape:
             raise ValueError(f"score {s.shape} and labels {y.shape} differ in shape")
@@ -588,6 +596,15 @@ def prediction_metric(
     if metric == "balanced_accuracy":
         recalls = [np.mean(pred[y == o] == o) for o in range(n_options) if np.any(y == o)]
         return float(np.mean(recalls))
+    return macro_auroc(proba, y)
+
+
+def macro_auroc(proba: np.ndarray, y: np.ndarray) -> float:
+    """AUROC of option probabilities ``[items, options]``: binary, of option 0; three or more
+    options, the macro average of one-vs-rest AUROCs over the options gold for some but not all
+    items (calibration's CV figure and the evaluation's are this one function)."""
+    proba, y = np.asarray(proba, dtype=np.float64), np.asarray(y)
+    n_options = proba.shape[1]
     aucs = [
         auroc_rows(proba[None, :, o], y == o)[0]
         for o in range(n_options if n_options > 2 else 1)

@@ -32,6 +32,7 @@ import numpy as np
 from qkscore.audit.chain import ChainResult, assemble_chain, context_with_steps, split_steps
 from qkscore.audit.text import require_text
 from qkscore.data import Item
+from qkscore.estimators.base import decide
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector
 from qkscore.estimators.readers import reader_deepest_layer, reader_predict_proba
@@ -58,8 +59,10 @@ class Verdict:
     on the fast path. ``ensemble_*`` come from the profile's top-k ensemble when it has one
     (None on the fast path too).
 
-    The verdict follows the margin's sign, the rule calibration chose the threshold for; the
-    Platt-scaled probability is a separate fit and may sit just across 0.5 near the threshold.
+    The verdict is the profile's decision rule (:func:`~qkscore.estimators.base.decide`):
+    "valid" exactly when ``probability`` > 0.5, the rule every reader predicts by and every
+    accuracy in ``evaluate`` is computed with; ``margin`` is positive on the same side (for the
+    single head 0.5 lies on its fitted threshold).
     ``latency_ms`` excludes time spent waiting for the lock.
     """
 
@@ -268,7 +271,8 @@ class Judge:
         scores = out.scores
         if max_layer is not None:  # layers past the reader's deepest are not read: zero them
             scores = np.nan_to_num(scores, nan=0.0)
-        margin, proba = self._reader_margin(scores, out.baseline)
+        margin, proba_all = self._reader_margin(scores, out.baseline)
+        verdicts_valid, proba = decide(proba_all) == 0, proba_all[:, 0]
         ens_p = ens_pred = None
         if self.ensemble is not None and want_model:  # vote ties go to the best-ranked head
             ens_p = self.ensemble.predict_proba(scores)[:, 0]
@@ -279,7 +283,7 @@ class Judge:
         verdicts = []
         for i in range(len(items)):
             m = _finite(float(margin[i]))
-            valid = m > 0
+            valid = bool(verdicts_valid[i])
             model_ans = model_p = disagree = None
             if want_model:
                 logp = out.baseline[i].astype(np.float64)
@@ -319,13 +323,13 @@ class Judge:
         return verdicts
 
     def _reader_margin(self, scores: np.ndarray, baseline: np.ndarray) -> tuple:
-        """The reader's margin (positive = valid) and P(valid) for each item."""
+        """The reader's margin (positive = valid) and its probabilities [items, 2]."""
         reader = self.reader
-        proba = reader_predict_proba(reader, scores, baseline)[:, 0]
+        proba = reader_predict_proba(reader, scores, baseline)
         if isinstance(reader, HeadSelector):
             return reader.margin(scores), proba
         if isinstance(reader, TopKEnsemble):
-            return proba - 0.5, proba
+            return proba[:, 0] - 0.5, proba
         if self.reader_needs_model:
             return reader.decision_function(scores, baseline=baseline), proba
         return reader.decision_function(scores), proba

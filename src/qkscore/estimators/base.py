@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
+from qkscore.decision import DECISION_RULE, decide
+
 __all__ = [
     "FORMAT_VERSION",
     "MIN_CALIBRATION_ITEMS",
@@ -23,6 +25,8 @@ __all__ = [
     "check_scores",
     "check_labels",
     "check_choice",
+    "decide",
+    "DECISION_RULE",
     "warn_calibration",
     "check_saved",
     "like_calibration",

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from qkscore.estimators.base import decide
 from qkscore.estimators.conditional_logit import fit_conditional_logit
 from qkscore.estimators.heads import (
     FORMAT_VERSION,
@@ -38,6 +39,7 @@ __all__ = ["TopKEnsemble"]
 
 METHODS = ("vote", "logistic")
 _ENSEMBLE_KIND = "qkscore.TopKEnsemble"
+_TIE_NUDGE = 1e-6
 
 
 class TopKEnsemble(BaseEstimator):
@@ -137,7 +139,8 @@ class TopKEnsemble(BaseEstimator):
             for i, k in enumerate(grid):
                 fold._set_heads(selector, k)
                 fold._fit_combiner(x[train], y[train])
-                pred, proba = fold._predict_both(x[test])
+                proba = fold._proba(x[test])
+                pred = decide(proba)
                 cv_scores[i, j] = prediction_metric(self.metric, y[test], pred, proba, x.shape[3])
         return tuple(grid), cv_scores
 
@@ -190,7 +193,8 @@ class TopKEnsemble(BaseEstimator):
             self.coef_ = w / scale
             self.option_bias_ = b
 
-    def _predict_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _proba(self, x: np.ndarray) -> np.ndarray:
+        """Option probabilities; ``predict`` is :func:`decide` of them, as for every reader."""
         feats = self._features(x)
         n, k, n_options = x.shape[0], len(self.heads_), self.n_options_
         if self.method == "vote":
@@ -201,14 +205,15 @@ class TopKEnsemble(BaseEstimator):
                 hit = votes == o
                 counts[:, o] = hit.sum(axis=1)
                 first[:, o] = np.where(hit.any(axis=1), hit.argmax(axis=1), k)
-            pred = (counts * (k + 1) + (k - first)).argmax(axis=1)
-            return pred, counts / k
+            # vote shares, a tie nudged by a millionth of a vote toward the option the
+            # best-ranked head backs, so the most probable option is the vote's winner
+            shares = counts + _TIE_NUDGE * (k - first)
+            return shares / shares.sum(axis=1, keepdims=True)
         if n_options == 2:
             p0 = expit(feats @ self.coef_ + self.intercept_)
-            return np.where(p0 > 0.5, 0, 1), np.column_stack([p0, 1.0 - p0])
+            return np.column_stack([p0, 1.0 - p0])
         u = np.einsum("nko,k->no", feats, self.coef_) + self.option_bias_
-        proba = softmax(u, axis=1)
-        return proba.argmax(axis=1), proba
+        return softmax(u, axis=1)
 
     def _check_new(self, scores: Any) -> np.ndarray:
         if not hasattr(self, "k_"):
@@ -217,11 +222,11 @@ class TopKEnsemble(BaseEstimator):
 
     def predict(self, scores: Any) -> np.ndarray:
         """Predicted option index per item."""
-        return self._predict_both(self._check_new(scores))[0]
+        return decide(self.predict_proba(scores))
 
     def predict_proba(self, scores: Any) -> np.ndarray:
         """Option probabilities [items, options] (vote shares for ``method="vote"``)."""
-        return self._predict_both(self._check_new(scores))[1]
+        return self._proba(self._check_new(scores))
 
     def score(self, scores: Any, labels: Any) -> float:
         """Accuracy of ``predict``."""

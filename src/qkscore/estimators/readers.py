@@ -40,13 +40,14 @@ from qkscore.estimators.base import (
     CalibrationWarning,
     check_labels,
     check_scores,
+    decide,
     json_array,
     json_floats,
 )
 from qkscore.estimators.conditional_logit import fit_conditional_logit
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector
-from qkscore.stats import auroc_rows, prediction_metric
+from qkscore.stats import auroc_rows, macro_auroc
 
 __all__ = [
     "READERS",
@@ -92,7 +93,7 @@ def _folds(y: np.ndarray, cv: int, seed: int | None) -> list[tuple[np.ndarray, n
 
 def proba_auroc(proba: np.ndarray, y: np.ndarray) -> float:
     """Binary: AUROC of P(option 0); multi-option: macro one-vs-rest (as the heads report)."""
-    return prediction_metric("auroc", y, proba.argmax(1), proba, proba.shape[1])
+    return macro_auroc(proba, y)
 
 
 def _standardise(x: np.ndarray, axis: int | tuple[int, ...] = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +159,7 @@ class LinearQKReader(BaseEstimator):
     Binary items: features are the raw margins ``score[..., 0] - score[..., 1]`` of all
     ``layers x heads``; the positive class is option 0. Multi-option items: per-option features
     (each head's score of that option, centred over the item's options) and a conditional logit
-    with one weight per head (L2 only). ``C`` comes from ``Cs`` by ``cv``-fold cross-validated
+    with one weight per head. ``C`` comes from ``Cs`` by ``cv``-fold cross-validated
     AUROC on the data given to ``fit`` (or is ``C`` when given); ``penalty="l1"`` keeps few
     heads (``n_kept_``).
 
@@ -220,19 +221,17 @@ class LinearQKReader(BaseEstimator):
             )
             self.option_bias_ = None
         else:
-            if self.penalty != "l2":
-                raise ValueError("multi-option items support penalty='l2' only")
             self.mean_ = np.zeros(feats.shape[1])
             self.scale_ = np.where(feats.std(axis=(0, 2)) > 0, feats.std(axis=(0, 2)), 1.0)
             z = feats / self.scale_[None, :, None]
 
             def score(c, tr, te):
-                w, b = fit_conditional_logit(z[tr], y[tr], c)
+                w, b = fit_conditional_logit(z[tr], y[tr], c, self.penalty)
                 u = np.einsum("nko,k->no", z[te], w) + b
                 return proba_auroc(softmax(u, axis=1), y[te])
 
             self._select_c(score, y)
-            self.coef_, self.option_bias_ = fit_conditional_logit(z, y, self.C_)
+            self.coef_, self.option_bias_ = fit_conditional_logit(z, y, self.C_, self.penalty)
             self.intercept_ = None
         self.n_kept_ = int(np.count_nonzero(self.coef_))
         return self
@@ -260,7 +259,7 @@ class LinearQKReader(BaseEstimator):
         return _proba(self.decision_function(scores), self.n_options_)
 
     def predict(self, scores: Any) -> np.ndarray:
-        return self.predict_proba(scores).argmax(axis=1)
+        return decide(self.predict_proba(scores))
 
     @property
     def weights_(self) -> np.ndarray:
@@ -444,7 +443,7 @@ class HybridReader(BaseEstimator):
         return _proba(self.decision_function(scores, baseline=baseline), self.n_options_)
 
     def predict(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
-        return self.predict_proba(scores, baseline=baseline).argmax(axis=1)
+        return decide(self.predict_proba(scores, baseline=baseline))
 
     @property
     def deepest_layer_(self) -> int:
@@ -565,7 +564,7 @@ def cross_val_scores(
             reader, scores[test], None if baseline is None else baseline[test]
         )
         aucs.append(proba_auroc(proba, labels[test]))
-        accs.append(float(np.mean(proba.argmax(1) == labels[test])))
+        accs.append(float(np.mean(decide(proba) == labels[test])))
     return {"auroc": float(np.nanmean(aucs)), "accuracy": float(np.mean(accs))}
 
 
@@ -727,7 +726,7 @@ class HiddenStateProbe(BaseEstimator):
         return proba
 
     def predict(self, hidden: Any) -> np.ndarray:
-        return self.predict_proba(hidden).argmax(axis=1)
+        return decide(self.predict_proba(hidden))
 
     def to_dict(self) -> dict[str, Any]:
         if not hasattr(self, "coef_"):

@@ -30,6 +30,7 @@ import numpy as np
 from lm_eval.api.model import LM
 
 from qkscore.data import load_items
+from qkscore.estimators.base import decide
 from qkscore.estimators.readers import reader_predict_proba
 from qkscore.integrations.lm_eval_tasks import TASKS_DIR, packaged_task
 from qkscore.models import LoadedModel, load_model
@@ -213,7 +214,7 @@ class QKScoreLM(LM):
         proba = self.choice_probabilities(prompts)
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         for row, idx in enumerate(members):
-            best = int(np.argmax(proba[row]))
+            best = int(decide(proba[row][None, :])[0])
             for j, i in enumerate(idx):
                 out[i] = (math.log(max(float(proba[row, j]), 1e-30)), j == best)
         return out
