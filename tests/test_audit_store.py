@@ -60,8 +60,8 @@ class Raw:
             self.run(sql, *args)
             self.run("ALTER TABLE audit ENABLE TRIGGER audit_append_only")
         else:
-            self.run("DROP TRIGGER audit_no_update")
-            self.run("DROP TRIGGER audit_no_delete")
+            self.run("DROP TRIGGER IF EXISTS audit_no_update")
+            self.run("DROP TRIGGER IF EXISTS audit_no_delete")
             self.run(sql, *args)
 
     def close(self) -> None:
@@ -228,6 +228,64 @@ def test_verify_and_export_commands(url, tmp_path):
     ]
 
 
+def _evidence(raw: Raw) -> tuple[list[tuple], ...]:
+    """What verifying must leave as it found it: the rows' hashes, the chain head, meta."""
+    tables = [r[0] for r in raw.run(
+        "SELECT name FROM sqlite_master WHERE type = 'table'" if not raw.pg else
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    )]  # fmt: skip
+    return (
+        sorted(tables),
+        raw.run("SELECT * FROM audit ORDER BY id"),
+        raw.run("SELECT * FROM chain_head") if "chain_head" in tables else [],
+        raw.run("SELECT key, value FROM meta ORDER BY key"),
+    )
+
+
+@pytest.mark.parametrize(
+    "n, tamper, left, line",
+    [
+        (3, [], 3, "chain broken at the chain head: it is missing while 3 rows carry hashes "
+         "(removed)"),
+        # issue 22, finding 2: row 5 edited, row 7 deleted, the chain head deleted
+        (8, ["UPDATE audit SET verdict = 'valid' WHERE id = 5", "DELETE FROM audit WHERE id = 7"],
+         7, "chain broken at row 5: its contents do not match its row_hash (changed)"),
+    ],
+    ids=["head-removed", "issue-22"],
+)  # fmt: skip
+def test_a_removed_chain_head_is_reported_and_nothing_rewrites_the_rows(url, n, tamper, left,
+                                                                      line):  # fmt: skip
+    """Verify and export leave a log whose chain head was deleted (triggers dropped first) as
+    they found it: verify reports it instead of re-chaining the rows as a migration (issue 22,
+    finding 2), and the service refuses to open it rather than treat it as an old log."""
+    store = AuditStore(url)
+    _fill(store, n)
+    store.close()
+    raw = Raw(url)
+    for sql in tamper:
+        raw.without_triggers(sql)
+    raw.run("DELETE FROM chain_head")
+    before = _evidence(raw)
+    res = _cli("audit", "verify", "--db", url)
+    assert res.exit_code == 2 and res.output.splitlines() == [f"error: {line}"]
+    assert _evidence(raw) == before
+    assert _cli("audit", "export", "--db", url).exit_code == 0
+    assert _evidence(raw) == before
+    with pytest.raises(AuditStoreError, match=f"chain head is missing while {left} rows carry"):
+        AuditStore(url)
+    assert _evidence(raw) == before
+    raw.close()
+
+
+def test_a_read_only_store_cannot_append(url):
+    AuditStore(url).close()
+    store = AuditStore(url, read_only=True)
+    with pytest.raises(Exception, match="read-?only"):
+        _fill(store, 1)
+    assert store.count() == 0 and store.verify().ok
+    store.close()
+
+
 def test_export_refuses_a_bad_format_and_a_missing_log(tmp_path):
     res = _cli("audit", "export", "--db", str(tmp_path / "a.db"), "--format", "csv")
     assert res.exit_code == 2 and res.output.splitlines() == [
@@ -274,6 +332,47 @@ def test_an_old_sqlite_log_is_migrated_into_the_chain(tmp_path):
         ("3",)
     ]
     conn.close()
+
+
+def test_verify_reports_an_old_log_as_needing_migration_and_leaves_it(tmp_path):
+    """Verifying never migrates: an old log is reported (exit 2), exported as it is, and
+    migrated only when the service (a writer) opens it."""
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(_V2_SCHEMA)
+    conn.close()
+    raw = Raw(str(db))
+    before = _evidence(raw)
+    res = _cli("audit", "verify", "--db", str(db))
+    assert res.exit_code == 2 and res.output.splitlines() == [
+        "error: needs migration: the log is from before the hash chain (schema 2); opening it "
+        "with `qkscore serve` chains its rows as they are now"
+    ]
+    res = _cli("audit", "export", "--db", str(db))
+    assert res.exit_code == 0 and [json.loads(x)["statement"] for x in res.output.splitlines()
+                                   ] == ["one.", "three."]  # fmt: skip
+    assert _evidence(raw) == before
+    raw.close()
+    AuditStore(db).close()
+    assert _cli("audit", "verify", "--db", str(db)).exit_code == 0
+
+
+def test_a_dropped_chain_head_table_is_not_an_old_log(tmp_path):
+    db = tmp_path / "audit.db"
+    store = AuditStore(db)
+    _fill(store, 2)
+    store.close()
+    raw = Raw(str(db))
+    raw.run("DROP TABLE chain_head")
+    before = _evidence(raw)
+    res = _cli("audit", "verify", "--db", str(db))
+    assert res.exit_code == 2 and res.output.splitlines() == [
+        "error: chain broken at the chain head: it is missing while 2 rows carry hashes (removed)"
+    ]
+    with pytest.raises(AuditStoreError, match="chain head is missing"):
+        AuditStore(db)
+    assert _evidence(raw) == before
+    raw.close()
 
 
 def test_a_postgresql_server_that_cannot_be_reached_is_one_line(tmp_path):

@@ -337,6 +337,7 @@ audit_app = typer.Typer(
 
 
 def _open_log(db: str):
+    """The log, read-only: verifying and exporting never write (nor migrate an old log)."""
     from qkscore.audit.store import AuditStore, AuditStoreError
 
     if (
@@ -345,7 +346,7 @@ def _open_log(db: str):
     ):
         raise _fail(f"--db: {db} does not exist")
     try:
-        return AuditStore(db)
+        return AuditStore(db, read_only=True)
     except AuditStoreError as err:
         raise _fail(f"--db: {err}") from None
 
