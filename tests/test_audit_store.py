@@ -286,6 +286,39 @@ def test_a_read_only_store_cannot_append(url):
     store.close()
 
 
+@pytest.mark.parametrize("rid", [-5, 0])
+def test_rows_with_ids_below_one_break_the_chain_and_are_exported(url, rid):
+    """Issue 22, finding 3: a row inserted with id -5 or 0 was skipped by verify and export but
+    listed by /v1/audit. Verify names it; export and paging list the same rows."""
+    store = AuditStore(url)
+    _fill(store, 3)
+    first = next(store.iter_rows(raw=True))
+    raw = Raw(url)
+    for i in (rid - 1, rid):  # two rows, so paging by cursor goes below zero
+        row = dict(first, id=i, statement=f"inserted {i}.")
+        row["row_hash"] = row_hash(row)
+        marks = ", ".join("?" * len(row))
+        raw.run(f"INSERT INTO audit ({', '.join(row)}) VALUES ({marks})", *row.values())
+    raw.close()
+    report = store.verify()
+    assert (report.ok, report.count, report.bad_id) == (False, 1, rid - 1), report
+    assert report.reason == "its id is below 1, where the chain starts (inserted outside it)"
+    res = _cli("audit", "verify", "--db", url)
+    assert res.exit_code == 2 and f"chain broken at row {rid - 1}: its id is below 1" in res.output
+    res = _cli("audit", "export", "--db", url)
+    exported = [json.loads(x)["id"] for x in res.output.splitlines()]
+    assert exported == [rid - 1, rid, 1, 2, 3]
+    listed, cursor = [], None
+    while True:
+        page = store.query(limit=1, cursor=cursor)
+        listed += [r["id"] for r in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert listed == exported[::-1] and page.total == 5
+    store.close()
+
+
 def test_export_refuses_a_bad_format_and_a_missing_log(tmp_path):
     res = _cli("audit", "export", "--db", str(tmp_path / "a.db"), "--format", "csv")
     assert res.exit_code == 2 and res.output.splitlines() == [

@@ -17,7 +17,7 @@ import pytest
 from audit_fixtures import CONTEXT, STATEMENTS, run
 from audit_fixtures import asgi_client as _client
 from qkscore.audit.service import ServeLimits, create_app, request_cost
-from qkscore.audit.store import MAX_INT64, AuditStore, AuditStoreError
+from qkscore.audit.store import MAX_INT64, MIN_INT64, AuditStore, AuditStoreError
 from tiny_models import few_threads
 
 
@@ -172,28 +172,32 @@ def test_audit_offset_and_cursor_out_of_range_get_422(judge, tmp_path):
     async def go():
         async with _client(app) as c:
             out = {}
-            for name in ("offset", "cursor"):
-                for value in (2**63, 2**64 + 5, -1):
+            for name, low in (("offset", -1), ("cursor", MIN_INT64 - 1)):
+                for value in (2**63, 2**64 + 5, low):
                     r = await c.get("/v1/audit", params={name: value})
                     out[name, value] = (r.status_code, r.json()["error"])
-                r = await c.get("/v1/audit", params={name: MAX_INT64})
-                out[name, MAX_INT64] = (r.status_code, r.json()["items"])
+                for value in (MAX_INT64, low + 1):
+                    r = await c.get("/v1/audit", params={name: value})
+                    out[name, value] = (r.status_code, r.json()["items"])
             return out
 
     out = run(go())
-    for name in ("offset", "cursor"):
+    # a cursor may be negative: the next_cursor of a page ending at a row below id 1 (such a row
+    # breaks the chain, and is listed so that it can be seen)
+    for name, low, floor in (("offset", -1, 0), ("cursor", MIN_INT64 - 1, MIN_INT64)):
         big = f"invalid request: query.{name}: Input should be less than or equal to {MAX_INT64}"
         assert out[name, 2**63] == (422, big)
         assert out[name, 2**64 + 5] == (422, big)
-        neg = f"invalid request: query.{name}: Input should be greater than or equal to 0"
-        assert out[name, -1] == (422, neg)
+        neg = f"invalid request: query.{name}: Input should be greater than or equal to {floor}"
+        assert out[name, low] == (422, neg)
         assert out[name, MAX_INT64] == (200, [])
+        assert out[name, low + 1] == (200, [])
     assert app.state.unexpected_errors == []
     store = AuditStore(tmp_path / "other.db")
     with pytest.raises(ValueError, match="offset must be between 0 and"):
         store.query(offset=2**63)
-    with pytest.raises(ValueError, match="cursor must be between 0 and"):
-        store.query(cursor=-1)
+    with pytest.raises(ValueError, match=f"cursor must be between {MIN_INT64} and"):
+        store.query(cursor=MIN_INT64 - 1)
     store.close()
 
 

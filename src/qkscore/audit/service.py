@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from qkscore.audit.chain import split_steps
 from qkscore.audit.check import Judge
-from qkscore.audit.store import MAX_INT64, AuditStore
+from qkscore.audit.store import MAX_INT64, MIN_INT64, AuditStore
 from qkscore.audit.text import require_text
 
 __all__ = [
@@ -566,7 +566,7 @@ def create_app(
         limit: int = Query(50, ge=1, le=1000),
         offset: int = Query(0, ge=0, le=MAX_INT64),
         cursor: int | None = Query(
-            None, ge=0, le=MAX_INT64, description="next_cursor of the previous page"
+            None, ge=MIN_INT64, le=MAX_INT64, description="next_cursor of the previous page"
         ),
         verdict: str | None = Query(None, pattern="^(valid|invalid)$"),
         kind: str | None = Query(None, pattern="^(check|chain)$"),

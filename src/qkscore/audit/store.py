@@ -20,9 +20,9 @@ triggers refuse both). Every row stores the previous row's hash (``prev_hash``) 
 one-row ``chain_head`` table holds the last id and hash, so removing the newest rows shows too.
 An append is serialised across processes (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT
 ... FOR UPDATE`` on the chain head), so concurrent writers never fork the chain. Ids follow
-the chain head (``last_id + 1``): contiguous, so a missing row is named. :meth:`verify`
-walks the chain in one read-only snapshot and never writes: ``AuditStore(url,
-read_only=True)`` (what ``qkscore audit verify`` and ``export`` open) is an
+the chain head (``last_id + 1``): contiguous from 1, so a missing row is named, and so is a row
+inserted below 1. :meth:`verify` walks the chain in one read-only snapshot and never writes:
+``AuditStore(url, read_only=True)`` (what ``qkscore audit verify`` and ``export`` open) is an
 SQLite ``mode=ro`` connection or PostgreSQL connections whose transactions are read-only.
 
 A log from before the chain (schema 2 or older: no ``chain_head`` table, rows without hashes)
@@ -66,6 +66,7 @@ __all__ = [
 SCHEMA_VERSION = 3
 # SQLite integers are signed 64-bit: larger offsets and cursors cannot be bound
 MAX_INT64 = 2**63 - 1
+MIN_INT64 = -(2**63)
 GENESIS = "0" * 64
 
 _COLUMNS = (
@@ -459,8 +460,8 @@ class AuditStore:
             raise ValueError(f"limit must be between 1 and 1000, got {limit}")
         if not 0 <= offset <= MAX_INT64:
             raise ValueError(f"offset must be between 0 and {MAX_INT64}, got {offset}")
-        if cursor is not None and not 0 <= cursor <= MAX_INT64:
-            raise ValueError(f"cursor must be between 0 and {MAX_INT64}, got {cursor}")
+        if cursor is not None and not MIN_INT64 <= cursor <= MAX_INT64:
+            raise ValueError(f"cursor must be between {MIN_INT64} and {MAX_INT64}, got {cursor}")
         if verdict not in (None, "", "valid", "invalid"):
             raise ValueError(f"verdict must be 'valid' or 'invalid', got {verdict!r}")
         if kind not in (None, "", "check", "chain"):
@@ -487,14 +488,15 @@ class AuditStore:
     def iter_rows(
         self, since: str | float | None = None, batch: int = 1000, raw: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Every row (from ``since``, unix seconds or ISO 8601), oldest first, in batches.
-        ``raw``: as stored (JSON columns as text, flags as 0/1), as the hash covers them."""
+        """Every row (from ``since``, unix seconds or ISO 8601), oldest first, in batches; every
+        id, also one below 1 that :meth:`verify` reports. ``raw``: as stored (JSON columns as
+        text, flags as 0/1), as the hash covers them."""
         return _iter_rows(self._fetch, parse_time(since), batch, raw)
 
     def verify(self) -> ChainReport:
         """Walk the chain in id order, in one read-only snapshot: each row's ``prev_hash`` is
-        the previous row's hash, its ``row_hash`` matches its contents, ids have no gap, and
-        the last row is the chain head. Names the first broken row. A log from
+        the previous row's hash, its ``row_hash`` matches its contents, ids run from 1 without
+        a gap, and the last row is the chain head. Names the first broken row. A log from
         before the chain is reported as needing migration; nothing is written."""
         with self._snapshot() as fetch:
             tables = {r["name"] for r in fetch(self._TABLES_SQL, [])}
@@ -521,6 +523,9 @@ def _walk(
     for r in _iter_rows(fetch, None, 1000, raw=True):
         rid = int(r["id"])
         n += 1
+        if rid < 1:
+            reason = "its id is below 1, where the chain starts (inserted outside it)"
+            return ChainReport(False, n, rid, reason, note)
         if r.get("row_hash") is None or r.get("prev_hash") is None:
             return ChainReport(False, n, rid, "the row has no hash", note)
         if rid != prev_id + 1 and rid > migrated_through:
@@ -557,8 +562,8 @@ def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
 
 
 def _iter_rows(fetch: Fetch, t0: float | None, batch: int, raw: bool) -> Iterator[dict[str, Any]]:
-    """Rows in id order, from unix time ``t0``."""
-    after = 0
+    """Rows in id order from the smallest id (below 1 too), from unix time ``t0``."""
+    after: int | None = None
     while True:
         clause, args = _where(("id > ?", after), ("ts >= ?", t0))
         rows = fetch(f"SELECT * FROM audit {clause} ORDER BY id LIMIT ?", [*args, batch])
