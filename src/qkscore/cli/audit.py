@@ -182,7 +182,7 @@ def verify_chain(
 def serve(
     profile: Path = typer.Option(..., "--profile", "-p", help=PROFILE_HELP),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on (1-65535)."),
     db: str = typer.Option(
         "qkscore-audit.db",
         "--db",
