@@ -9,7 +9,10 @@ audit verify`` and ``export`` commands, and the migration of an old SQLite log.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -326,6 +329,42 @@ def test_export_refuses_a_bad_format_and_a_missing_log(tmp_path):
     ]
     res = _cli("audit", "verify", "--db", str(tmp_path / "none.db"))
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e999", "NaN"])
+def test_export_refuses_a_time_that_is_not_finite(tmp_path, since):
+    """Issue 22, finding 11: --since nan exported nothing (ts >= NaN is never true), exit 0."""
+    db = str(tmp_path / "audit.db")
+    store = AuditStore(db)
+    _fill(store, 2)
+    store.close()
+    res = _cli("audit", "export", "--db", db, "--since", since)
+    assert res.exit_code == 2 and res.output.splitlines() == [
+        f"error: --since: time {since!r} is not a finite number of unix seconds"
+    ]
+    store = AuditStore(db)
+    with pytest.raises(ValueError, match="not a finite number"):
+        store.query(since=since)
+    store.close()
+
+
+def test_export_into_a_closed_pipe_stops_quietly(tmp_path):
+    """Issue 22, finding 11: `qkscore audit export | head` printed a broken-pipe error. Now it
+    stops as Unix tools do: no message, the status of a process that SIGPIPE ended."""
+    db = str(tmp_path / "audit.db")
+    store = AuditStore(db)
+    _fill(store, 3)
+    store.close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as `head` does after its lines
+    env = {k: v for k, v in os.environ.items() if k != "QKSCORE_DEBUG"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "qkscore", "audit", "export", "--db", db],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 _V2_SCHEMA = """

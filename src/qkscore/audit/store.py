@@ -136,12 +136,14 @@ def parse_time(value: str | float | int | None) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return _finite_time(value, value)
     text = str(value).strip()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        return _finite_time(number, value)
     try:
         t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -151,6 +153,14 @@ def parse_time(value: str | float | int | None) -> float | None:
     if t.tzinfo is None:
         t = t.replace(tzinfo=_dt.timezone.utc)
     return t.timestamp()
+
+
+def _finite_time(number: float, value: Any) -> float:
+    """NaN matches no row (``ts >= NaN`` is never true) and infinity none or all: refused."""
+    number = float(number)
+    if not math.isfinite(number):
+        raise ValueError(f"time {value!r} is not a finite number of unix seconds")
+    return number
 
 
 @dataclass

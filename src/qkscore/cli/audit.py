@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -406,6 +408,10 @@ def audit_export(
                     else:
                         typer.echo(line)
                     n += 1
+            except BrokenPipeError:
+                if handle:
+                    raise
+                raise _reader_left() from None
             finally:
                 if handle:
                     handle.close()
@@ -419,3 +425,17 @@ def audit_export(
         store.close()
     if out is not None:
         _console().print(f"{n} rows written to {out}")
+
+
+SIGPIPE_STATUS = 141  # 128 + SIGPIPE: what `yes | head` reports for `yes`
+
+
+def _reader_left() -> typer.Exit:
+    """Standard output's reader has gone (``... | head``): stop without a message, with the
+    status of a Unix tool that SIGPIPE ended. Standard output is pointed at /dev/null first,
+    so that Python's flush at exit does not fail on the closed pipe again."""
+    with contextlib.suppress(OSError, ValueError):  # no real file descriptor (tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return typer.Exit(SIGPIPE_STATUS)
