@@ -123,6 +123,8 @@ def test_scan_unknown_model_suggests_the_alias(tmp_path: Path) -> None:
         (["scan", "-m", "x", "-d", GENERATED, "-o", "o", "--limit", "-4"], "--limit"),
         (["evaluate", "run", "-p", "p.json", "--n-boot", "0"], "--n-boot"),
         (["transfer", "a", "b", "--calib-size", "1"], "--calib-size"),
+        (["serve", "-p", "p.json", "--port", "99999"], "--port"),  # issue 22, finding 9
+        (["serve", "-p", "p.json", "--port", "0"], "--port"),
     ],
 )
 def test_options_out_of_range_are_refused_before_any_work(args, option) -> None:
