@@ -267,7 +267,6 @@ def test_the_judge_serves_the_verdict_the_report_counts(judge, tmp_path_factory,
     """The head profile's served verdicts are the evaluation's predictions on the same items,
     and a "valid" verdict never carries P(valid) <= 0.5."""
     from audit_fixtures import build_profile
-
     from qkscore.profile import Profile
     from qkscore.run import RunFolder
 

@@ -133,23 +133,98 @@ def calibrate(
     y = labels[calib]
     check_calibration_labels(y, calib_size, f"{run.path}: ")
     baseline = np.asarray(run.load(MAIN, "baseline"))[calib]
+    fitted = fit_readers(
+        scores, y, baseline, reader=reader, ensemble=ensemble, cv=cv, seed=seed, metric=metric
+    )
+    selector, ens, choice = fitted["selector"], fitted["ensemble"], fitted["choice"]
+    best = selector.ranking_[0]
+    data: dict[str, Any] = stamp(
+        {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "unit": "answer",
+            "model": meta["model"],
+            "template": meta["template"],
+            "rope": meta["rope"],
+            "data": meta["data"],
+            "run": str(run.path),
+            "reader": choice["chosen"],
+            "decision_rule": DECISION_RULE,
+            "reader_choice": choice,
+            "readers": fitted["readers"],
+            "baselines": _fit_baselines(run, meta, calib, y, baseline),
+            **head_fields(selector),
+            "calibration": {
+                "size": int(len(calib)),
+                "seed": seed,
+                "metric": metric,
+                "cv_folds": cv,
+                "label_counts": {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))},
+                "accuracy": best["accuracy"],
+                "balanced_accuracy": best["balanced_accuracy"],
+                "auroc": best["auroc"],
+                "warnings": fitted["notes"],
+                "item_ids": [records[i]["id"] for i in calib],
+            },
+            "evaluation_ids": [records[i]["id"] for i in rest],
+            **estimator_fields(selector, ens),
+        }
+    )
+    profile = Profile(data)
+    if out is not None:
+        profile.save(out)
+    return profile
+
+
+def fit_readers(
+    scores: np.ndarray,
+    y: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    reader: str = "auto",
+    ensemble: bool = True,
+    cv: int = 5,
+    seed: int = 0,
+    metric: str = "auroc",
+    groups: Sequence[Any] | None = None,
+    subsets: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Fit the single head, the ensemble and every reader on calibration items and choose the
+    profile's reader by cross-validated AUROC (``reader="auto"``) or as asked.
+
+    ``groups`` (one per item: the problem a chain step comes from) keeps each group whole in
+    every fold, inner ones included; ``subsets`` also reports each reader's CV AUROC on those
+    items only. Returns ``selector``, ``ensemble`` (None when off), ``readers`` (name -> saved
+    dict), ``choice`` (the CV table and the rule) and ``notes`` (calibration warnings).
+    """
+    if reader != "auto" and reader not in READERS:
+        raise ValueError(f"unknown reader {reader!r}; choose from auto, {', '.join(READERS)}")
+    ens, ens_error = None, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         selector = HeadSelector(metric=metric).fit(scores, y)
-        ens = TopKEnsemble(random_state=seed).fit(scores, y) if ensemble else None
+        if ensemble:
+            try:
+                ens = TopKEnsemble(random_state=seed).fit(scores, y, groups=groups)
+            except ValueError as err:  # too few items (or problems) to choose k by CV
+                ens_error = str(err)
     notes = sorted({str(w.message) for w in caught})
     for w in caught:  # recorded in the profile, and still shown to the caller
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    candidates = [r for r in READERS if ensemble or r != "ensemble"]
+    candidates = [r for r in READERS if (ensemble and ens_error is None) or r != "ensemble"]
     if reader != "auto" and reader not in candidates:
-        raise ValueError(f"reader {reader!r} was asked for but the ensemble is switched off")
+        why = ens_error or "the ensemble is switched off"
+        raise ValueError(f"reader {reader!r} was asked for but {why}")
     asked = candidates if reader == "auto" else [reader]
-    choice = choose_reader(scores, y, baseline, asked, cv=cv, seed=seed, metric=metric)
+    choice = choose_reader(
+        scores, y, baseline, asked, cv=cv, seed=seed, metric=metric, groups=groups, subsets=subsets
+    )
     if reader != "auto":
         if "skipped" in choice["cv"][reader]:
             raise ValueError(f"reader {reader!r} cannot be used here: {choice['cv'][reader]}")
         choice["rule"] = "asked for (--reader); the others fitted but not cross-validated"
     choice["requested"] = reader
+    if ens_error is not None:
+        choice["cv"]["ensemble"] = {"skipped": ens_error}
     readers: dict[str, Any] = {}
     for name in candidates:
         if "skipped" in choice["cv"].get(name, {}):
@@ -160,53 +235,41 @@ def calibrate(
             readers[name] = ens.to_dict()
         else:
             try:
-                fitted = reader_fit(make_reader(name, seed, metric), scores, y, baseline)
+                made = make_reader(name, seed, metric)
+                fitted = reader_fit(made, scores, y, baseline, groups=groups)
             except ValueError as err:  # e.g. the hybrid without the model's answer
                 choice["cv"].setdefault(name, {"skipped": str(err)})
                 continue
             readers[name] = fitted.to_dict()
+    return {
+        "selector": selector,
+        "ensemble": ens,
+        "readers": readers,
+        "choice": choice,
+        "notes": notes,
+    }
+
+
+def head_fields(selector: HeadSelector) -> dict[str, Any]:
+    """The profile's single-head fields: the best head, its layer, sign and threshold."""
     layer, head = selector.head_
     best = selector.ranking_[0]
-    data: dict[str, Any] = stamp(
-        {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": meta["model"],
-            "template": meta["template"],
-            "rope": meta["rope"],
-            "data": meta["data"],
-            "run": str(run.path),
-            "reader": choice["chosen"],
-            "decision_rule": DECISION_RULE,
-            "reader_choice": choice,
-            "readers": readers,
-            "baselines": _fit_baselines(run, meta, calib, y, baseline),
-            "head": head_name(layer, head),
-            "layer": int(layer),
-            "head_index": int(head),
-            "sign": int(best["sign"]),
-            "threshold": best.get("threshold"),
-            "calibration": {
-                "size": int(len(calib)),
-                "seed": seed,
-                "metric": metric,
-                "cv_folds": cv,
-                "label_counts": {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))},
-                "accuracy": best["accuracy"],
-                "balanced_accuracy": best["balanced_accuracy"],
-                "auroc": best["auroc"],
-                "warnings": notes,
-                "item_ids": [records[i]["id"] for i in calib],
-            },
-            "evaluation_ids": [records[i]["id"] for i in rest],
-            "selector": selector.to_dict(),
-            "ensemble": ens.to_dict() if ens is not None else None,
-            "ranking": selector.ranking_,
-        }
-    )
-    profile = Profile(data)
-    if out is not None:
-        profile.save(out)
-    return profile
+    return {
+        "head": head_name(layer, head),
+        "layer": int(layer),
+        "head_index": int(head),
+        "sign": int(best["sign"]),
+        "threshold": best.get("threshold"),
+    }
+
+
+def estimator_fields(selector: HeadSelector, ens: TopKEnsemble | None) -> dict[str, Any]:
+    """The profile's saved head selector, ensemble and head ranking."""
+    return {
+        "selector": selector.to_dict(),
+        "ensemble": ens.to_dict() if ens is not None else None,
+        "ranking": selector.ranking_,
+    }
 
 
 def _split_by_ids(

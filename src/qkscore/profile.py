@@ -103,6 +103,12 @@ class Profile:
         return max(layers)
 
     @property
+    def unit(self) -> str:
+        """What the readers were calibrated on: ``"answer"`` (True/False items about a whole
+        context; profiles made before steps) or ``"step"`` (chain-of-thought steps)."""
+        return str(self.data.get("unit") or "answer")
+
+    @property
     def reader_name(self) -> str:
         """The reader chosen at calibration (``head`` for profiles made before readers)."""
         return str(self.data.get("reader") or "head")

@@ -207,6 +207,8 @@ class ProfileModel(Output):
     what: ClassVar[str] = "profile"
 
     created: str | None = None
+    #: what the readers were calibrated on: True/False answers, or chain-of-thought steps
+    unit: Literal["answer", "step"] = "answer"
     model: ModelInfo
     template: TemplateSettings
     rope: bool = False

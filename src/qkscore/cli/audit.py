@@ -154,7 +154,7 @@ def verify_chain(
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    table = Table(title=f"Chain verified with reader {judge.reader_name}")
+    table = Table(title=f"Chain verified with reader {judge.reader_name} ({judge.unit} profile)")
     for col in ("#", "step", "verdict", "P(valid)", "margin"):
         table.add_column(col, justify="right" if col in ("#", "P(valid)", "margin") else "left")
     with_model = any(s.model_answer is not None for s in result.steps)
@@ -174,6 +174,8 @@ def verify_chain(
         table.add_row(*row)
     out = _console()
     out.print(table)
+    if result.warning:
+        out.print(f"[yellow]warning:[/] {result.warning}")
     if result.first_failure is None:
         out.print("[green]every step follows[/]")
     else:

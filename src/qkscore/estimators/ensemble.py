@@ -10,9 +10,8 @@ import numpy as np
 from scipy.special import expit, logit, softmax
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
-from qkscore.estimators.base import decide
+from qkscore.estimators.base import decide, stratified_folds
 from qkscore.estimators.conditional_logit import fit_conditional_logit
 from qkscore.estimators.heads import (
     FORMAT_VERSION,
@@ -91,8 +90,9 @@ class TopKEnsemble(BaseEstimator):
             warnings.simplefilter("ignore", CalibrationWarning)
             return self._selector().fit(x, y)
 
-    def fit(self, scores: Any, labels: Any) -> TopKEnsemble:
-        """Rank heads on ``scores``, choose k (by CV on these data when ``k`` is None), fit."""
+    def fit(self, scores: Any, labels: Any, groups: Sequence[Any] | None = None) -> TopKEnsemble:
+        """Rank heads on ``scores``, choose k (by CV on these data when ``k`` is None), fit.
+        ``groups`` (one per item, e.g. its problem) keeps each group in one fold."""
         check_choice("method", self.method, METHODS)
         self._selector()._check_params()
         x = check_scores(scores)
@@ -109,7 +109,7 @@ class TopKEnsemble(BaseEstimator):
             self.k_grid_ = None
             self.cv_scores_ = None
         else:
-            self.k_grid_, self.cv_scores_ = self._cross_validate(x, y, n_total)
+            self.k_grid_, self.cv_scores_ = self._cross_validate(x, y, n_total, groups)
             means = self.cv_scores_.mean(axis=1)
             self.k_ = int(self.k_grid_[int(np.argmax(_key(means)))])
         self.selector_ = self._fit_selector(x, y)
@@ -118,7 +118,7 @@ class TopKEnsemble(BaseEstimator):
         return self
 
     def _cross_validate(
-        self, x: np.ndarray, y: np.ndarray, n_total: int
+        self, x: np.ndarray, y: np.ndarray, n_total: int, groups: Sequence[Any] | None = None
     ) -> tuple[tuple[int, ...], np.ndarray]:
         grid = sorted({int(k) for k in self.k_grid if 1 <= int(k) <= n_total})
         if not grid:
@@ -126,14 +126,14 @@ class TopKEnsemble(BaseEstimator):
         smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
         if not isinstance(self.cv, int | np.integer) or self.cv < 2:
             raise ValueError(f"cv must be an integer >= 2, got {self.cv!r}")
-        if smallest < self.cv:
+        if smallest < self.cv and groups is None:  # grouped folds are checked by group
             raise ValueError(
                 f"cannot choose k by {self.cv}-fold CV: the rarest gold option has only "
                 f"{smallest} items; pass k explicitly or a smaller cv"
             )
-        folds = StratifiedKFold(n_splits=int(self.cv), shuffle=True, random_state=self.random_state)
-        cv_scores = np.empty((len(grid), int(self.cv)))
-        for j, (train, test) in enumerate(folds.split(np.zeros(len(y)), y)):
+        folds = stratified_folds(y, int(self.cv), self.random_state, groups)
+        cv_scores = np.empty((len(grid), len(folds)))
+        for j, (train, test) in enumerate(folds):
             fold = TopKEnsemble(**self.get_params())
             selector = fold._fit_selector(x[train], y[train])  # ranking from this fold only
             for i, k in enumerate(grid):
