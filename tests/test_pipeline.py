@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -94,6 +95,72 @@ def test_profile_refuses_a_run_of_another_model(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ProfileMismatchError, match="fingerprint"):
         evaluate(run, profile)
+
+
+def _set_at_head(path, value):
+    """An edit setting the per-head array at ``path`` ("selector.sign") at the chosen head."""
+
+    def edit(data):
+        target = data
+        for key in path.split("."):
+            target = target[key]
+        target[data["layer"]][data["head_index"]] = value
+
+    return edit
+
+
+PROFILE_EDITS = {
+    # the output named L0H1 while the verdict and margin still came from the selector's head
+    "head": (lambda d: d.update(head="L0H1"), "field 'head'"),
+    "layer": (lambda d: d.update(layer=0), "field 'layer'"),
+    # a sign of 0 made every verdict the same
+    "sign 0 at the top": (lambda d: d.update(sign=0), "field 'sign'"),
+    "sign 5 in the selector": (_set_at_head("selector.sign", 5), "field 'selector.sign'"),
+    "sign 0 in the head reader": (
+        _set_at_head("readers.head.sign", 0),
+        "field 'readers.head.sign'",
+    ),
+    # a missing reader fell back to the head without a word
+    "missing reader": (lambda d: d.pop("reader"), "field 'reader' missing"),
+    # a NaN threshold reached the judge and was blamed on the model's dtype
+    "NaN threshold": (
+        _set_at_head("selector.thresholds", float("nan")),
+        "field 'selector.thresholds'",
+    ),
+    "NaN top-level threshold": (lambda d: d.update(threshold=float("nan")), "field 'threshold'"),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_profile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calibrate(make_run(root / "run"), calib_size=400, out=root / "p.json")
+    return json.loads((root / "p.json").read_text())
+
+
+@pytest.mark.parametrize("edit", sorted(PROFILE_EDITS))
+def test_a_profile_that_contradicts_itself_is_refused_naming_file_and_field(
+    saved_profile, tmp_path, edit
+):
+    change, field = PROFILE_EDITS[edit]
+    data = json.loads(json.dumps(saved_profile))
+    change(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=re.escape(field)) as err:
+        Profile.load(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_an_unedited_and_a_pre_reader_profile_still_load(saved_profile, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(saved_profile))
+    assert Profile.load(path).reader_name == saved_profile["reader"]
+    old = {k: v for k, v in saved_profile.items() if k not in ("reader", "readers")}
+    path.write_text(json.dumps(old))
+    assert Profile.load(path).reader_name == "head"  # made before readers: the head judges
 
 
 def test_transfer_matrix_tests_each_calibration_on_every_run(tmp_path):
