@@ -163,6 +163,38 @@ def test_an_unedited_and_a_pre_reader_profile_still_load(saved_profile, tmp_path
     assert Profile.load(path).reader_name == "head"  # made before readers: the head judges
 
 
+def _pronto_texts(shared_data, n):
+    from qkscore.data import load_items
+
+    folder = shared_data / "prontoqa" / "truefalse_0shot"
+    items = load_items(f"prontoqa:{folder}/*hop_0shot_random.json?sample={n}&seed=0")
+    return [(it.context, it.statement) for it in items]
+
+
+def test_calibration_items_under_other_ids_and_another_spec_are_left_out(shared_data, tmp_path):
+    """The hostile re-test renamed the ids and changed the spec string: 12 of 24 'evaluation'
+    items were calibration items (accuracy 0.750 against a CV of 0.569)."""
+    texts = _pronto_texts(shared_data, 300)
+    calib_run = make_run(tmp_path / "calib", n=200, texts=texts[:200], data="prontoqa:a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = calibrate(calib_run, calib_size=100, reader="head")
+    assert len(profile.data["calibration"]["item_hashes"]) == 100
+    calib_ids = set(profile.data["calibration"]["item_ids"])
+    reused = [i for i in range(200) if f"syn-{i:05d}" in calib_ids][:40]
+    # 40 calibration items (re-spaced, other ids) and 80 unseen ones, under another spec
+    mixed = [(" ".join(texts[i][0].split()) + "\n", texts[i][1]) for i in reused] + texts[200:280]
+    ids = [f"renamed/{k}" for k in range(120)]
+    other = make_run(tmp_path / "other", n=120, seed=3, texts=mixed, ids=ids, data="jsonl:b")
+    with pytest.warns(UserWarning, match="40 items of .* have the content of calibration items"):
+        report = evaluate(other, profile, n_boot=50)
+    assert report["n_eval"] == 80 and "40 items" in report["split"]
+    assert "renamed/0" in report["split"]
+    # a profile made before content hashes still evaluates every item (matched by id only)
+    del profile.data["calibration"]["item_hashes"]
+    assert evaluate(other, profile, n_boot=50)["n_eval"] == 120
+
+
 def test_transfer_matrix_tests_each_calibration_on_every_run(tmp_path):
     runs = [make_run(tmp_path / "a", seed=0), make_run(tmp_path / "b", seed=1)]
     with warnings.catch_warnings():

@@ -197,6 +197,9 @@ class CalibrationInfo(_Open):
     auroc: float | None = None
     warnings: list[str] = []
     item_ids: list[str] = []
+    #: content hash of each calibration item (``qkscore.data.items.content_hash``): evaluation
+    #: leaves out items with these contents under any id or spec (absent in older profiles)
+    item_hashes: list[str] = []
 
 
 class ProfileModel(Output):
