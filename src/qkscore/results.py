@@ -179,6 +179,8 @@ class RunMeta(Output):
     chunk_size: int = Field(64, ge=1)
     batch_size: int | None = None
     share_prefix: bool = False
+    #: items left out of the scan (``on_error=skip``): id, tokens, max_position_embeddings
+    skipped: list[dict[str, Any]] = []
     scans: dict[str, ScanState]
 
 
