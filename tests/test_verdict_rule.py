@@ -238,7 +238,7 @@ def test_three_option_sets_get_macro_auroc_shallow_matching_l1_and_balanced_accu
     items = load_items(f"proofwriter:{shared_data / 'proofwriter' / 'dev.json'}")
     by_label = {o: [it for it in items if it.label == o] for o in ("True", "False", "Unknown")}
     chosen = by_label["True"][:100] + by_label["False"][:100] + by_label["Unknown"][:160]
-    run = make_run(tmp_path / "run", texts=chosen, controls=False)
+    run = make_run(tmp_path / "run", items_from=chosen, controls=False)
     calibrate(run, calib_size=150, out=tmp_path / "profile.json")
     report = evaluate(run, tmp_path / "profile.json", n_boot=50)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from qkscore import stats
 from qkscore.data.controls import control_names
+from qkscore.data.items import record_content_hash
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
 from qkscore.estimators.base import DECISION_RULE, decide
 from qkscore.estimators.ensemble import TopKEnsemble
@@ -37,6 +38,8 @@ from qkscore.results import stamp
 from qkscore.run import MAIN, RunFolder
 
 MIN_CALIBRATION = 400
+#: The profile's per-item lists of the calibration split, left out of reports.
+ITEM_LISTS = ("item_ids", "item_hashes")
 
 
 def balanced_split(labels: np.ndarray, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +167,7 @@ def calibrate(
                 "auroc": best["auroc"],
                 "warnings": fitted["notes"],
                 "item_ids": [records[i]["id"] for i in calib],
+                "item_hashes": _content_hashes(records[i] for i in calib),
             },
             "evaluation_ids": [records[i]["id"] for i in rest],
             **estimator_fields(selector, ens),
@@ -298,17 +302,49 @@ def _fit_baselines(
     return out
 
 
+def _content_hashes(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The content hash of each record (:func:`qkscore.data.items.record_content_hash`); empty
+    when the run keeps no item texts."""
+    hashes = [record_content_hash(r) for r in records]
+    return [h for h in hashes if h is not None] if all(hashes) else []
+
+
 def evaluation_indices(
     run: RunFolder, profile: Profile, records: Sequence[dict[str, Any]] | None = None
 ) -> tuple[np.ndarray, str]:
     """Evaluation items of this run: outside the calibration split when the run holds the
-    profile's calibration data, else every item (transfer to another set)."""
+    profile's calibration data, else every item (transfer to another set).
+
+    Either way an item whose content (context, statement, options; see
+    :func:`qkscore.data.items.content_hash`) is that of a calibration item is left out, with a
+    warning: the same items read under another spec or other ids are still calibration items.
+    Profiles made before they recorded content hashes are matched by id only.
+    """
     records = run.items() if records is None else records
-    if profile.data.get("data") == run.meta()["data"]:
-        calib_ids = set(profile.data["calibration"]["item_ids"])
-        idx = np.array([i for i, r in enumerate(records) if r["id"] not in calib_ids], dtype=int)
-        return idx, "evaluation split (calibration items excluded)"
-    return np.arange(len(records)), "all items (transfer from another set)"
+    same_data = profile.data.get("data") == run.meta()["data"]
+    calib_ids = set(profile.data["calibration"]["item_ids"]) if same_data else set()
+    calib_hashes = set(profile.data["calibration"].get("item_hashes") or ())
+    keep, by_content = [], []
+    for i, r in enumerate(records):
+        if r["id"] in calib_ids:
+            continue
+        if calib_hashes and record_content_hash(r) in calib_hashes:
+            by_content.append(r["id"])
+        else:
+            keep.append(i)
+    if same_data:
+        split = "evaluation split (calibration items excluded)"
+    else:
+        split = "all items (transfer from another set)"
+    if by_content:
+        left_out = (
+            f"{len(by_content)} items of {run.path} have the content of calibration items of "
+            f"the profile ({', '.join(by_content[:3])}{', ...' if len(by_content) > 3 else ''}) "
+            "and are left out"
+        )
+        warnings.warn(left_out, stacklevel=2)
+        split = f"{split}; {left_out}"
+    return np.array(keep, dtype=int), split
 
 
 def evaluate(
@@ -458,7 +494,9 @@ def _evaluate(
             "breakdowns": breakdowns,
             "controls": controls,
             "notes": notes,
-            "calibration": {k: v for k, v in prof.data["calibration"].items() if k != "item_ids"},
+            "calibration": {
+                k: v for k, v in prof.data["calibration"].items() if k not in ITEM_LISTS
+            },
         }
     )
     return report, rows

@@ -299,7 +299,9 @@ _BULKY = ("readers", "baselines", "selector", "ensemble", "evaluation_ids", "ran
 def _calibration_summary(profile, out: Path) -> dict:
     data = profile.data
     summary = {k: v for k, v in data.items() if k not in _BULKY}
-    summary["calibration"] = {k: v for k, v in data["calibration"].items() if k != "item_ids"}
+    from qkscore.pipeline import ITEM_LISTS
+
+    summary["calibration"] = {k: v for k, v in data["calibration"].items() if k not in ITEM_LISTS}
     summary["ranking"] = data["ranking"][:10]
     return {"profile": str(out), **summary}
 
