@@ -374,7 +374,9 @@ def _profile_view(judge: Judge) -> dict[str, Any]:
     data = judge.profile.data
     sel = data["selector"]
     ens = data.get("ensemble") or None
-    calibration = {k: v for k, v in data.get("calibration", {}).items() if k not in ("item_ids", "item_hashes")}
+    calibration = {
+        k: v for k, v in data.get("calibration", {}).items() if k not in ("item_ids", "item_hashes")
+    }
     return _clean(
         {
             **judge.describe(),
