@@ -45,7 +45,7 @@ def _check_selector(selector: HeadSelector, field: str) -> None:
             f"field '{field}.thresholds' holds {selector.threshold_[layer, head]} at "
             f"{head_name(layer, head)}: thresholds are finite numbers"
         )
-    proba = (selector.proba_coef_, selector.proba_intercept_, selector.temperature_)
+    proba = (selector.proba_coef_, selector.temperature_)
     if not all(v is None or math.isfinite(v) for v in proba):
         raise ValueError(f"field '{field}.proba' holds a non-finite number")
 

@@ -439,10 +439,10 @@ class HeadSelector(BaseEstimator):
         proba = data["proba"]
         obj.proba_coef_ = obj.temperature_ = None
         if obj.n_options_ == 2:
-            coef = float(proba["coef"])
-            if not math.isfinite(coef):
-                raise ValueError(f"proba.coef must be a number, got {proba['coef']!r}")
-            if float(proba.get("intercept") or 0.0) != 0.0:
+            coef, intercept = float(proba["coef"]), float(proba.get("intercept") or 0.0)
+            if not (math.isfinite(coef) and math.isfinite(intercept)):
+                raise ValueError(f"proba holds a non-finite number: {dict(proba)}")
+            if intercept != 0.0:
                 # An older profile: its Platt fit had a free intercept, so its 0.5 was not the
                 # threshold its verdicts were served by (and a slope could even point against
                 # the margin). The intercept is dropped and the slope kept positive: the
