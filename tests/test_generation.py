@@ -60,18 +60,25 @@ def test_generation_folder_holds_every_chain_with_provenance(generated):
     assert records[0]["text"] != records[1]["text"]
 
 
-def test_resume_after_a_crash_gives_identical_generations(
-    generated, smollm2, tmp_path, monkeypatch
+@pytest.mark.parametrize("whole", [1, 0], ids=["after-a-whole-line", "inside-the-first-line"])
+def test_resume_after_a_kill_mid_write_gives_identical_generations(
+    generated, smollm2, tmp_path, monkeypatch, whole
 ):
+    """A kill -9 while batch 1 is being written: ``whole`` of its lines reach the disk, then a
+    torn fragment of the next. With the tear inside the batch's first line (the data-loss
+    report) the resumed run used to append glued onto the fragment: a chain lost, everything
+    after the glued line unread, and the folder marked complete, so rank saw fewer chains
+    without a word. The fragment must be cut before appending."""
     out = tmp_path / "crashed"
     real_append = GenFolder.append
     calls = {"n": 0}
 
     def append_then_die(self, records):
         calls["n"] += 1
-        if calls["n"] == 2:  # half of the second batch reaches the disk, then kill -9
+        if calls["n"] == 2:  # part of the second batch reaches the disk, then kill -9
+            lines = "".join(json.dumps(r) + "\n" for r in records[:whole])
             with open(self.generations_path, "ab") as fh:
-                fh.write((json.dumps(records[0]) + "\n" + json.dumps(records[1])[:25]).encode())
+                fh.write((lines + json.dumps(records[whole])[:25]).encode())
             raise KeyboardInterrupt
         real_append(self, records)
 
@@ -80,12 +87,47 @@ def test_resume_after_a_crash_gives_identical_generations(
         generate(smollm2, SPEC, out, **SETTINGS)
     monkeypatch.setattr(GenFolder, "append", real_append)
     assert not GenFolder(out).meta()["complete"]
-    assert len(GenFolder(out).raw_records()) == 3  # batch 0 and one line of batch 1
+    assert len(GenFolder(out).raw_records()) == 2 + whole  # batch 0, whole lines of batch 1
     logs: list[str] = []
     generate(smollm2, SPEC, out, **{**SETTINGS, "log": logs.append})
     assert any("torn or partial batch" in line for line in logs)
-    assert _texts(GenFolder(out)) == _texts(generated)
-    assert GenFolder(out).generations_path.read_text().count("\n") == 4
+    folder = GenFolder(out)
+    assert folder.meta()["complete"]
+    assert _texts(folder) == _texts(generated)  # rank's view: every chain, the same texts
+    lines = folder.generations_path.read_bytes().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)
+    assert folder.meta()["generation"]["tokens"] == sum(r["tokens"] for r in folder.records())
+
+
+def test_a_folder_missing_chains_is_never_read_as_complete(generated, smollm2, tmp_path):
+    """A folder damaged before the fix (marked complete, a chain lost to a glued line) is
+    refused by rank's reader with the missing pairs named, and the same generate command
+    repairs it."""
+    import shutil
+
+    from qkscore.data.items import DataError
+    from qkscore.run import RunFolderError
+
+    out = tmp_path / "damaged"
+    shutil.copytree(generated.path, out)
+    folder = GenFolder(out)
+    lines = folder.generations_path.read_bytes().splitlines(keepends=True)
+    # what the old resume wrote: batch 1's first line glued onto a fragment of itself
+    folder.generations_path.write_bytes(b"".join(lines[:2]) + lines[2][:25] + b"".join(lines[2:]))
+    with pytest.raises(DataError, match=r"generations\.jsonl:3: .*damaged in the middle"):
+        folder.records()
+    folder.generations_path.write_bytes(b"".join(lines[:2]) + lines[3])
+    with pytest.raises(RunFolderError, match=r"1 chain\(s\) missing \(problem 1 sample 0\)"):
+        folder.records()
+    folder.generations_path.write_bytes(b"".join(lines) + lines[0])
+    with pytest.raises(RunFolderError, match=r"repeated \(problem 0 sample 0\)"):
+        folder.records()
+    folder.generations_path.write_bytes(b"".join(lines[:2]) + lines[2][:25] + b"".join(lines[2:]))
+    logs: list[str] = []
+    generate(smollm2, SPEC, out, **{**SETTINGS, "log": logs.append})
+    assert any("marked complete but" in line for line in logs)
+    assert any("generations.jsonl:3 is damaged" in line for line in logs)
+    assert _texts(folder) == _texts(generated)
 
 
 def test_a_folder_made_with_other_settings_is_refused(generated, smollm2):
@@ -469,6 +511,7 @@ def test_four_unanswered_chains_are_too_few_to_flag_a_scorer():
         (b'{"a":1}\n{"a":2}\n{"a"', b'{"a":1}\n{"a":2}\n'),  # torn mid-line
         (b'{"a":1}\n{"a":2}', b'{"a":1}\n{"a":2}\n'),  # cut just before the newline
         (b'{"a":1}\n\n{"a":2}\n', b'{"a":1}\n\n{"a":2}\n'),  # whole: left alone
+        (b'{"a":1}\n{"a":2}\n{"a"\n\n', b'{"a":1}\n{"a":2}\n'),  # torn, blank lines after
     ],
 )
 def test_a_torn_jsonl_tail_is_cut_before_the_next_append(tmp_path, raw, kept):
@@ -480,3 +523,34 @@ def test_a_torn_jsonl_tail_is_cut_before_the_next_append(tmp_path, raw, kept):
     assert path.read_bytes() == kept
     append_jsonl(path, [{"a": 3}])
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_a_jsonl_line_damaged_in_the_middle_is_an_error_not_a_silent_stop(tmp_path):
+    """A bad line that is not the last one is damage: reading it names file and line instead
+    of dropping the whole lines after it, and cutting the tail refuses too (it would cut
+    them off). The rank cache reads through the same helper."""
+    from qkscore.data.items import DataError
+    from qkscore.generation.jsonl import drop_torn_tail, read_jsonl
+    from qkscore.generation.rank_cache import RankCache
+
+    path = tmp_path / "log.jsonl"
+    raw = b'{"a":1}\n{"a"{"a":2}\n{"a":3}\n'
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=r"log\.jsonl:2: .*damaged in the middle"):
+        read_jsonl(path)
+    with pytest.raises(DataError, match=r"log\.jsonl:2"):
+        drop_torn_tail(path)
+    assert path.read_bytes() == raw  # nothing cut
+
+    cache = RankCache(tmp_path / "ranked", {"profile_sha256": "a"})
+    cache.add_steps("p#0", [{"qk_reader": 1.0}])
+    cache.add_steps("p#1", [{"qk_reader": 2.0}])
+    with open(cache.steps_path, "ab") as fh:
+        fh.write(b'{"key": "p#2", "verd')  # a kill mid-write
+    cache = RankCache(tmp_path / "ranked", {"profile_sha256": "a"})
+    cache.add_steps("p#2", [{"qk_reader": 3.0}])
+    assert list(cache.steps()) == ["p#0", "p#1", "p#2"]
+    lines = cache.steps_path.read_bytes().splitlines(keepends=True)
+    cache.steps_path.write_bytes(lines[0] + b"{oops\n" + lines[1] + lines[2])
+    with pytest.raises(DataError, match=r"steps\.jsonl:2"):
+        RankCache(tmp_path / "ranked", {"profile_sha256": "a"})

@@ -11,19 +11,23 @@
 
 Chains are appended one batch at a time (one write, then fsync). A kill -9 can leave a torn
 last line or half a batch: :meth:`GenFolder.complete_records` keeps whole batches only, and a
-resumed run rewrites the file without the rest and samples those batches again, with the same
-seeds and the same batch composition, so the texts come out the same.
+resumed run rewrites the file without the rest (the torn fragment included, so the next batch
+never lands glued onto it) and samples those batches again, with the same seeds and the same
+batch composition, so the texts come out the same. A folder is marked complete only after every
+(problem, sample) pair was found in the file exactly once, and :meth:`GenFolder.records` checks
+that again before anything reads the chains.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qkscore.generation.jsonl import append_jsonl, jsonl_bytes, read_jsonl
+from qkscore.generation.jsonl import JsonlScan, append_jsonl, jsonl_bytes, read_jsonl, scan_jsonl
 from qkscore.generation.problems import Problem
 from qkscore.run import RunFolderError, _atomic_write_bytes, write_json
 
@@ -90,25 +94,93 @@ class GenFolder:
         _atomic_write_bytes(self.generations_path, lambda fh: fh.write(data))
 
     def raw_records(self) -> list[dict[str, Any]]:
-        """Every whole JSON line of generations.jsonl; a torn line (a kill mid-write) is
-        dropped, as is everything after it."""
+        """Every record of generations.jsonl; a torn last line (a kill mid-write) is left out,
+        and a damaged line before it raises :class:`~qkscore.data.items.DataError`."""
         return read_jsonl(self.generations_path)
 
-    def complete_records(self, batch_sizes: Mapping[int, int]) -> list[dict[str, Any]]:
-        """The records of batches present in full (``batch_sizes``: expected count per batch)."""
-        records = self.raw_records()
-        counts: dict[int, int] = {}
+    def scan(self) -> JsonlScan:
+        """generations.jsonl line by line, damaged lines reported instead of raised (for a
+        resumed run, which samples their chains again)."""
+        return scan_jsonl(self.generations_path)
+
+    def expected_pairs(self, meta: Mapping[str, Any] | None = None) -> list[tuple[int, int]] | None:
+        """Every (problem, sample) a complete folder holds, or None when that is not fixed
+        (imported chains may have a different number of samples per problem)."""
+        meta = self.meta() if meta is None else meta
+        if meta.get("source") == "import":
+            return None
+        return [(p, s) for p in range(int(meta["n_problems"])) for s in range(int(meta["samples"]))]
+
+    def pair_problems(
+        self, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """What keeps ``records`` from being the folder's complete set of chains (empty when
+        nothing does): missing and repeated (problem, sample) pairs, and pairs no problem has."""
+        meta = self.meta() if meta is None else meta
+        seen: dict[tuple[int, int], int] = {}
         for r in records:
-            counts[r.get("batch", -1)] = counts.get(r.get("batch", -1), 0) + 1
-        whole = {b for b, n in counts.items() if batch_sizes.get(b) == n}
+            pair = (r.get("problem"), r.get("sample"))
+            seen[pair] = seen.get(pair, 0) + 1  # type: ignore[index]
+        expected = self.expected_pairs(meta)
+        if expected is None:  # imported: samples 0..k-1 of every problem
+            n = int(meta["n_problems"])
+            counts: dict[int, int] = {}
+            for p, _ in seen:
+                counts[p] = counts.get(p, 0) + 1
+            expected = [(p, s) for p in range(n) for s in range(max(counts.get(p, 0), 1))]
+        wanted = set(expected)
+        issues = []
+        missing = [pair for pair in expected if pair not in seen]
+        repeated = sorted((pair for pair, n in seen.items() if n > 1), key=str)
+        foreign = sorted((pair for pair in seen if pair not in wanted), key=str)
+        for name, pairs in (("missing", missing), ("repeated", repeated), ("unexpected", foreign)):
+            if pairs:
+                shown = ", ".join(f"problem {p} sample {s}" for p, s in pairs[:5])
+                more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+                issues.append(f"{len(pairs)} chain(s) {name} ({shown}{more})")
+        return issues
+
+    def complete_records(
+        self,
+        batches: Sequence[Sequence[tuple[int, int]]],
+        records: Sequence[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The records (default: every one :meth:`scan` reads, damaged lines left out) of the
+        batches present in full, each pair once; ``batches``: the (problem, sample) pairs of
+        each batch."""
+        records = self.scan().records if records is None else records
+        by_batch: dict[int, list[dict[str, Any]]] = {}
+        for r in records:
+            by_batch.setdefault(r.get("batch", -1), []).append(r)
+        whole = {
+            b
+            for b, rows in by_batch.items()
+            if isinstance(b, int)
+            and 0 <= b < len(batches)
+            and Counter((r.get("problem"), r.get("sample")) for r in rows) == Counter(batches[b])
+        }
         return [r for r in records if r.get("batch") in whole]
 
     def records(self) -> list[dict[str, Any]]:
-        """The chains of a finished folder, in problem then sample order."""
+        """The chains of a finished folder, in problem then sample order; a folder whose file
+        lacks a chain, or holds one twice, raises :class:`RunFolderError` saying which."""
         meta = self.meta()
         if not meta.get("complete"):
             raise RunFolderError(
                 f"{self.path} is not complete: run the same `qkscore generate` command again "
                 "to finish it"
             )
-        return sorted(self.raw_records(), key=lambda r: (r["problem"], r["sample"]))
+        records = self.raw_records()
+        issues = self.pair_problems(records, meta)
+        if issues:
+            raise RunFolderError(
+                f"{self.generations_path} does not hold every chain run.json promises "
+                f"({meta.get('n_problems')} problems x {meta.get('samples')} samples): "
+                + "; ".join(issues)
+                + (
+                    ". Import the chains again into a new folder"
+                    if meta.get("source") == "import"
+                    else ". Run the same `qkscore generate` command again to generate them"
+                )
+            )
+        return sorted(records, key=lambda r: (r["problem"], r["sample"]))

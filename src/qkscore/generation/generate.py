@@ -33,7 +33,7 @@ from qkscore.generation.problems import (
     problems_from_items,
     render_prompt,
 )
-from qkscore.run import _progress, _refuse_differences
+from qkscore.run import RunFolderError, _progress, _refuse_differences
 
 __all__ = ["generate", "row_seed"]
 
@@ -131,8 +131,17 @@ def generate(
             was = {"model": (old.get("model") or {}).get("fingerprint")}
             _refuse_differences(folder, was, {"model": fingerprint})  # type: ignore[arg-type]
         if old.get("complete"):
-            log(f"{folder.path} is complete: nothing to do")
-            return folder
+            scan = folder.scan()
+            issues = folder.pair_problems(scan.records, old)
+            issues += [f"line {n} damaged" for n in scan.bad]
+            if not issues:
+                log(f"{folder.path} is complete: nothing to do")
+                return folder
+            log(
+                f"{folder.path} is marked complete but {folder.generations_path.name} is not: "
+                + "; ".join(issues)
+                + "; generating what is missing"
+            )
     lm = model if isinstance(model, LoadedModel) else load_model(str(model), dtype=dtype)
     model_info = {
         "name": lm.name,
@@ -158,12 +167,19 @@ def generate(
             },
         )
     batches = _batches(len(problems), samples, batch_size)
-    sizes = {b: len(jobs) for b, jobs in enumerate(batches)}
-    kept = folder.complete_records(sizes) if old is not None else []
-    if old is None or len(kept) != len(folder.raw_records()):
-        if old is not None:
+    kept = []
+    if old is not None:
+        scan = folder.scan()
+        kept = folder.complete_records(batches, scan.records)
+        for line in scan.bad:
+            log(
+                f"{folder.generations_path}:{line} is damaged (not a JSON object): dropped, "
+                "its batch is generated again"
+            )
+        if len(kept) != len(scan.records) or scan.torn is not None:
             log(f"{folder.path}: dropping a torn or partial batch; it is generated again")
-        folder.rewrite(kept)
+    # always rewritten, so the next append never runs on from a torn last line
+    folder.rewrite(kept)
     if old is None:
         folder.write_problems(problems)
     meta = dict(old or {})
@@ -192,7 +208,12 @@ def generate(
 
     total = len(problems) * samples
     with _progress(
-        progress, "generate", total, total - sum(sizes[b] for b in todo), unit="chains", extra=rate
+        progress,
+        "generate",
+        total,
+        total - sum(len(batches[b]) for b in todo),
+        unit="chains",
+        extra=rate,
     ) as advance:
         for b in todo:
             jobs = batches[b]
@@ -218,6 +239,9 @@ def generate(
             stats["tokens_per_s"] = round(stats["tokens"] / max(stats["wall_s"], 1e-9), 2)
             folder.write_meta(meta)
             advance(len(jobs))
+    issues = folder.pair_problems(folder.raw_records(), meta)
+    if issues:  # never marked complete unless every chain is in the file exactly once
+        raise RunFolderError(f"{folder.generations_path}: " + "; ".join(issues))
     meta["complete"] = True
     folder.write_meta(meta)
     return folder

@@ -1,8 +1,12 @@
 """Append-only JSON-lines files that survive a kill -9.
 
-Why: generation and ranking run for an hour on a CPU, and a crash must cost only the batch in
-flight. Each batch is one write followed by an fsync, and the reader stops at the first line
-that does not parse (the torn tail of a write cut short), dropping everything after it.
+Why: generation and ranking run for an hour on a CPU, and a crash must cost only the write in
+flight. Each write is one ``write`` call followed by an fsync, so a kill leaves at most a torn
+fragment as the file's last line. The reader leaves out that torn last line; a line that does
+not parse anywhere before the last one is damage, not a torn write, and stops the read with an
+error naming the file and the line (never a silent stop that drops the whole lines after it).
+Before appending again, :func:`drop_torn_tail` cuts the fragment off, so the next write starts
+on a line of its own instead of being glued onto it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["append_jsonl", "drop_torn_tail", "jsonl_bytes", "read_jsonl"]
+from qkscore.data.items import DataError
+
+__all__ = ["JsonlScan", "append_jsonl", "drop_torn_tail", "jsonl_bytes", "read_jsonl", "scan_jsonl"]
 
 
 def jsonl_bytes(records: Iterable[Mapping[str, Any]]) -> bytes:
@@ -31,37 +38,83 @@ def append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
-def _whole_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The records before the first torn line, and the byte offset where they end."""
+@dataclass
+class JsonlScan:
+    """What a JSON-lines file holds, line by line (numbers are 1-based)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # the line number of each record
+    bad: list[int] = field(default_factory=list)  # lines before the last that do not parse
+    torn: int | None = None  # the last line, when it does not parse (a write cut short)
+    end: int = 0  # byte offset where the last line that is not torn ends
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def scan_jsonl(path: Path) -> JsonlScan:
+    """Every line of ``path`` (nothing if it is missing), sorted into records, damaged lines
+    and a torn last line; never raises for the content."""
+    scan = JsonlScan()
     if not path.exists():
-        return [], 0
-    out, end = [], 0
+        return scan
     data = path.read_bytes()
-    for line in data.split(b"\n"):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                break
-        end = min(end + len(line) + 1, len(data))
-    return out, end
+    pieces = data.split(b"\n")
+    last = max((i for i, line in enumerate(pieces) if line.strip()), default=-1)
+    offset = 0
+    for i, line in enumerate(pieces):
+        start, offset = offset, min(offset + len(line) + 1, len(data))
+        if not line.strip():
+            continue
+        record = _parse(line)
+        if record is not None:
+            scan.records.append(record)
+            scan.lines.append(i + 1)
+        elif i == last:
+            scan.torn = i + 1
+            offset = start
+            break
+        else:
+            scan.bad.append(i + 1)
+    scan.end = offset if scan.torn is not None else len(data)
+    return scan
+
+
+def _refuse_damage(path: Path, scan: JsonlScan) -> None:
+    if scan.bad:
+        raise DataError(
+            "not a JSON object, and not the torn last line a kill leaves: the file is damaged "
+            f"in the middle ({len(scan.bad)} such line(s))",
+            file=str(path),
+            line=scan.bad[0],
+        )
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every whole line of ``path`` (none if it is missing); a torn line ends the list."""
-    return _whole_lines(path)[0]
+    """Every record of ``path`` (none if it is missing), leaving out a torn last line; a line
+    that does not parse before the last one raises :class:`DataError` naming file and line."""
+    scan = scan_jsonl(path)
+    _refuse_damage(path, scan)
+    return scan.records
 
 
 def drop_torn_tail(path: Path) -> None:
     """Cut ``path`` back to its whole lines, so that the next append starts on a line of its
-    own instead of running on from a torn one."""
+    own instead of running on from a torn one. A damaged line before the last one raises
+    :class:`DataError` (cutting there would drop the whole lines after it)."""
     if not path.exists():
         return
-    _, end = _whole_lines(path)
-    if path.stat().st_size != end:
-        os.truncate(path, end)
-    if end:
+    scan = scan_jsonl(path)
+    _refuse_damage(path, scan)
+    if path.stat().st_size != scan.end:
+        os.truncate(path, scan.end)
+    if scan.end:
         with open(path, "rb+") as fh:
-            fh.seek(end - 1)
+            fh.seek(scan.end - 1)
             if fh.read(1) != b"\n":  # cut just before its newline: the line is whole
                 fh.write(b"\n")
