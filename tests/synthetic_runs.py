@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,12 +27,26 @@ def make_run(
     baseline: bool = True,
     metadata: bool = True,
     seed: int = 0,
+    texts: Sequence[tuple[str, str]] | None = None,
+    ids: Sequence[str] | None = None,
+    data: str | None = None,
+    items_from: Sequence[Any] | None = None,
 ) -> Path:
-    """A run folder as ``scan`` writes it, with a planted signal head and no model."""
+    """A run folder as ``scan`` writes it, with a planted signal head and no model.
+
+    ``texts`` gives each item a ``(context, statement)`` as scan records them (by default the
+    records keep no text, as folders made before scans recorded it); ``ids`` and ``data``
+    replace the default item ids and data spec; ``items_from``: real items
+    (``qkscore.data.Item``) whose context, statement, options and gold the run takes instead."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % n_options
     rng.shuffle(labels)
     options = ["True", "False"] if n_options == 2 else [f"opt{o}" for o in range(n_options)]
+    if items_from is not None:
+        n, options = len(items_from), list(items_from[0].options)
+        n_options = len(options)
+        labels = np.array([it.answer_index for it in items_from])
+        texts = [(it.context, it.statement) for it in items_from]
     onehot = np.eye(n_options)[labels]
 
     def scores(signal: bool, short: bool) -> np.ndarray:
@@ -52,17 +68,18 @@ def make_run(
                     "rule": "modus_ponens" if i % 4 else "modus_tollens",
                 }
             )
-        items.append(
-            {
-                "index": i,
-                "id": f"syn-{i:05d}",
-                "label": options[labels[i]],
-                "answer_index": int(labels[i]),
-                "options": options,
-                "meta": meta,
-                "positions": [],
-            }
-        )
+        record = {
+            "index": i,
+            "id": ids[i] if ids is not None else f"syn-{i:05d}",
+            "label": options[labels[i]],
+            "answer_index": int(labels[i]),
+            "options": options,
+            "meta": meta,
+            "positions": [],
+        }
+        if texts is not None:
+            record["context"], record["statement"] = texts[i]
+        items.append(record)
     run = RunFolder(path)
     path.mkdir(parents=True)
     (path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
@@ -92,7 +109,7 @@ def make_run(
                 "source": {"kind": "test", "note": "planted <b>signal</b> & noise"},
             },
             "template": get_template("answer-statement").describe(),
-            "data": f"synthetic:n={n}&options={n_options}",
+            "data": data or f"synthetic:n={n}&options={n_options}",
             "rope": False,
             "attention_weights": False,
             "n_items": n,

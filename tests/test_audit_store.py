@@ -9,7 +9,10 @@ audit verify`` and ``export`` commands, and the migration of an old SQLite log.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -60,8 +63,8 @@ class Raw:
             self.run(sql, *args)
             self.run("ALTER TABLE audit ENABLE TRIGGER audit_append_only")
         else:
-            self.run("DROP TRIGGER audit_no_update")
-            self.run("DROP TRIGGER audit_no_delete")
+            self.run("DROP TRIGGER IF EXISTS audit_no_update")
+            self.run("DROP TRIGGER IF EXISTS audit_no_delete")
             self.run(sql, *args)
 
     def close(self) -> None:
@@ -228,6 +231,97 @@ def test_verify_and_export_commands(url, tmp_path):
     ]
 
 
+def _evidence(raw: Raw) -> tuple[list[tuple], ...]:
+    """What verifying must leave as it found it: the rows' hashes, the chain head, meta."""
+    tables = [r[0] for r in raw.run(
+        "SELECT name FROM sqlite_master WHERE type = 'table'" if not raw.pg else
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    )]  # fmt: skip
+    return (
+        sorted(tables),
+        raw.run("SELECT * FROM audit ORDER BY id"),
+        raw.run("SELECT * FROM chain_head") if "chain_head" in tables else [],
+        raw.run("SELECT key, value FROM meta ORDER BY key"),
+    )
+
+
+@pytest.mark.parametrize(
+    "n, tamper, left, line",
+    [
+        (3, [], 3, "chain broken at the chain head: it is missing while 3 rows carry hashes "
+         "(removed)"),
+        # issue 22, finding 2: row 5 edited, row 7 deleted, the chain head deleted
+        (8, ["UPDATE audit SET verdict = 'valid' WHERE id = 5", "DELETE FROM audit WHERE id = 7"],
+         7, "chain broken at row 5: its contents do not match its row_hash (changed)"),
+    ],
+    ids=["head-removed", "issue-22"],
+)  # fmt: skip
+def test_a_removed_chain_head_is_reported_and_nothing_rewrites_the_rows(url, n, tamper, left,
+                                                                      line):  # fmt: skip
+    """Verify and export leave a log whose chain head was deleted (triggers dropped first) as
+    they found it: verify reports it instead of re-chaining the rows as a migration (issue 22,
+    finding 2), and the service refuses to open it rather than treat it as an old log."""
+    store = AuditStore(url)
+    _fill(store, n)
+    store.close()
+    raw = Raw(url)
+    for sql in tamper:
+        raw.without_triggers(sql)
+    raw.run("DELETE FROM chain_head")
+    before = _evidence(raw)
+    res = _cli("audit", "verify", "--db", url)
+    assert res.exit_code == 2 and res.output.splitlines() == [f"error: {line}"]
+    assert _evidence(raw) == before
+    assert _cli("audit", "export", "--db", url).exit_code == 0
+    assert _evidence(raw) == before
+    with pytest.raises(AuditStoreError, match=f"chain head is missing while {left} rows carry"):
+        AuditStore(url)
+    assert _evidence(raw) == before
+    raw.close()
+
+
+def test_a_read_only_store_cannot_append(url):
+    AuditStore(url).close()
+    store = AuditStore(url, read_only=True)
+    with pytest.raises(Exception, match="read-?only"):
+        _fill(store, 1)
+    assert store.count() == 0 and store.verify().ok
+    store.close()
+
+
+@pytest.mark.parametrize("rid", [-5, 0])
+def test_rows_with_ids_below_one_break_the_chain_and_are_exported(url, rid):
+    """Issue 22, finding 3: a row inserted with id -5 or 0 was skipped by verify and export but
+    listed by /v1/audit. Verify names it; export and paging list the same rows."""
+    store = AuditStore(url)
+    _fill(store, 3)
+    first = next(store.iter_rows(raw=True))
+    raw = Raw(url)
+    for i in (rid - 1, rid):  # two rows, so paging by cursor goes below zero
+        row = dict(first, id=i, statement=f"inserted {i}.")
+        row["row_hash"] = row_hash(row)
+        marks = ", ".join("?" * len(row))
+        raw.run(f"INSERT INTO audit ({', '.join(row)}) VALUES ({marks})", *row.values())
+    raw.close()
+    report = store.verify()
+    assert (report.ok, report.count, report.bad_id) == (False, 1, rid - 1), report
+    assert report.reason == "its id is below 1, where the chain starts (inserted outside it)"
+    res = _cli("audit", "verify", "--db", url)
+    assert res.exit_code == 2 and f"chain broken at row {rid - 1}: its id is below 1" in res.output
+    res = _cli("audit", "export", "--db", url)
+    exported = [json.loads(x)["id"] for x in res.output.splitlines()]
+    assert exported == [rid - 1, rid, 1, 2, 3]
+    listed, cursor = [], None
+    while True:
+        page = store.query(limit=1, cursor=cursor)
+        listed += [r["id"] for r in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert listed == exported[::-1] and page.total == 5
+    store.close()
+
+
 def test_export_refuses_a_bad_format_and_a_missing_log(tmp_path):
     res = _cli("audit", "export", "--db", str(tmp_path / "a.db"), "--format", "csv")
     assert res.exit_code == 2 and res.output.splitlines() == [
@@ -235,6 +329,42 @@ def test_export_refuses_a_bad_format_and_a_missing_log(tmp_path):
     ]
     res = _cli("audit", "verify", "--db", str(tmp_path / "none.db"))
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e999", "NaN"])
+def test_export_refuses_a_time_that_is_not_finite(tmp_path, since):
+    """Issue 22, finding 11: --since nan exported nothing (ts >= NaN is never true), exit 0."""
+    db = str(tmp_path / "audit.db")
+    store = AuditStore(db)
+    _fill(store, 2)
+    store.close()
+    res = _cli("audit", "export", "--db", db, "--since", since)
+    assert res.exit_code == 2 and res.output.splitlines() == [
+        f"error: --since: time {since!r} is not a finite number of unix seconds"
+    ]
+    store = AuditStore(db)
+    with pytest.raises(ValueError, match="not a finite number"):
+        store.query(since=since)
+    store.close()
+
+
+def test_export_into_a_closed_pipe_stops_quietly(tmp_path):
+    """Issue 22, finding 11: `qkscore audit export | head` printed a broken-pipe error. Now it
+    stops as Unix tools do: no message, the status of a process that SIGPIPE ended."""
+    db = str(tmp_path / "audit.db")
+    store = AuditStore(db)
+    _fill(store, 3)
+    store.close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as `head` does after its lines
+    env = {k: v for k, v in os.environ.items() if k != "QKSCORE_DEBUG"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "qkscore", "audit", "export", "--db", db],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 _V2_SCHEMA = """
@@ -274,6 +404,47 @@ def test_an_old_sqlite_log_is_migrated_into_the_chain(tmp_path):
         ("3",)
     ]
     conn.close()
+
+
+def test_verify_reports_an_old_log_as_needing_migration_and_leaves_it(tmp_path):
+    """Verifying never migrates: an old log is reported (exit 2), exported as it is, and
+    migrated only when the service (a writer) opens it."""
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(_V2_SCHEMA)
+    conn.close()
+    raw = Raw(str(db))
+    before = _evidence(raw)
+    res = _cli("audit", "verify", "--db", str(db))
+    assert res.exit_code == 2 and res.output.splitlines() == [
+        "error: needs migration: the log is from before the hash chain (schema 2); opening it "
+        "with `qkscore serve` chains its rows as they are now"
+    ]
+    res = _cli("audit", "export", "--db", str(db))
+    assert res.exit_code == 0 and [json.loads(x)["statement"] for x in res.output.splitlines()
+                                   ] == ["one.", "three."]  # fmt: skip
+    assert _evidence(raw) == before
+    raw.close()
+    AuditStore(db).close()
+    assert _cli("audit", "verify", "--db", str(db)).exit_code == 0
+
+
+def test_a_dropped_chain_head_table_is_not_an_old_log(tmp_path):
+    db = tmp_path / "audit.db"
+    store = AuditStore(db)
+    _fill(store, 2)
+    store.close()
+    raw = Raw(str(db))
+    raw.run("DROP TABLE chain_head")
+    before = _evidence(raw)
+    res = _cli("audit", "verify", "--db", str(db))
+    assert res.exit_code == 2 and res.output.splitlines() == [
+        "error: chain broken at the chain head: it is missing while 2 rows carry hashes (removed)"
+    ]
+    with pytest.raises(AuditStoreError, match="chain head is missing"):
+        AuditStore(db)
+    assert _evidence(raw) == before
+    raw.close()
 
 
 def test_a_postgresql_server_that_cannot_be_reached_is_one_line(tmp_path):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -123,6 +125,8 @@ def test_scan_unknown_model_suggests_the_alias(tmp_path: Path) -> None:
         (["scan", "-m", "x", "-d", GENERATED, "-o", "o", "--limit", "-4"], "--limit"),
         (["evaluate", "run", "-p", "p.json", "--n-boot", "0"], "--n-boot"),
         (["transfer", "a", "b", "--calib-size", "1"], "--calib-size"),
+        (["serve", "-p", "p.json", "--port", "99999"], "--port"),  # issue 22, finding 9
+        (["serve", "-p", "p.json", "--port", "0"], "--port"),
     ],
 )
 def test_options_out_of_range_are_refused_before_any_work(args, option) -> None:
@@ -170,6 +174,54 @@ def test_report_malformed_profile_names_file_and_line(runs, tmp_path: Path) -> N
 def test_transfer_too_few_items(runs) -> None:
     result = _run("transfer", str(runs["small"]), str(runs["big"]))
     _one_error(result, "cannot calibrate on 8 items", "at least 5 items of each option")
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda path: path.write_bytes(b""), ["is empty (0 bytes)"]),
+        (lambda path: path.write_bytes(os.urandom(4096)), ["not a NumPy array file"]),
+        (lambda path: path.write_bytes(path.read_bytes()[:300]), ["torn or damaged"]),
+        (
+            lambda path: np.save(path, np.zeros((3, 2), np.float32)),
+            ["shape (3, 2)", "(600, 4, 3, 2)"],
+        ),
+    ],
+    ids=["empty", "garbage", "torn", "other shape"],
+)
+def test_evaluate_a_damaged_scores_file_names_it(runs, tmp_path: Path, damage, words) -> None:
+    """An empty scores.npy was 'unexpected EOFError (a bug in qkscore?)', exit 1; a garbage
+    one a pickle message naming no file."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["big"], run)
+    damage(run / "scores.npy")
+    result = _run("evaluate", str(run), "-p", str(runs["profile"]))
+    line = _one_error(result, str(run / "scores.npy"), *words, "run the same `qkscore scan`")
+    assert "pickle" not in line and "unexpected" not in line
+
+
+def test_evaluate_a_generation_folder_says_what_it_is(tmp_path: Path, runs) -> None:
+    """A generation folder given to evaluate was 'unexpected RunFolderError', exit 1."""
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"kind": "generations", "complete": True}))
+    (folder / "problems.jsonl").write_text("")
+    result = _run("evaluate", str(folder), "-p", str(runs["profile"]))
+    _one_error(result, str(folder), "is a generation folder", "`qkscore scan`")
+    # calibrate takes a generation folder (it calibrates on the chains' steps): this one
+    # names no model, and says so
+    result = _run("calibrate", str(folder), "-o", str(tmp_path / "p.json"))
+    _one_error(result, str(folder), "names no model", "--model")
+
+
+def test_scan_into_a_folder_another_scan_holds_is_refused(tmp_path: Path) -> None:
+    """Two `scan` processes on one folder raced; the second now stops at the lock."""
+    from qkscore.run import LOCK_NAME, scan_lock
+
+    out = tmp_path / "run"
+    with scan_lock(out):
+        result = _run("scan", "-m", "smollm2-135m", "-d", GENERATED, "-o", str(out))
+    _one_error(result, f"{out} is being scanned by process", str(out / LOCK_NAME))
 
 
 # ---- serve, check, verify-chain, data, probe ------------------------------------------------

@@ -545,6 +545,76 @@ def test_limit_and_missing_path(shared_data: Path, tmp_path: Path) -> None:
     assert err.value.file == str(tmp_path / "absent.jsonl")
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "proofwriter", "generated"])
+def test_unknown_spec_parameter_is_refused_naming_spec_and_parameter(
+    fmt: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """A typo (``smaple=3``) used to be ignored by jsonl/csv: all items loaded, unsampled."""
+    csv_file = tmp_path / "set.csv"
+    csv_file.write_text("context,statement,label\nA.,B.,yes\nC.,D.,no\n", encoding="utf-8")
+    mmlu = shared_data / "mmlu" / "subset_logic_test.jsonl"
+    heads = {
+        "jsonl": f"jsonl:{mmlu}?statement=question&options=choices&label=answer",
+        "csv": f"csv:{csv_file}?statement=statement",
+        "proofwriter": f"proofwriter:{shared_data / 'proofwriter' / 'dev.json'}?seed=1",
+        "generated": "generated:n=8&seed=1",
+    }
+    assert load_items(heads[fmt] + "&sample=2")  # the spelling this format takes
+    spec = heads[fmt] + "&smaple=2"
+    with pytest.raises(DataError, match="unknown parameter 'smaple'") as err:
+        load_items(spec)
+    assert err.value.field == "smaple"
+    assert spec in str(err.value) and "did you mean 'sample'?" in str(err.value)
+
+
+def test_negative_or_zero_limit_is_an_error_not_a_slice(shared_data: Path) -> None:
+    """``limit=-1`` used to slice ``items[:-1]``: every item but the last, without a word."""
+    spec = f"proofwriter:{shared_data / 'proofwriter' / 'dev.json'}"
+    for bad in ("limit=-1", "limit=0", "sample=0", "limit=x"):
+        with pytest.raises(DataError, match=f"data spec '.*{bad}'") as err:
+            load_items(f"{spec}?{bad}")
+        assert err.value.field == bad.split("=")[0]
+
+
+def test_balance_without_sample_keeps_the_largest_balanced_subset(shared_data: Path) -> None:
+    """``balance=1`` alone used to be ignored; depth-1 Multi-LogiEval is about 92% yes."""
+    spec = f"multi-logieval:{shared_data / 'multi_logieval' / 'data' / 'd1_Data'}"
+    every = _labels(load_items(spec))
+    assert every["True"] > 5 * every["False"]
+    balanced = load_items(f"{spec}?balance=1&seed=2")
+    assert _labels(balanced) == {"True": every["False"], "False": every["False"]}
+    assert load_items(f"{spec}?balance=1&seed=2") == balanced  # seeded
+    with pytest.raises(DataError, match="balance='2' must be 1 or 0") as err:
+        load_items(f"{spec}?balance=2")
+    assert err.value.field == "balance"
+
+
+def test_repeated_parameter_and_debias_settings_without_debias_are_refused(
+    shared_data: Path,
+) -> None:
+    proofwriter = f"proofwriter:{shared_data / 'proofwriter' / 'dev.json'}"
+    with pytest.raises(DataError, match="'sample' is given more than once"):
+        load_items(f"{proofwriter}?sample=3&sample=5")
+    pararule = f"pararule-plus:{shared_data / 'pararule_plus' / 'Depth2' / '*_test.jsonl'}"
+    with pytest.raises(DataError, match="'per_context' applies only with debias=1"):
+        load_items(f"{pararule}?per_context=2")
+
+
+def test_generated_size_parameters_are_bounded_before_generating() -> None:
+    """``n=99999999999`` took all memory until the OOM killer; a huge depth range too."""
+    from qkscore.data.generator import MAX_ITEMS
+
+    for spec, key in (
+        ("generated:n=99999999999", "n"),
+        (f"generated:n={MAX_ITEMS + 1}", "n"),
+        ("generated:n=-1", "n"),
+        ("generated:depth=1-999999999999&n=4", "depth"),
+    ):
+        with pytest.raises(DataError, match="data spec 'generated:") as err:
+            load_items(spec)
+        assert err.value.field == key and spec in str(err.value)
+
+
 def test_summarize_breakdowns(shared_data: Path) -> None:
     items = load_items(f"multi-logieval:{shared_data / 'multi_logieval' / 'data'}")
     summary = summarize(items)

@@ -434,6 +434,8 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
     summary = rank(gen.path, profile, tmp_path / "ranked", model=smollm2, folds=2, progress=False)
 
     assert summary["calibration_overlap"] == {"problems": 1, "excluded": True, "ids": [calib_id]}
+    # an answer profile still judges steps, and says where its verdicts come from
+    assert summary["profile_unit"] == "answer" and "calibrated on answers" in summary["warning"]
     assert (summary["n_problems"], summary["n_chains"]) == (6, 13)
     rows = [json.loads(x) for x in (tmp_path / "ranked" / "ranked.jsonl").read_text().splitlines()]
     assert len(rows) == 13 and calib_id not in {r["id"] for r in rows}
@@ -473,8 +475,17 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
         "beats", "does not beat", "is beaten by",
     )  # fmt: skip
     md = (tmp_path / "ranked" / "summary.md").read_text()
+    assert "**Warning: these step verdicts come from a profile calibrated on answers" in md
     assert "Problems in the profile's calibration split: 1 (excluded" in md
     assert "12 valid steps restate a premise (depth 0)" in md
+    # by depth: each depth's valid steps against every invalid step; intervals by problem
+    by_depth = summary["step_level"]["qk_reader"]["by_depth"]
+    assert {d: e["positives"] for d, e in by_depth.items()} == {"0": 12, "1": 6}
+    assert all(e["n"] == e["positives"] + 12 for e in by_depth.values())
+    assert set(summary["step_paired"]["qk_reader vs model_logodds"]) == {
+        "overall", "derived_only", "grounded_only",
+    }  # fmt: skip
+    assert {s["step_logprob"] < 0 for s in steps} == {True}  # the step's own tokens
     assert f"`{summary['best_qk_selector']}`" in md
 
 

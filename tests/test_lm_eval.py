@@ -193,3 +193,24 @@ def test_calibrate_fits_on_its_own_items_and_refuses_to_score_them(tmp_path, smo
     seen = get_template("answer-statement").text(load_items(spec)[0])
     with pytest.raises(ValueError, match="one of the calibration items"):
         model.loglikelihood(_requests(seen, [" A", " B"]))
+
+
+def test_a_misspelt_model_argument_is_an_error_before_the_model_loads(monkeypatch, shared_data):
+    """`reder=head` used to be a logged warning, and lm-eval ran with the default reader."""
+    from typer.testing import CliRunner
+
+    import qkscore.integrations.lm_eval as integration
+    from qkscore.cli import app
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(integration, "load_model", no_loading)
+    with pytest.raises(ValueError, match=r"unknown model_args 'reder' \(did you mean 'reader'\?\)"):
+        QKScoreLM(pretrained="smollm2-135m", profile="p.json", reder="head")
+    args = ["lm-eval", "run", "--model", "qkscore", "--tasks", "qkscore_prontoqa_distractors"]
+    args += ["--model_args", "pretrained=smollm2-135m,profile=p.json,reder=head", "--limit", "1"]
+    env = {"QKSCORE_SHARED_DATA": str(shared_data), "QKSCORE_DEBUG": None}
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "error: model qkscore: unknown model_args 'reder'" in result.output

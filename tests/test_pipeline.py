@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -94,6 +95,104 @@ def test_profile_refuses_a_run_of_another_model(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ProfileMismatchError, match="fingerprint"):
         evaluate(run, profile)
+
+
+def _set_at_head(path, value):
+    """An edit setting the per-head array at ``path`` ("selector.sign") at the chosen head."""
+
+    def edit(data):
+        target = data
+        for key in path.split("."):
+            target = target[key]
+        target[data["layer"]][data["head_index"]] = value
+
+    return edit
+
+
+PROFILE_EDITS = {
+    # the output named L0H1 while the verdict and margin still came from the selector's head
+    "head": (lambda d: d.update(head="L0H1"), "field 'head'"),
+    "layer": (lambda d: d.update(layer=0), "field 'layer'"),
+    # a sign of 0 made every verdict the same
+    "sign 0 at the top": (lambda d: d.update(sign=0), "field 'sign'"),
+    "sign 5 in the selector": (_set_at_head("selector.sign", 5), "field 'selector.sign'"),
+    "sign 0 in the head reader": (
+        _set_at_head("readers.head.sign", 0),
+        "field 'readers.head.sign'",
+    ),
+    # a missing reader fell back to the head without a word
+    "missing reader": (lambda d: d.pop("reader"), "field 'reader' missing"),
+    # a NaN threshold reached the judge and was blamed on the model's dtype
+    "NaN threshold": (
+        _set_at_head("selector.thresholds", float("nan")),
+        "field 'selector.thresholds'",
+    ),
+    "NaN top-level threshold": (lambda d: d.update(threshold=float("nan")), "field 'threshold'"),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_profile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calibrate(make_run(root / "run"), calib_size=400, out=root / "p.json")
+    return json.loads((root / "p.json").read_text())
+
+
+@pytest.mark.parametrize("edit", sorted(PROFILE_EDITS))
+def test_a_profile_that_contradicts_itself_is_refused_naming_file_and_field(
+    saved_profile, tmp_path, edit
+):
+    change, field = PROFILE_EDITS[edit]
+    data = json.loads(json.dumps(saved_profile))
+    change(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=re.escape(field)) as err:
+        Profile.load(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_an_unedited_and_a_pre_reader_profile_still_load(saved_profile, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(saved_profile))
+    assert Profile.load(path).reader_name == saved_profile["reader"]
+    old = {k: v for k, v in saved_profile.items() if k not in ("reader", "readers")}
+    path.write_text(json.dumps(old))
+    assert Profile.load(path).reader_name == "head"  # made before readers: the head judges
+
+
+def _pronto_texts(shared_data, n):
+    from qkscore.data import load_items
+
+    folder = shared_data / "prontoqa" / "truefalse_0shot"
+    items = load_items(f"prontoqa:{folder}/*hop_0shot_random.json?sample={n}&seed=0")
+    return [(it.context, it.statement) for it in items]
+
+
+def test_calibration_items_under_other_ids_and_another_spec_are_left_out(shared_data, tmp_path):
+    """The hostile re-test renamed the ids and changed the spec string: 12 of 24 'evaluation'
+    items were calibration items (accuracy 0.750 against a CV of 0.569)."""
+    texts = _pronto_texts(shared_data, 300)
+    calib_run = make_run(tmp_path / "calib", n=200, texts=texts[:200], data="prontoqa:a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = calibrate(calib_run, calib_size=100, reader="head")
+    assert len(profile.data["calibration"]["item_hashes"]) == 100
+    calib_ids = set(profile.data["calibration"]["item_ids"])
+    reused = [i for i in range(200) if f"syn-{i:05d}" in calib_ids][:40]
+    # 40 calibration items (re-spaced, other ids) and 80 unseen ones, under another spec
+    mixed = [(" ".join(texts[i][0].split()) + "\n", texts[i][1]) for i in reused] + texts[200:280]
+    ids = [f"renamed/{k}" for k in range(120)]
+    other = make_run(tmp_path / "other", n=120, seed=3, texts=mixed, ids=ids, data="jsonl:b")
+    with pytest.warns(UserWarning, match="40 items of .* have the content of calibration items"):
+        report = evaluate(other, profile, n_boot=50)
+    assert report["n_eval"] == 80 and "40 items" in report["split"]
+    assert "renamed/0" in report["split"]
+    # a profile made before content hashes still evaluates every item (matched by id only)
+    del profile.data["calibration"]["item_hashes"]
+    assert evaluate(other, profile, n_boot=50)["n_eval"] == 120
 
 
 def test_transfer_matrix_tests_each_calibration_on_every_run(tmp_path):

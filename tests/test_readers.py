@@ -21,6 +21,7 @@ from qkscore.estimators.readers import (
     HybridReader,
     LinearQKReader,
     choose_reader,
+    cross_val_scores,
     model_margin_selector,
     reader_from_dict,
 )
@@ -80,8 +81,12 @@ def test_multi_option_linear_reader():
     xt, yt = _spread(n=300, seed=2, n_options=3, strength=0.35)
     assert reader.predict_proba(xt).shape == (300, 3)
     assert np.mean(reader.predict(xt) == yt) > 0.6
-    with pytest.raises(ValueError, match="penalty='l2' only"):
-        LinearQKReader(penalty="l1").fit(x, y)
+    # FOLIO-like items get the L1 reader too: at a strong penalty it keeps exactly the heads
+    # that carry the signal (weights exactly zero elsewhere), and by CV it predicts as well
+    sparse = LinearQKReader(penalty="l1", C=0.03).fit(x, y)
+    kept = np.abs(sparse.weights_) > 0
+    assert 0 < sparse.n_kept_ == kept[1:5, :4].sum() and np.mean(sparse.predict(xt) == yt) > 0.6
+    assert np.mean(LinearQKReader(penalty="l1").fit(x, y).predict(xt) == yt) > 0.6
 
 
 def test_hybrid_is_not_worse_than_the_better_of_its_parts():
@@ -133,6 +138,55 @@ def test_hidden_state_probe_picks_the_informative_layer():
 
 
 # ---- calibration refuses what cannot be calibrated ------------------------------------------
+
+
+def _copies(n_groups: int = 24, per: int = 5, seed: int = 0):
+    """Groups of near-copies (the steps of one problem) with random labels per group: nothing
+    to learn, but a fold that holds a copy of a training item reads its label back."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_groups) % 2
+    rng.shuffle(labels)
+    x = np.repeat(rng.normal(size=(n_groups, N_LAYERS, N_HEADS, 2)), per, axis=0)
+    x = x + 0.05 * rng.normal(size=x.shape)
+    hidden = np.repeat(rng.normal(size=(n_groups, 2, 2, 16)), per, axis=0)
+    hidden = hidden + 0.05 * rng.normal(size=hidden.shape)
+    groups = np.repeat([f"p{g}" for g in range(n_groups)], per)
+    return x, np.repeat(labels, per), hidden, groups
+
+
+def test_folds_grouped_by_problem_keep_each_problem_whole():
+    from qkscore.estimators.base import stratified_folds
+
+    _, y, _, groups = _copies()
+    folds = stratified_folds(y, 5, 0, groups)
+    assert len(folds) == 5
+    tested = np.concatenate([test for _, test in folds])
+    assert sorted(tested.tolist()) == list(range(len(y)))  # every item held out once
+    for train, test in folds:
+        assert not set(groups[train]) & set(groups[test])
+    # as many folds as the problems allow: one label in three problems gives three folds
+    few = np.isin(groups, ["p0", "p1", "p2", "p3", "p4", "p5", "p6"])
+    spread = min(len(set(groups[few][y[few] == v])) for v in (0, 1))
+    assert len(stratified_folds(y[few], 5, 0, groups[few])) == min(5, spread)
+    two = np.isin(groups, [groups[y == 0][0], groups[y == 1][0]])  # one problem per label
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        stratified_folds(y[two], 5, 0, groups[two])
+
+
+def test_grouped_cross_validation_does_not_read_copies_back():
+    x, y, hidden, groups = _copies()
+    for name in ("ensemble", "linear", "hidden_probe"):  # those that can memorise an item
+        plain = cross_val_scores(name, x, y, hidden=hidden)["auroc"]
+        grouped = cross_val_scores(name, x, y, hidden=hidden, groups=groups)["auroc"]
+        assert plain > 0.9 and grouped < plain - 0.3, (name, plain, grouped)
+    # subsets: the held-out AUROC on some items only, on the same folds
+    mask = np.arange(len(y)) % 2 == 0
+    out = cross_val_scores("linear", x, y, groups=groups, subsets={"even": mask})
+    assert 0 <= out["subsets"]["even"]["auroc"] <= 1
+    choice = choose_reader(x, y, np.zeros((len(y), 2)), ["head", "linear"], groups=groups)
+    assert choice["cv"]["linear"]["auroc"] == pytest.approx(
+        cross_val_scores("linear", x, y, groups=groups)["auroc"]
+    )
 
 
 def test_single_class_calibration_is_refused_before_anything_is_written(tmp_path):

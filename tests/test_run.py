@@ -156,6 +156,78 @@ def test_two_process_gloo_scan_merges_to_the_single_process_scores(tmp_path):
         ), name
 
 
+def _set_with_a_long_item(shared_data: Path, tmp_path: Path) -> str:
+    """A jsonl spec over real ProntoQA items: two as they are and one whose context joins 90
+    contexts, longer than SmolLM2's 8192 positions."""
+    from qkscore.data import load_items
+
+    folder = shared_data / "prontoqa" / "truefalse_0shot"
+    items = load_items(f"prontoqa:{folder}/5hop_0shot_random.json?limit=92")
+    rows = [
+        {"uid": f"short-{k}", "context": it.context, "statement": it.statement, "label": it.label}
+        for k, it in enumerate(items[:2])
+    ]
+    long_context = " ".join(it.context for it in items[2:])
+    rows.insert(1, {"uid": "long-1", "context": long_context, "statement": items[0].statement,
+                    "label": items[0].label})  # fmt: skip
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"jsonl:{path}?id=uid"
+
+
+def test_an_item_longer_than_the_model_positions_is_refused_naming_it(
+    smollm2, shared_data, tmp_path
+):
+    """A 9,259-token item was scored against an 8,192-position model without a word."""
+    spec = _set_with_a_long_item(shared_data, tmp_path)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"set/long-1 \((\d+) tokens\)") as err:
+        scan(smollm2, spec, "answer-statement", out, hidden_layers="none", progress=False)
+    message = str(err.value)
+    assert "8192 positions" in message and "max_position_embeddings" in message
+    assert "on_error=skip" in message and "short" not in message
+    assert not out.exists()  # refused before anything was written
+
+
+def test_on_error_skip_skips_a_too_long_item_and_records_it(smollm2, shared_data, tmp_path):
+    spec = _set_with_a_long_item(shared_data, tmp_path) + "&on_error=skip"
+    out, said = tmp_path / "run", []
+    kwargs = {"hidden_layers": "none", "progress": False, "log": said.append}
+    run = scan(smollm2, spec, "answer-statement", out, **kwargs)
+    assert [r["id"] for r in run.items()] == ["set/short-0", "set/short-1"]
+    (skipped,) = run.meta()["skipped"]
+    assert skipped["id"] == "set/long-1" and skipped["max_position_embeddings"] == 8192
+    assert skipped["tokens"] > 8192
+    assert any("set/long-1" in line and "skipped" in line for line in said)
+    said.clear()
+    scan(smollm2, spec, "answer-statement", out, **kwargs)  # the same request: nothing to do
+    assert "nothing to do" in said[0]
+
+
+def test_a_second_scan_of_a_folder_being_scanned_is_refused(tmp_path):
+    """Two `scan` processes on one folder used to write the same chunks and run.json."""
+    from qkscore.run import LOCK_NAME, ScanLockedError, scan_lock
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from qkscore.run import scan_lock\n"
+         "with scan_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ScanLockedError, match=f"{out} is being scanned by process "):
+            scan("smollm2-135m", DATA, "answer-statement", out, progress=False)
+        assert (out / LOCK_NAME).exists() and not (out / "run.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed scan leaves no lock behind
+        holder.wait()
+    with scan_lock(out):
+        assert (out / LOCK_NAME).read_text().startswith(f"process {os.getpid()} ")
+
+
 def test_controls_remove_or_rotate_the_context():
     from qkscore.data import load_items
 

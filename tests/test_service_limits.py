@@ -1,5 +1,6 @@
 """The service under bad requests, on the real SmolLM2 judge: the compute budget, the bounded
-queue and its timeout, audit paging bounds, /healthz without the key, HEAD, a bad --db, text
+queue and its timeout, the key checked and the body bounded before any parsing, audit paging
+bounds, /healthz without the key, HEAD, a bad --db, text
 that is blank after Unicode normalisation, and the dtype each audit row records (old logs
 migrated)."""
 
@@ -9,15 +10,16 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sqlite3
 import time
 
 import pytest
 
-from audit_fixtures import CONTEXT, STATEMENTS, run
+from audit_fixtures import CONTEXT, STATEMENTS, live_server, run
 from audit_fixtures import asgi_client as _client
-from qkscore.audit.service import ServeLimits, create_app, request_cost
-from qkscore.audit.store import MAX_INT64, AuditStore, AuditStoreError
+from qkscore.audit.service import LIMITS, ServeLimits, create_app, request_cost
+from qkscore.audit.store import MAX_INT64, MIN_INT64, AuditStore, AuditStoreError
 from tiny_models import few_threads
 
 
@@ -83,6 +85,97 @@ def test_default_budget_refuses_the_310_second_chain_at_once(judge, tmp_path):
     r, seconds = run(go())
     assert r.status_code == 413 and "the budget is 32,768 tokens" in r.json()["error"]
     assert "64 steps x context" in r.json()["error"] and seconds < 5
+
+
+# ---- the key and the body, before any parsing -----------------------------------------------
+
+KEY = {"X-API-Key": "s3cret"}
+JSON = {"Content-Type": "application/json"}
+MIB = 1024 * 1024
+
+
+class Body:
+    """A streamed request body (chunked, no Content-Length) that counts what the server read."""
+
+    def __init__(self, total: int, chunk: int = 64 * 1024) -> None:
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    async def __aiter__(self):
+        while self.sent < self.total:
+            self.sent += self.chunk
+            yield b"x" * self.chunk
+
+
+def test_a_request_without_the_key_gets_401_before_its_body_is_read(judge, tmp_path):
+    """Issue 22, finding 8: a bad body without the key got 422 (parsed first)."""
+    app = create_app(judge, tmp_path / "audit.db", api_key="s3cret", raise_unexpected=True)
+    streamed = Body(16 * MIB)
+
+    async def go():
+        async with _client(app) as c:
+            bad = await c.post("/v1/check", content=b"{not json",
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+            big = await c.post("/v1/verify-chain", content=streamed)
+            unknown = await c.post("/v1/no-such-route", json={"statement": "a."})
+            return bad, big, unknown
+
+    for r in run(go()):
+        assert r.status_code == 401, r.text
+        assert r.json() == {"error": "this server needs an API key: X-API-Key or Bearer header"}
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert streamed.sent <= streamed.chunk  # not read beyond what the transport pre-fetched
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read_whole(judge, tmp_path):
+    """Issue 22, finding 8: a 200 MB body was parsed whole (memory 1.9 to 2.35 GB)."""
+    app = create_app(judge, tmp_path / "audit.db", api_key="s3cret", raise_unexpected=True)
+    limit = LIMITS.body_bytes
+    streamed = Body(16 * MIB)
+    message = (
+        f"the request body is over {limit:,} bytes, the most this server reads (see the text "
+        "limits in /v1/profile)"
+    )
+
+    async def go():
+        async with _client(app) as c:
+            declared = await c.post("/v1/check", content=b" " * (limit + 1), headers=KEY)
+            chunked = await c.post("/v1/check", content=streamed, headers=KEY)
+            # a body just under the limit reaches the route whole (and its context is too long)
+            body = json.dumps({"statement": "a.", "context": "x" * (limit - 40)}).encode()
+            fits = await c.post("/v1/check", content=body, headers={**KEY, **JSON})
+            return declared, chunked, fits, len(body)
+
+    declared, chunked, fits, size = run(go())
+    assert (declared.status_code, declared.json()) == (413, {"error": message})
+    assert (chunked.status_code, chunked.json()) == (413, {"error": message})
+    assert streamed.sent <= limit + 2 * streamed.chunk  # stopped at the limit, not 16 MiB
+    assert size <= limit and fits.status_code == 422
+    assert fits.json()["error"] == (
+        "invalid request: context: String should have at most 20000 characters"
+    )
+    # the largest valid request, at 12 bytes a character (astral ones as two \u escapes)
+    most = LIMITS.context_chars + LIMITS.chain_steps * LIMITS.statement_chars
+    assert 12 * most + 1000 < limit
+
+
+def _raw_post(base: str, headers: str) -> tuple[str, float]:
+    """Send only the headers of a POST over a real socket; the status line and the seconds."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        t0 = time.perf_counter()
+        sock.sendall(f"POST /v1/check HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        status = sock.recv(4096).split(b"\r\n", 1)[0].decode()
+        return status, time.perf_counter() - t0
+
+
+def test_a_200_mb_content_length_is_refused_at_once_by_a_real_server(judge, tmp_path):
+    app = create_app(judge, tmp_path / "audit.db", api_key="s3cret", raise_unexpected=True)
+    huge = "Content-Type: application/json\r\nContent-Length: 209715200\r\n"
+    with live_server(app) as base:
+        no_key, t_no_key = _raw_post(base, huge)
+        with_key, t_key = _raw_post(base, huge + "X-API-Key: s3cret\r\n")
+    assert no_key == "HTTP/1.1 401 Unauthorized" and t_no_key < 5
+    assert with_key == "HTTP/1.1 413 Request Entity Too Large" and t_key < 5
 
 
 # ---- the queue --------------------------------------------------------------------------------
@@ -172,28 +265,32 @@ def test_audit_offset_and_cursor_out_of_range_get_422(judge, tmp_path):
     async def go():
         async with _client(app) as c:
             out = {}
-            for name in ("offset", "cursor"):
-                for value in (2**63, 2**64 + 5, -1):
+            for name, low in (("offset", -1), ("cursor", MIN_INT64 - 1)):
+                for value in (2**63, 2**64 + 5, low):
                     r = await c.get("/v1/audit", params={name: value})
                     out[name, value] = (r.status_code, r.json()["error"])
-                r = await c.get("/v1/audit", params={name: MAX_INT64})
-                out[name, MAX_INT64] = (r.status_code, r.json()["items"])
+                for value in (MAX_INT64, low + 1):
+                    r = await c.get("/v1/audit", params={name: value})
+                    out[name, value] = (r.status_code, r.json()["items"])
             return out
 
     out = run(go())
-    for name in ("offset", "cursor"):
+    # a cursor may be negative: the next_cursor of a page ending at a row below id 1 (such a row
+    # breaks the chain, and is listed so that it can be seen)
+    for name, low, floor in (("offset", -1, 0), ("cursor", MIN_INT64 - 1, MIN_INT64)):
         big = f"invalid request: query.{name}: Input should be less than or equal to {MAX_INT64}"
         assert out[name, 2**63] == (422, big)
         assert out[name, 2**64 + 5] == (422, big)
-        neg = f"invalid request: query.{name}: Input should be greater than or equal to 0"
-        assert out[name, -1] == (422, neg)
+        neg = f"invalid request: query.{name}: Input should be greater than or equal to {floor}"
+        assert out[name, low] == (422, neg)
         assert out[name, MAX_INT64] == (200, [])
+        assert out[name, low + 1] == (200, [])
     assert app.state.unexpected_errors == []
     store = AuditStore(tmp_path / "other.db")
     with pytest.raises(ValueError, match="offset must be between 0 and"):
         store.query(offset=2**63)
-    with pytest.raises(ValueError, match="cursor must be between 0 and"):
-        store.query(cursor=-1)
+    with pytest.raises(ValueError, match=f"cursor must be between {MIN_INT64} and"):
+        store.query(cursor=MIN_INT64 - 1)
     store.close()
 
 
@@ -238,6 +335,7 @@ def test_profile_documents_limits_and_dtype(judge, tmp_path):
         "statement_chars": 2_000,
         "chain_steps": 64,
         "chain_chars": 40_000,
+        "body_bytes": 2 * 1024 * 1024,
     }
 
 

@@ -95,6 +95,30 @@ def test_metrics_count_requests_verdicts_and_need_the_key(judge, tmp_path):
     assert _sample(text, "qkscore_model_load_seconds") == 1.5
 
 
+def _label_values(text: str, label: str) -> set[str]:
+    return set(re.findall(rf'^qkscore_requests_total{{[^}}]*{label}="([^"]*)"', text, re.M))
+
+
+def test_made_up_methods_and_paths_share_one_label(judge, tmp_path):
+    """Issue 22, finding 8: every method sent without a key made a new label series."""
+    app = create_app(judge, tmp_path / "a.db", api_key=KEY, raise_unexpected=True)
+
+    async def go():
+        async with app.router.lifespan_context(app), _client(app) as c:
+            for i in range(20):
+                await c.request(f"M{i}", f"/made/up/{i}")
+                await c.request(f"M{i}", "/v1/check")
+                await c.request(f"M{i}", "/healthz")
+            return (await c.get("/metrics", headers={"X-API-Key": KEY})).text
+
+    text = asyncio.run(go())
+    assert _label_values(text, "method") == {"other"}  # (the GET /metrics counts after)
+    assert _label_values(text, "route") == {"unmatched", "/v1/check", "/healthz"}
+    for route, status in (("unmatched", "404"), ("/v1/check", "401"), ("/healthz", "405")):
+        labels = dict(route=route, method="other", status=status)
+        assert _sample(text, "qkscore_requests_total", **labels) == 20, labels
+
+
 # ---- two workers, one store ------------------------------------------------------------------
 
 

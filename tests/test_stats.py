@@ -20,6 +20,7 @@ from qkscore.stats import (
     majority_baseline,
     mcnemar,
     metric_report,
+    paired_bootstrap,
     shortcut_gap,
     transfer_matrix,
 )
@@ -83,6 +84,45 @@ def test_bootstrap_covers_point_shrinks_and_is_reproducible() -> None:
     assert low <= point <= high
     with pytest.raises(ValueError):
         bootstrap_ci(accuracy, pred, labels[:-1])
+
+
+def test_the_cluster_bootstrap_resamples_whole_groups() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(12), 5)  # 12 problems of 5 steps each
+    score = np.round(rng.standard_normal(60), 1)  # ties
+    positive = rng.random(60) < 0.5
+    # the weighted AUROC equals the AUROC of the items drawn that many times
+    weights = rng.integers(0, 3, size=(4, 60)).astype(float)
+    for row, w in zip(auroc.weighted(score, positive, weights), weights):
+        idx = np.repeat(np.arange(60), w.astype(int))
+        assert row == pytest.approx(auroc(score[idx], positive[idx]), abs=1e-12)
+    # steps of one problem that move together: resampling steps understates the spread
+    shared = np.repeat(rng.standard_normal(12), 5) + 0.1 * rng.standard_normal(60)
+    label = np.repeat(rng.random(12) < 0.5, 5)
+    by_item = bootstrap_ci(auroc, shared, label, n_boot=400)
+    by_group = bootstrap_ci(auroc, shared, label, n_boot=400, groups=groups)
+    assert by_group.point == by_item.point
+    assert by_group.high - by_group.low > 1.5 * (by_item.high - by_item.low)
+    again = bootstrap_ci(auroc, shared, label, n_boot=400, groups=groups)
+    assert again == by_group  # seeded
+    # a metric without a weighted form is resampled item by item, by group too
+    acc = bootstrap_ci(accuracy, label.astype(int), np.ones(60, int), n_boot=50, groups=groups)
+    assert acc.low <= acc.point <= acc.high
+
+
+def test_paired_bootstrap_of_two_scorers_on_the_same_items() -> None:
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(30), 4)
+    label = rng.random(120) < 0.5
+    good = label + rng.normal(0, 0.8, 120)
+    noise = rng.normal(0, 1, 120)
+    test = paired_bootstrap(auroc, good, noise, label, groups=groups, n_boot=500)
+    assert test.difference == pytest.approx(auroc(good, label) - auroc(noise, label))
+    assert test.low <= test.difference <= test.high and test.low > 0 and test.pvalue < 0.01
+    same = paired_bootstrap(auroc, good, good, label, groups=groups, n_boot=200)
+    assert (same.difference, same.low, same.high, same.pvalue) == (0.0, 0.0, 0.0, 1.0)
+    by_item = paired_bootstrap(auroc, good, noise, label, n_boot=200)
+    assert by_item.difference == test.difference and by_item.pvalue < 0.05
 
 
 def test_mcnemar_exact_and_chi_square() -> None:

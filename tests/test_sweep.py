@@ -86,3 +86,28 @@ def test_sweep_ranks_on_calibration_cv_and_resumes(smollm2, tmp_path):
     again = sweep(smollm2, SPEC, out, grid, calib_size=32, n_boot=50, progress=False,
                   log=lambda *_: None)  # fmt: skip
     assert again["rows"] == result["rows"] and profile.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    ("grid", "calib_size", "words"),
+    [
+        ("template=nosuch", 32, "unknown template 'nosuch'"),
+        ("template=answer-statement", 4, "at least 5 items of each option"),
+        ("template=answer-statement;num_fewshot=0,3", 48, "leaves no items to evaluate"),
+    ],
+    ids=["template", "calib-size 4", "calib-size of every item"],
+)
+def test_sweep_refuses_bad_settings_before_loading_the_model(
+    monkeypatch, tmp_path, grid, calib_size, words
+):
+    """`template=nosuch` and `--calib-size 4` used to be found only after the model loaded."""
+    import qkscore.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(qkscore.models, "load_model", no_loading)
+    with pytest.raises(ValueError, match=words):
+        sweep("smollm2-135m", SPEC, tmp_path / "out", grid, calib_size=calib_size,
+              progress=False, log=lambda *_: None)  # fmt: skip
+    assert not (tmp_path / "out").exists()

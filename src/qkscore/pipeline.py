@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ import numpy as np
 
 from qkscore import stats
 from qkscore.data.controls import control_names
+from qkscore.data.items import record_content_hash
 from qkscore.data.shallow import ShallowMatcher, supports_shallow
+from qkscore.estimators.base import DECISION_RULE, decide
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector, head_name
 from qkscore.estimators.readers import (
@@ -36,6 +38,8 @@ from qkscore.results import stamp
 from qkscore.run import MAIN, RunFolder
 
 MIN_CALIBRATION = 400
+#: The profile's per-item lists of the calibration split, left out of reports.
+ITEM_LISTS = ("item_ids", "item_hashes")
 
 
 def balanced_split(labels: np.ndarray, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -132,23 +136,99 @@ def calibrate(
     y = labels[calib]
     check_calibration_labels(y, calib_size, f"{run.path}: ")
     baseline = np.asarray(run.load(MAIN, "baseline"))[calib]
+    fitted = fit_readers(
+        scores, y, baseline, reader=reader, ensemble=ensemble, cv=cv, seed=seed, metric=metric
+    )
+    selector, ens, choice = fitted["selector"], fitted["ensemble"], fitted["choice"]
+    best = selector.ranking_[0]
+    data: dict[str, Any] = stamp(
+        {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "unit": "answer",
+            "model": meta["model"],
+            "template": meta["template"],
+            "rope": meta["rope"],
+            "data": meta["data"],
+            "run": str(run.path),
+            "reader": choice["chosen"],
+            "decision_rule": DECISION_RULE,
+            "reader_choice": choice,
+            "readers": fitted["readers"],
+            "baselines": _fit_baselines(run, meta, calib, y, baseline),
+            **head_fields(selector),
+            "calibration": {
+                "size": int(len(calib)),
+                "seed": seed,
+                "metric": metric,
+                "cv_folds": cv,
+                "label_counts": {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))},
+                "accuracy": best["accuracy"],
+                "balanced_accuracy": best["balanced_accuracy"],
+                "auroc": best["auroc"],
+                "warnings": fitted["notes"],
+                "item_ids": [records[i]["id"] for i in calib],
+                "item_hashes": _content_hashes(records[i] for i in calib),
+            },
+            "evaluation_ids": [records[i]["id"] for i in rest],
+            **estimator_fields(selector, ens),
+        }
+    )
+    profile = Profile(data)
+    if out is not None:
+        profile.save(out)
+    return profile
+
+
+def fit_readers(
+    scores: np.ndarray,
+    y: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    reader: str = "auto",
+    ensemble: bool = True,
+    cv: int = 5,
+    seed: int = 0,
+    metric: str = "auroc",
+    groups: Sequence[Any] | None = None,
+    subsets: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Fit the single head, the ensemble and every reader on calibration items and choose the
+    profile's reader by cross-validated AUROC (``reader="auto"``) or as asked.
+
+    ``groups`` (one per item: the problem a chain step comes from) keeps each group whole in
+    every fold, inner ones included; ``subsets`` also reports each reader's CV AUROC on those
+    items only. Returns ``selector``, ``ensemble`` (None when off), ``readers`` (name -> saved
+    dict), ``choice`` (the CV table and the rule) and ``notes`` (calibration warnings).
+    """
+    if reader != "auto" and reader not in READERS:
+        raise ValueError(f"unknown reader {reader!r}; choose from auto, {', '.join(READERS)}")
+    ens, ens_error = None, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         selector = HeadSelector(metric=metric).fit(scores, y)
-        ens = TopKEnsemble(random_state=seed).fit(scores, y) if ensemble else None
+        if ensemble:
+            try:
+                ens = TopKEnsemble(random_state=seed).fit(scores, y, groups=groups)
+            except ValueError as err:  # too few items (or problems) to choose k by CV
+                ens_error = str(err)
     notes = sorted({str(w.message) for w in caught})
     for w in caught:  # recorded in the profile, and still shown to the caller
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    candidates = [r for r in READERS if ensemble or r != "ensemble"]
+    candidates = [r for r in READERS if (ensemble and ens_error is None) or r != "ensemble"]
     if reader != "auto" and reader not in candidates:
-        raise ValueError(f"reader {reader!r} was asked for but the ensemble is switched off")
+        why = ens_error or "the ensemble is switched off"
+        raise ValueError(f"reader {reader!r} was asked for but {why}")
     asked = candidates if reader == "auto" else [reader]
-    choice = choose_reader(scores, y, baseline, asked, cv=cv, seed=seed, metric=metric)
+    choice = choose_reader(
+        scores, y, baseline, asked, cv=cv, seed=seed, metric=metric, groups=groups, subsets=subsets
+    )
     if reader != "auto":
         if "skipped" in choice["cv"][reader]:
             raise ValueError(f"reader {reader!r} cannot be used here: {choice['cv'][reader]}")
         choice["rule"] = "asked for (--reader); the others fitted but not cross-validated"
     choice["requested"] = reader
+    if ens_error is not None:
+        choice["cv"]["ensemble"] = {"skipped": ens_error}
     readers: dict[str, Any] = {}
     for name in candidates:
         if "skipped" in choice["cv"].get(name, {}):
@@ -159,52 +239,41 @@ def calibrate(
             readers[name] = ens.to_dict()
         else:
             try:
-                fitted = reader_fit(make_reader(name, seed, metric), scores, y, baseline)
+                made = make_reader(name, seed, metric)
+                fitted = reader_fit(made, scores, y, baseline, groups=groups)
             except ValueError as err:  # e.g. the hybrid without the model's answer
                 choice["cv"].setdefault(name, {"skipped": str(err)})
                 continue
             readers[name] = fitted.to_dict()
+    return {
+        "selector": selector,
+        "ensemble": ens,
+        "readers": readers,
+        "choice": choice,
+        "notes": notes,
+    }
+
+
+def head_fields(selector: HeadSelector) -> dict[str, Any]:
+    """The profile's single-head fields: the best head, its layer, sign and threshold."""
     layer, head = selector.head_
     best = selector.ranking_[0]
-    data: dict[str, Any] = stamp(
-        {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": meta["model"],
-            "template": meta["template"],
-            "rope": meta["rope"],
-            "data": meta["data"],
-            "run": str(run.path),
-            "reader": choice["chosen"],
-            "reader_choice": choice,
-            "readers": readers,
-            "baselines": _fit_baselines(run, meta, calib, y, baseline),
-            "head": head_name(layer, head),
-            "layer": int(layer),
-            "head_index": int(head),
-            "sign": int(best["sign"]),
-            "threshold": best.get("threshold"),
-            "calibration": {
-                "size": int(len(calib)),
-                "seed": seed,
-                "metric": metric,
-                "cv_folds": cv,
-                "label_counts": {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))},
-                "accuracy": best["accuracy"],
-                "balanced_accuracy": best["balanced_accuracy"],
-                "auroc": best["auroc"],
-                "warnings": notes,
-                "item_ids": [records[i]["id"] for i in calib],
-            },
-            "evaluation_ids": [records[i]["id"] for i in rest],
-            "selector": selector.to_dict(),
-            "ensemble": ens.to_dict() if ens is not None else None,
-            "ranking": selector.ranking_,
-        }
-    )
-    profile = Profile(data)
-    if out is not None:
-        profile.save(out)
-    return profile
+    return {
+        "head": head_name(layer, head),
+        "layer": int(layer),
+        "head_index": int(head),
+        "sign": int(best["sign"]),
+        "threshold": best.get("threshold"),
+    }
+
+
+def estimator_fields(selector: HeadSelector, ens: TopKEnsemble | None) -> dict[str, Any]:
+    """The profile's saved head selector, ensemble and head ranking."""
+    return {
+        "selector": selector.to_dict(),
+        "ensemble": ens.to_dict() if ens is not None else None,
+        "ranking": selector.ranking_,
+    }
 
 
 def _split_by_ids(
@@ -233,17 +302,49 @@ def _fit_baselines(
     return out
 
 
+def _content_hashes(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The content hash of each record (:func:`qkscore.data.items.record_content_hash`); empty
+    when the run keeps no item texts."""
+    hashes = [record_content_hash(r) for r in records]
+    return [h for h in hashes if h is not None] if all(hashes) else []
+
+
 def evaluation_indices(
     run: RunFolder, profile: Profile, records: Sequence[dict[str, Any]] | None = None
 ) -> tuple[np.ndarray, str]:
     """Evaluation items of this run: outside the calibration split when the run holds the
-    profile's calibration data, else every item (transfer to another set)."""
+    profile's calibration data, else every item (transfer to another set).
+
+    Either way an item whose content (context, statement, options; see
+    :func:`qkscore.data.items.content_hash`) is that of a calibration item is left out, with a
+    warning: the same items read under another spec or other ids are still calibration items.
+    Profiles made before they recorded content hashes are matched by id only.
+    """
     records = run.items() if records is None else records
-    if profile.data.get("data") == run.meta()["data"]:
-        calib_ids = set(profile.data["calibration"]["item_ids"])
-        idx = np.array([i for i, r in enumerate(records) if r["id"] not in calib_ids], dtype=int)
-        return idx, "evaluation split (calibration items excluded)"
-    return np.arange(len(records)), "all items (transfer from another set)"
+    same_data = profile.data.get("data") == run.meta()["data"]
+    calib_ids = set(profile.data["calibration"]["item_ids"]) if same_data else set()
+    calib_hashes = set(profile.data["calibration"].get("item_hashes") or ())
+    keep, by_content = [], []
+    for i, r in enumerate(records):
+        if r["id"] in calib_ids:
+            continue
+        if calib_hashes and record_content_hash(r) in calib_hashes:
+            by_content.append(r["id"])
+        else:
+            keep.append(i)
+    if same_data:
+        split = "evaluation split (calibration items excluded)"
+    else:
+        split = "all items (transfer from another set)"
+    if by_content:
+        left_out = (
+            f"{len(by_content)} items of {run.path} have the content of calibration items of "
+            f"the profile ({', '.join(by_content[:3])}{', ...' if len(by_content) > 3 else ''}) "
+            "and are left out"
+        )
+        warnings.warn(left_out, stacklevel=2)
+        split = f"{split}; {left_out}"
+    return np.array(keep, dtype=int), split
 
 
 def evaluate(
@@ -293,43 +394,47 @@ def _evaluate(
     margins: dict[str, np.ndarray | None] = {}
     labels_of: dict[str, str] = {}
     kinds: dict[str, str] = {}
+    option_proba: dict[str, np.ndarray] = {}  # multi-option items: for the macro AUROC
 
     def add(key: str, label: str, kind: str, pred: np.ndarray, margin: np.ndarray | None) -> None:
         preds[key], margins[key], labels_of[key], kinds[key] = pred, margin, label, kind
 
-    def from_proba(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return proba.argmax(-1), _positive_score(proba)
+    def add_proba(key: str, label: str, kind: str, proba: np.ndarray) -> None:
+        """A method judged by its probabilities: the verdict is the one rule, ``decide``."""
+        add(key, label, kind, decide(proba), _positive_score(proba))
+        if proba.shape[1] > 2:
+            option_proba[key] = proba
 
     for key, reader in readers.items():
         proba = _reader_proba(reader, inputs)
         if proba is not None:
-            add(key, _reader_label(key, reader), "reader", *from_proba(proba))
+            add_proba(key, _reader_label(key, reader), "reader", proba)
     base = inputs["baseline"]
     if np.isfinite(base).all():
-        add("model_answer", "model (own answer)", "baseline", *from_proba(_softmax(base)))
+        add_proba("model_answer", "model (own answer)", "baseline", _softmax(base))
         margin_sel = prof.baseline("model_margin")
         if margin_sel is not None:
             margin_scores = as_margin_scores(base)
-            add("model_margin", "model margin (threshold fit on calibration)", "baseline",
-                margin_sel.predict(margin_scores),
-                _positive_score(margin_sel.predict_proba(margin_scores)))  # fmt: skip
+            add_proba("model_margin", "model margin (threshold fit on calibration)", "baseline",
+                      margin_sel.predict_proba(margin_scores))  # fmt: skip
     if run.has(MAIN, "attention"):
         add("attention", f"attention {name}", "baseline",
             *_attention_baseline(run, prof, idx, layer, head, all_records, all_labels))  # fmt: skip
     notes: list[str] = []
     probe = _usable_probe(prof, meta, notes)
     if probe is not None and inputs.get("hidden") is not None:
-        add("hidden_probe", f"hidden-state probe (layer {probe.layer_})", "baseline",
-            *from_proba(probe.predict_proba(inputs["hidden"])))  # fmt: skip
+        add_proba("hidden_probe", f"hidden-state probe (layer {probe.layer_})", "baseline",
+                  probe.predict_proba(inputs["hidden"]))  # fmt: skip
     shallow = _shallow_predictions(prof, all_records, records, notes)
     if shallow is not None:
-        add("shallow", "shallow matching (no model)", "baseline", *from_proba(shallow))
+        add_proba("shallow", "shallow matching (no model)", "baseline", shallow)
     calib_labels = _calibration_labels(prof)
     add("majority", "majority class", "baseline",
         np.full_like(labels, np.bincount(calib_labels).argmax()), None)  # fmt: skip
     methods = {}
     for key, p in preds.items():
-        methods[key] = stats.metric_report(p, labels, score=margins[key], n_boot=n_boot, seed=seed)
+        score = option_proba.get(key, margins[key])
+        methods[key] = stats.metric_report(p, labels, score=score, n_boot=n_boot, seed=seed)
         methods[key]["label"] = labels_of[key]
         methods[key]["kind"] = kinds[key]
     chosen = prof.reader_name if prof.reader_name in preds else "head"
@@ -389,7 +494,9 @@ def _evaluate(
             "breakdowns": breakdowns,
             "controls": controls,
             "notes": notes,
-            "calibration": {k: v for k, v in prof.data["calibration"].items() if k != "item_ids"},
+            "calibration": {
+                k: v for k, v in prof.data["calibration"].items() if k not in ITEM_LISTS
+            },
         }
     )
     return report, rows
@@ -470,9 +577,9 @@ def _control_report(run, control, idx, labels, readers, probe, prof, preds) -> d
     for key, reader in readers.items():
         proba = _reader_proba(reader, inputs)
         if proba is not None:
-            accuracy[key] = float((proba.argmax(-1) == labels).mean())
+            accuracy[key] = float((decide(proba) == labels).mean())
     if np.isfinite(inputs["baseline"]).all():
-        accuracy["model_answer"] = float((inputs["baseline"].argmax(-1) == labels).mean())
+        accuracy["model_answer"] = float((decide(_softmax(inputs["baseline"])) == labels).mean())
     if probe is not None and inputs["hidden"] is not None:
         accuracy["hidden_probe"] = float((probe.predict(inputs["hidden"]) == labels).mean())
     chosen = prof.reader_name if prof.reader_name in accuracy else "head"

@@ -13,15 +13,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from qkscore.data.textio import read_text_file
 from qkscore.estimators.ensemble import TopKEnsemble
-from qkscore.estimators.heads import HeadSelector, parse_head_name
+from qkscore.estimators.heads import HeadSelector, head_name, parse_head_name
 from qkscore.estimators.readers import HiddenStateProbe, reader_from_dict
 from qkscore.results import ProfileModel
+
+
+def _check_selector(selector: HeadSelector, field: str) -> None:
+    """A saved head selector's per-head signs are +1 or -1 and its thresholds and probability
+    fit finite: a sign of 0 would make every margin 0 - threshold (one verdict for every item),
+    a NaN threshold every margin NaN."""
+    bad_sign = np.flatnonzero(~np.isin(selector.sign_, (-1, 1)))
+    if bad_sign.size:
+        layer, head = divmod(int(bad_sign[0]), selector.n_heads_)
+        raise ValueError(
+            f"field '{field}.sign' holds {int(selector.sign_[layer, head])} at "
+            f"{head_name(layer, head)}: a head's sign is +1 or -1"
+        )
+    bad = np.flatnonzero(~np.isfinite(selector.threshold_))
+    if bad.size:
+        layer, head = divmod(int(bad[0]), selector.n_heads_)
+        raise ValueError(
+            f"field '{field}.thresholds' holds {selector.threshold_[layer, head]} at "
+            f"{head_name(layer, head)}: thresholds are finite numbers"
+        )
+    proba = (selector.proba_coef_, selector.temperature_)
+    if not all(v is None or math.isfinite(v) for v in proba):
+        raise ValueError(f"field '{field}.proba' holds a non-finite number")
 
 
 class ProfileMismatchError(RuntimeError):
@@ -65,11 +91,27 @@ class Profile:
                     f"head {self.data['head']} is outside the calibrated "
                     f"{selector.n_layers_} layers x {selector.n_heads_} heads"
                 )
+            _check_selector(selector, "selector")
+            self._check_head_fields(selector)
             self.ensemble()
-            self.readers()
+            readers = self.readers()
+            if self.data.get("readers") and "reader" not in self.data:
+                raise ValueError(
+                    "field 'reader' missing: the profile saves readers "
+                    f"({', '.join(readers)}) but not which one judges"
+                )
+            if isinstance(readers.get("head"), HeadSelector):
+                _check_selector(readers["head"], "readers.head")
+                if readers["head"].head_name_ != selector.head_name_:
+                    raise ValueError(
+                        f"field 'readers.head' reads head {readers['head'].head_name_} but field "
+                        f"'selector' chose {selector.head_name_}: the profile contradicts itself"
+                    )
             for name in ("model_margin", "hidden_probe"):
-                self.baseline(name)
-            if self.reader_name not in self.readers():
+                fitted = self.baseline(name)
+                if isinstance(fitted, HeadSelector):
+                    _check_selector(fitted, f"baselines.{name}")
+            if self.reader_name not in readers:
                 raise ValueError(f"reader {self.reader_name!r} is not among the saved readers")
             counts = self.data["calibration"]["label_counts"]
             if len(counts) < 2:
@@ -82,6 +124,39 @@ class Profile:
             ) from None
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+    def _check_head_fields(self, selector: HeadSelector) -> None:
+        """The top-level description of the single head (``head``, ``layer``, ``head_index``,
+        ``sign``, ``threshold``) must be the saved selector's: the verdicts come from the
+        selector, so a hand-edited ``head`` would name one head and judge with another."""
+        chosen = selector.head_name_
+        if self.data["head"] != chosen:
+            raise ValueError(
+                f"field 'head' is {self.data['head']!r} but the saved selector (field "
+                f"'selector') judges with {chosen}: the profile contradicts itself (edited by "
+                "hand?); calibrate again"
+            )
+        layer, head = selector.head_
+        expected = {
+            "layer": layer,
+            "head_index": head,
+            "sign": int(selector.sign_[layer, head]),
+            "threshold": float(selector.threshold_[layer, head]),
+        }
+        for key, want in expected.items():
+            got = self.data.get(key)
+            if got is None:
+                continue  # profiles made before the field existed
+            number = isinstance(got, (int, float)) and not isinstance(got, bool)
+            if not number or not math.isfinite(got):
+                raise ValueError(f"field {key!r} is {got!r}: a finite number is expected")
+            if key == "sign" and got not in (-1, 1):
+                raise ValueError(f"field 'sign' is {got!r}: a head's sign is +1 or -1")
+            if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(
+                    f"field {key!r} is {got!r} but the saved selector's head {chosen} has "
+                    f"{want!r}: the profile contradicts itself (edited by hand?)"
+                )
 
     def save(self, path: str | Path) -> None:
         from qkscore.run import write_json
@@ -101,6 +176,12 @@ class Profile:
         if ens:
             layers += [parse_head_name(h)[0] for h in ens.get("heads", [])]
         return max(layers)
+
+    @property
+    def unit(self) -> str:
+        """What the readers were calibrated on: ``"answer"`` (True/False items about a whole
+        context; profiles made before steps) or ``"step"`` (chain-of-thought steps)."""
+        return str(self.data.get("unit") or "answer")
 
     @property
     def reader_name(self) -> str:

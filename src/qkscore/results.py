@@ -179,6 +179,8 @@ class RunMeta(Output):
     chunk_size: int = Field(64, ge=1)
     batch_size: int | None = None
     share_prefix: bool = False
+    #: items left out of the scan (``on_error=skip``): id, tokens, max_position_embeddings
+    skipped: list[dict[str, Any]] = []
     scans: dict[str, ScanState]
 
 
@@ -197,6 +199,9 @@ class CalibrationInfo(_Open):
     auroc: float | None = None
     warnings: list[str] = []
     item_ids: list[str] = []
+    #: content hash of each calibration item (``qkscore.data.items.content_hash``): evaluation
+    #: leaves out items with these contents under any id or spec (absent in older profiles)
+    item_hashes: list[str] = []
 
 
 class ProfileModel(Output):
@@ -207,12 +212,15 @@ class ProfileModel(Output):
     what: ClassVar[str] = "profile"
 
     created: str | None = None
+    #: what the readers were calibrated on: True/False answers, or chain-of-thought steps
+    unit: Literal["answer", "step"] = "answer"
     model: ModelInfo
     template: TemplateSettings
     rope: bool = False
     data: str | None = None
     run: str | None = None
     reader: str = "head"
+    decision_rule: str | None = None
     reader_choice: dict[str, Any] | None = None
     readers: dict[str, dict[str, Any]] | None = None
     baselines: dict[str, dict[str, Any] | None] | None = None

@@ -4,8 +4,9 @@ A run folder holds everything later steps need, so calibration, evaluation and r
 touch the model again::
 
     run.json            provenance: model (name, fingerprint, source, dtype), template, data spec,
-                        rope, package version, time, the items' content hash and the state of
-                        each scan
+                        rope, package version, time, the items' content hash, the state of
+                        each scan and the items skipped as too long (``on_error=skip``)
+    .scan.lock          held (flock) by the scan writing the folder, so two never mix
     items.jsonl         id, label, answer index, options, meta, the prompt's token positions
     scores.npy          float32 [items, layers, heads, options] (the main scan)
     baseline.npy        float32 [items, options] the model's log-probability of each option
@@ -51,6 +52,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -58,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from qkscore.data import Item, load_items
+from qkscore.data import Item, load_items, parse_spec
 from qkscore.data.controls import control_items, control_names, get_control
 from qkscore.prompts import Prompt, Template, get_template, with_fewshot
 from qkscore.results import ResultFileError, RunMeta, stamp
@@ -183,6 +185,11 @@ class RunFolder:
                 f"{self.meta_path} {what}: the folder's provenance is lost, so it can be neither "
                 "trusted nor resumed. Delete the folder and scan again."
             ) from err
+        if isinstance(meta, dict) and meta.get("kind") == "generations":
+            raise RunFolderError(
+                f"{self.path} is a generation folder (made by `qkscore generate`), not a run "
+                "folder of `qkscore scan`: give a folder that `qkscore scan` wrote"
+            )
         if not isinstance(meta, dict) or "scans" not in meta:
             raise RunFolderError(f"{self.meta_path} is not a qkscore run.json (no scans)")
         try:
@@ -242,10 +249,38 @@ class RunFolder:
         return self.array_path(scan, name).exists()
 
     def load(self, scan: str = MAIN, name: str = "scores", mmap: bool = True) -> np.ndarray:
+        """One of a scan's arrays; a file that is not a NumPy array (empty, torn, garbage) or
+        whose shape disagrees with run.json is a :class:`RunFolderError` naming it."""
         path = self.array_path(scan, name)
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: scan {scan!r} has no {name!r} yet")
-        return np.load(path, mmap_mode="r" if mmap else None)
+        meta = self.meta()
+        redo = "delete it and run the same `qkscore scan` again to rebuild it"
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            with open(path, "rb") as fh:
+                start = fh.read(6)
+            if not start:
+                what = "is empty (0 bytes)"
+            elif start != b"\x93NUMPY":
+                what = "is not a NumPy array file (no .npy header)"
+            else:
+                what = f"is torn or damaged ({type(err).__name__}: {_one_line(err)})"
+            raise RunFolderError(f"{path} {what}: {redo}") from None
+        layout = _chunk_layout(meta).get(name)
+        if layout is not None:
+            want = (meta["n_items"], *layout[0])
+            fits = array.ndim == len(want) and all(
+                w is None or g == w for g, w in zip(array.shape, want)
+            )
+            if not fits:
+                shape = tuple("?" if w is None else w for w in want)
+                raise RunFolderError(
+                    f"{path} holds an array of shape {tuple(array.shape)} but run.json "
+                    f"describes {shape}: the array is damaged or from another scan; {redo}"
+                )
+        return array
 
     def scans(self) -> list[str]:
         return [s for s in (MAIN, *control_names()) if self.has(s)]
@@ -413,6 +448,12 @@ class RunFolder:
             tmp.unlink(missing_ok=True)  # temporary files of writes a kill interrupted
 
 
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, cut at ``limit`` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def identity_digest(identity: Mapping[str, Any]) -> str:
     """A short digest of a request's identity, stamped on every chunk it writes."""
     text = json.dumps(identity, sort_keys=True, default=str)
@@ -529,10 +570,13 @@ def scan(
     ``chat_template`` (None: the template's own setting) wraps prompts in the tokenizer's chat
     template; ``num_fewshot`` takes that many solved examples from the data (label-balanced,
     removed from the scanned items) and shows them before every item.
-    """
-    from qkscore.extraction import prefix_supported
-    from qkscore.models import LoadedModel, load_model
 
+    An item whose prompt is longer than the model's ``max_position_embeddings`` is refused
+    with its id and length, before anything is written; with ``on_error=skip`` in the data
+    spec it is skipped instead and listed in run.json's ``skipped``. While a scan runs it
+    holds the folder's lock (:func:`scan_lock`): a second scan of the same folder stops at
+    once with :class:`ScanLockedError`.
+    """
     run = RunFolder(out)
     spec = data if isinstance(data, str) else "<items given in Python>"
     items = load_items(data) if isinstance(data, str) else list(data)
@@ -545,12 +589,53 @@ def scan(
         raise ValueError(f"data {spec!r} holds no items")
     for control in controls:
         get_control(control)  # validate names before any work
+    skip_long = isinstance(data, str) and parse_spec(data).get("on_error") == "skip"
+    state = process_state()
+    with scan_lock(run.path, take=state.is_main_process):
+        return _scan_locked(
+            run, state, model, spec, items, tmpl, skip_long,
+            batch_size=batch_size, rope=rope, controls=controls,
+            attention_weights=attention_weights, dtype=dtype, device_map=device_map,
+            chunk_size=chunk_size, share_prefix=share_prefix, hidden_layers=hidden_layers,
+            progress=progress, log=log,
+        )  # fmt: skip
+
+
+def _scan_locked(
+    run: RunFolder,
+    state: Any,
+    model: Any,
+    spec: str,
+    items: list[Item],
+    tmpl: Template,
+    skip_long: bool,
+    *,
+    batch_size: int,
+    rope: bool,
+    controls: Sequence[str],
+    attention_weights: bool,
+    dtype: str,
+    device_map: str | None,
+    chunk_size: int,
+    share_prefix: bool,
+    hidden_layers: str | Sequence[int] | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> RunFolder:
+    """:func:`scan` once the items are read and the folder is this process's to write."""
+    from qkscore.extraction import prefix_supported
+    from qkscore.models import LoadedModel, load_model
+
     wanted = [MAIN, *controls]
-    items_hash = items_sha256(items)
     shared = share_prefix and prefix_supported(rope, attention_weights)
-    old: dict[str, Any] | None = None
-    if run.exists():
-        old = run.meta()
+    old = run.meta() if run.exists() else None
+    # items an earlier scan of this folder skipped as too long are not part of it
+    skipped: list[dict[str, Any]] = list((old or {}).get("skipped") or [])
+    if skipped:
+        gone = {r["id"] for r in skipped}
+        items = [it for it in items if it.id not in gone]
+    items_hash = items_sha256(items)
+    if old is not None:
         request = _request_before_loading(
             old,
             model,
@@ -570,13 +655,29 @@ def scan(
         if same_model and _complete(run, old, wanted) and _items_file_ok(run):
             log(f"{run.path}: nothing to do, scans {', '.join(wanted)} are complete")
             return run
-    state = process_state()
     lm = (
         model
         if isinstance(model, LoadedModel)
         else load_model(model, dtype=dtype, device=_scan_device(state), device_map=device_map)
     )
     prompts = [tmpl.render(item, lm.tokenizer) for item in items]
+    too_long = _too_long(items, prompts, lm, spec, skip_long)
+    if too_long:
+        gone = {r["id"] for r in too_long}
+        kept = [(it, p) for it, p in zip(items, prompts) if it.id not in gone]
+        if not kept:
+            raise ValueError(f"data {spec!r}: every item is longer than the model's positions")
+        items, prompts = [it for it, _ in kept], [p for _, p in kept]
+        items_hash = items_sha256(items)
+        skipped += too_long
+        if state.is_main_process:
+            log(
+                f"warning: {len(too_long)} items longer than the model's "
+                f"{too_long[0]['max_position_embeddings']} positions are skipped "
+                f"(on_error=skip; listed in run.json 'skipped'): "
+                + ", ".join(f"{r['id']} ({r['tokens']} tokens)" for r in too_long[:5])
+                + (", ..." if len(too_long) > 5 else "")
+            )
     meta = stamp(
         {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -598,6 +699,8 @@ def scan(
             "scans": {},
         }
     )
+    if skipped:
+        meta["skipped"] = skipped
     write_items = old is None
     if old is not None:
         _refuse_differences(run, _folder_identity(run, old), _identity(meta))
@@ -662,6 +765,93 @@ def scan(
             run.write_meta(meta)
         state.wait_for_everyone()
     return run
+
+
+def _too_long(
+    items: Sequence[Item], prompts: Sequence[Prompt], lm: Any, spec: str, skip: bool
+) -> list[dict[str, Any]]:
+    """Items whose prompt is longer than the model's ``max_position_embeddings``: scores past
+    the positions a model was trained on mean nothing (or the pass fails). Refused with
+    the item ids and lengths, or, with ``on_error=skip`` in the data spec, returned as records
+    for run.json's ``skipped`` (like a loader's skipped records, nothing goes silently)."""
+    limit = getattr(lm, "max_positions", None)
+    if not limit:
+        return []
+    records = [
+        {
+            "id": item.id,
+            "tokens": longest,
+            "max_position_embeddings": limit,
+            "reason": "longer than the model's positions",
+        }
+        for item, prompt in zip(items, prompts)
+        if (longest := max(len(part.input_ids) for part in prompt.parts)) > limit
+    ]
+    if records and not skip:
+        listed = ", ".join(f"{r['id']} ({r['tokens']} tokens)" for r in records[:5])
+        more = f" and {len(records) - 5} more" if len(records) > 5 else ""
+        raise ValueError(
+            f"data {spec!r}: {len(records)} items are longer than the "
+            f"{limit} positions of model {getattr(lm, 'name', '')!r} "
+            f"(max_position_embeddings): {listed}{more}. Shorten or drop them, or add "
+            "on_error=skip to the data spec to skip them (run.json lists what was skipped)"
+        )
+    return records
+
+
+#: The lock file a scan holds in its run folder (see :func:`scan_lock`).
+LOCK_NAME = ".scan.lock"
+
+
+class ScanLockedError(RunFolderError):
+    """Another process is scanning into the same run folder."""
+
+
+@contextlib.contextmanager
+def scan_lock(path: Path, take: bool = True) -> Iterator[None]:
+    """Hold ``PATH/.scan.lock`` while a scan writes the folder; a second scan of the same
+    folder is refused at once with :class:`ScanLockedError` instead of mixing its chunks
+    and run.json with the first one's.
+
+    The lock is an advisory ``flock``, which the system drops when the process ends (kill -9
+    included), so a crashed scan never leaves the folder locked. Only one process of a
+    multi-process scan takes it (``take``). Where ``flock`` is missing (Windows) scans are not
+    guarded. A folder this call created is removed again when the scan fails before writing
+    anything into it.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    if not take or fcntl is None:
+        yield
+        return
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK_NAME
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ScanLockedError(
+                f"{path} is being scanned by {holder} (lock file {lock_path}): wait for that "
+                "scan to finish, or scan into another --out folder"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            if not done and created and [p.name for p in path.iterdir()] == [LOCK_NAME]:
+                with contextlib.suppress(OSError):
+                    lock_path.unlink()
+                    path.rmdir()
 
 
 def _request_before_loading(

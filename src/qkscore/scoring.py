@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qkscore.data.items import Item
 from qkscore.extraction import encode_prefix, extract, prefix_supported
 from qkscore.models.loading import LoadedModel
-from qkscore.prompts import Prompt, PromptPart
+from qkscore.prompts import Prompt, PromptPart, Template
 
 
 @dataclass
@@ -107,6 +108,33 @@ def score_prompts(
                 if finished:
                     on_batch(finished)
     return ScoredPrompts(scores=scores, baseline=base, attention=attention, hidden=hidden)
+
+
+def score_pairs(
+    lm: LoadedModel,
+    template: Template,
+    pairs: Sequence[tuple[str | None, str]],
+    *,
+    max_tokens: int | None = None,
+    **options,
+) -> ScoredPrompts:
+    """Score (context, statement) pairs as True/False items rendered with ``template``: the
+    prompt a judge reads. ``Judge`` judges with it and step calibration measures with it, so a
+    profile calibrated on chain steps reads the very prompts and positions it is served with.
+    ``max_tokens`` refuses a prompt longer than the model takes; ``options`` go to
+    :func:`score_prompts`."""
+    items = [
+        Item(id=f"q{i}", context=context or "", statement=statement, label="True")
+        for i, (context, statement) in enumerate(pairs)
+    ]
+    prompts = [template.render(item, lm.tokenizer) for item in items]
+    longest = max(len(part.input_ids) for p in prompts for part in p.parts)
+    if max_tokens and longest > max_tokens:
+        raise ValueError(
+            f"the prompt is {longest} tokens long; model {lm.name!r} takes at most "
+            f"{max_tokens}: shorten the context"
+        )
+    return score_prompts(lm, prompts, n_options=2, **options)
 
 
 def _scatter(out, batch, with_cands: bool, scores, attention, base, hidden=None) -> None:

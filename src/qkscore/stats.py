@@ -26,6 +26,7 @@ __all__ = [
     "accuracy",
     "auroc",
     "auroc_rows",
+    "macro_auroc",
     "balanced_accuracy",
     "binary_head_table",
     "bootstrap_ci",
@@ -35,6 +36,7 @@ __all__ = [
     "mcnemar",
     "metric_report",
     "multi_head_table",
+    "paired_bootstrap",
     "prediction_metric",
     "raw_diff",
     "shortcut_gap",
@@ -102,6 +104,29 @@ def auroc(score: Any, positive: Any) -> float | np.ndarray:
         return _out(np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan))
 
 
+def _weighted_auroc(score: Any, positive: Any, weights: np.ndarray) -> np.ndarray:
+    """AUROC per row of ``weights`` ``[rows, items]``: item ``i`` counted ``weights[r, i]``
+    times (ties count 1/2), as if resampled with those multiplicities; NaN where a row holds
+    one class only. Sorting once and summing weights per distinct score keeps it O(rows x items).
+    """
+    s = np.asarray(score, dtype=np.float64)
+    pos = np.asarray(positive).astype(bool)
+    order = np.argsort(s, kind="mergesort")
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    w = np.asarray(weights, dtype=np.float64)[:, order]
+    p = np.add.reduceat(w * pos[order], starts, axis=1)  # positive weight per distinct score
+    q = np.add.reduceat(w * ~pos[order], starts, axis=1)  # negative weight
+    below = np.cumsum(q, axis=1) - q
+    num = np.sum(p * (below + 0.5 * q), axis=1)
+    den = p.sum(axis=1) * q.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+auroc.weighted = _weighted_auroc  # type: ignore[attr-defined]  # the cluster bootstrap's path
+
+
 class ConfidenceInterval(NamedTuple):
     point: float
     low: float
@@ -115,6 +140,7 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int | None = 0,
     vectorized: bool | None = None,
+    groups: Any = None,
 ) -> ConfidenceInterval:
     """Percentile bootstrap interval of ``metric_fn(*arrays)``, resampling items with replacement.
 
@@ -123,18 +149,17 @@ def bootstrap_ci(
     metrics) scores all resamples at once on ``[n_boot, items]`` arrays, in chunks to bound
     memory. Resamples where the metric is undefined (NaN, e.g. AUROC with one class) are
     dropped. Returns ``(point, low, high)``; seeded, so reports are reproducible.
+
+    ``groups`` (one label per item) resamples whole groups instead of items (the cluster
+    bootstrap): the steps of one chain of thought are not independent, so an interval over
+    steps resamples the problems they come from.
     """
-    if not arrays:
-        raise ValueError("bootstrap_ci needs at least one array")
-    arrs = [np.asarray(a) for a in arrays]
+    arrs = _check_resampled(arrays, n_boot, alpha)
     n = arrs[0].shape[0]
-    if n == 0 or any(a.shape[0] != n for a in arrs):
-        raise ValueError("arrays must be non-empty and have the same number of items")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     point = float(metric_fn(*arrs))
+    if groups is not None:
+        values = _group_values(metric_fn, arrs, groups, n_boot, seed)
+        return ConfidenceInterval(point, *_percentiles(values, alpha))
     if vectorized is None:
         vectorized = bool(getattr(metric_fn, "batched", False)) and all(a.ndim == 1 for a in arrs)
     rng = np.random.default_rng(seed)
@@ -148,11 +173,103 @@ def bootstrap_ci(
         else:
             for i in range(m):
                 values[start + i] = metric_fn(*[a[idx[i]] for a in arrs])
+    return ConfidenceInterval(point, *_percentiles(values, alpha))
+
+
+def _check_resampled(arrays: Sequence[Any], n_boot: int, alpha: float) -> list[np.ndarray]:
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array")
+    arrs = [np.asarray(a) for a in arrays]
+    n = arrs[0].shape[0]
+    if n == 0 or any(a.shape[0] != n for a in arrs):
+        raise ValueError("arrays must be non-empty and have the same number of items")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    return arrs
+
+
+def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The ``1 - alpha`` percentile interval of the defined (non-NaN) resampled values."""
     values = values[~np.isnan(values)]
     if values.size == 0:
-        return ConfidenceInterval(point, float("nan"), float("nan"))
+        return float("nan"), float("nan")
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return ConfidenceInterval(point, float(low), float(high))
+    return float(low), float(high)
+
+
+def _group_weights(groups: Any, n_boot: int, seed: int | None) -> Iterable[np.ndarray]:
+    """Chunks of ``[resamples, items]`` multiplicities: each resample draws as many groups as
+    there are, with replacement, and every item counts as often as its group was drawn."""
+    labels = np.asarray([str(g) for g in groups])
+    _, inverse = np.unique(labels, return_inverse=True)
+    n_groups, rng = int(inverse.max()) + 1, np.random.default_rng(seed)
+    rows = max(1, 2_000_000 // len(labels))
+    for start in range(0, n_boot, rows):
+        m = min(rows, n_boot - start)
+        drawn = rng.integers(0, n_groups, size=(m, n_groups))
+        counts = np.zeros((m, n_groups))
+        np.add.at(counts, (np.arange(m)[:, None], drawn), 1.0)
+        yield counts[:, inverse]
+
+
+def _group_values(metric_fn, arrs: Sequence[np.ndarray], groups, n_boot, seed) -> np.ndarray:
+    """The metric on every cluster-bootstrap resample: weighted rows where the metric has a
+    weighted form (AUROC), else one call per resample on the items drawn."""
+    weighted = getattr(metric_fn, "weighted", None)
+    out = []
+    for w in _group_weights(groups, n_boot, seed):
+        if weighted is not None:
+            out.append(weighted(*arrs, w))
+            continue
+        for row in w:
+            idx = np.repeat(np.arange(len(row)), row.astype(int))
+            out.append(np.atleast_1d(metric_fn(*[a[idx] for a in arrs])))
+    return np.concatenate(out).astype(float)
+
+
+class PairedDifference(NamedTuple):
+    """``metric(a) - metric(b)`` on the same items, its percentile interval and a two-sided
+    bootstrap p-value for "no difference"."""
+
+    difference: float
+    low: float
+    high: float
+    pvalue: float
+
+
+def paired_bootstrap(
+    metric_fn: Callable[..., Any],
+    score_a: Any,
+    score_b: Any,
+    *arrays: Any,
+    groups: Any = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int | None = 0,
+) -> PairedDifference:
+    """Paired bootstrap of ``metric_fn(score_a, *arrays) - metric_fn(score_b, *arrays)``.
+
+    Both scorers are measured on the very same resample each time (by item, or by whole group
+    with ``groups``), so what they share cancels out; e.g. two step scorers' AUROC against the
+    same labels, resampled by problem. The p-value is twice the smaller share of resampled
+    differences on either side of zero (with the usual +1 correction), at most 1.
+    """
+    a, b, *rest = _check_resampled([score_a, score_b, *arrays], n_boot, alpha)
+    point = float(metric_fn(a, *rest)) - float(metric_fn(b, *rest))
+    # every item its own group: the plain bootstrap, drawn the same way
+    g = np.arange(len(a)) if groups is None else groups
+    values = _group_values(metric_fn, [a, *rest], g, n_boot, seed) - _group_values(
+        metric_fn, [b, *rest], g, n_boot, seed
+    )
+    defined = values[~np.isnan(values)]
+    if defined.size == 0:
+        return PairedDifference(point, float("nan"), float("nan"), float("nan"))
+    low, high = _percentiles(defined, alpha)
+    side = min(np.sum(defined <= 0), np.sum(defined >= 0))
+    pvalue = min(1.0, 2.0 * (side + 1) / (defined.size + 1))
+    return PairedDifference(point, low, high, float(pvalue))
 
 
 class McNemarResult(NamedTuple):
@@ -209,9 +326,11 @@ def metric_report(
     """Accuracy, balanced accuracy and (binary items, when ``score`` is given) AUROC with CIs.
 
     ``score`` is evidence *for option* ``positive`` (default 0, like ``HeadSelector.margin``,
-    which is positive for option 0). Each metric is ``{"value", "low", "high", "n"}`` with a
-    ``1 - alpha`` percentile bootstrap interval; all metrics share the same resamples (same
-    seed). AUROC is reported only when the labels hold exactly two options, 0 and 1.
+    which is positive for option 0), or, for items of three or more options, the option
+    probabilities ``[items, options]``, scored by :func:`macro_auroc`. Each metric is
+    ``{"value", "low", "high", "n"}`` with a ``1 - alpha`` percentile bootstrap interval; all
+    metrics share the same resamples (same seed). A binary score's AUROC is reported only when
+    the labels hold exactly two options, 0 and 1.
     """
     p, y = _pair(pred, labels)
     if p.ndim != 1:
@@ -229,7 +348,12 @@ def metric_report(
         "accuracy": entry(accuracy, p, y),
         "balanced_accuracy": entry(balanced_accuracy, p, y),
     }
-    if score is not None:
+    if score is not None and np.ndim(score) == 2:
+        s = np.asarray(score, dtype=np.float64)
+        if s.shape[0] != n:
+            raise ValueError(f"probabilities {s.shape} and labels {y.shape} differ in items")
+        report["auroc"] = entry(macro_auroc, s, y)
+    elif score is not None:
         s = np.asarray(score, dtype=np.float64)
         if s.shape != y.shape:
             raise ValueError(f"score {s.shape} and labels {y.shape} differ in shape")
@@ -588,6 +712,15 @@ def prediction_metric(
     if metric == "balanced_accuracy":
         recalls = [np.mean(pred[y == o] == o) for o in range(n_options) if np.any(y == o)]
         return float(np.mean(recalls))
+    return macro_auroc(proba, y)
+
+
+def macro_auroc(proba: np.ndarray, y: np.ndarray) -> float:
+    """AUROC of option probabilities ``[items, options]``: binary, of option 0; three or more
+    options, the macro average of one-vs-rest AUROCs over the options gold for some but not all
+    items (calibration's CV figure and the evaluation's are this one function)."""
+    proba, y = np.asarray(proba, dtype=np.float64), np.asarray(y)
+    n_options = proba.shape[1]
     aucs = [
         auroc_rows(proba[None, :, o], y == o)[0]
         for o in range(n_options if n_options > 2 else 1)

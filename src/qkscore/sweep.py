@@ -20,7 +20,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qkscore.pipeline import MIN_CALIBRATION, calibrate, evaluate
+import numpy as np
+
+from qkscore.pipeline import (
+    MIN_CALIBRATION,
+    balanced_split,
+    calibrate,
+    check_calibration_labels,
+    evaluate,
+)
 from qkscore.profile import Profile
 from qkscore.results import Evaluation, read_json
 from qkscore.run import scan, write_json
@@ -119,6 +127,7 @@ def sweep(
 
     grid = parse_grid(grid) if isinstance(grid, str) else {k: list(v) for k, v in grid.items()}
     settings = _settings(grid)
+    _check_before_loading(data, settings, calib_size, limit, controls, seed)
     root = Path(out)
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
     rows: list[dict[str, Any]] = []
@@ -168,6 +177,41 @@ def sweep(
     write_json(root / "leaderboard.json", result)
     (root / "leaderboard.md").write_text(leaderboard_markdown(result) + "\n")
     return result
+
+
+def _check_before_loading(
+    data: str,
+    settings: Sequence[Mapping[str, Any]],
+    calib_size: int,
+    limit: int | None,
+    controls: Sequence[str],
+    seed: int,
+) -> None:
+    """Refuse what every setting would fail on, before the model loads (minutes for a big
+    one): an unknown template or control, and a data set whose items (after the few-shot
+    examples a setting takes and ``limit``) cannot give a calibration split of ``calib_size``
+    and leave items to evaluate."""
+    from qkscore.data import load_items
+    from qkscore.data.controls import get_control
+    from qkscore.prompts import get_template, with_fewshot
+
+    for control in controls:
+        get_control(control)
+    for setting in settings:
+        get_template(setting["template"], swap_options=setting["swap_options"])
+    items = load_items(data)
+    for shots in sorted({int(s["num_fewshot"]) for s in settings}):
+        _, rest = with_fewshot(get_template(settings[0]["template"]), items, shots)
+        rest = rest[:limit] if limit is not None else rest
+        labels = np.array([it.answer_index for it in rest])
+        where = f"sweep over {data!r}" + (f" with num_fewshot={shots}" if shots else "") + ": "
+        check_calibration_labels(labels, calib_size, where)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a short class is said again by calibrate
+            try:
+                balanced_split(labels, calib_size, seed)
+            except ValueError as err:
+                raise ValueError(f"{where}{err}") from None
 
 
 def _rows(

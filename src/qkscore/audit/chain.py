@@ -30,6 +30,7 @@ __all__ = [
     "predicate_pool",
     "split_steps",
     "step_kind",
+    "step_pairs",
 ]
 
 # A sentence ends at . ! or ? followed by whitespace (or the end); newlines always end a step.
@@ -55,6 +56,12 @@ def context_with_steps(context: str, steps: Sequence[str]) -> str:
     return " ".join(parts)
 
 
+def step_pairs(context: str, steps: Sequence[str]) -> list[tuple[str, str]]:
+    """(premises, statement) per step: step ``i`` against the context and steps ``0..i-1``.
+    ``verify-chain``, ``rank`` and step calibration all judge a chain through these pairs."""
+    return [(context_with_steps(context, steps[:i]), step) for i, step in enumerate(steps)]
+
+
 @dataclass
 class ChainStep:
     """The head's judgement of one step (see :class:`qkscore.audit.check.Verdict` fields)."""
@@ -76,13 +83,18 @@ class ChainStep:
 
 @dataclass
 class ChainResult:
-    """Per-step judgements; ``first_failure`` is the index of the first invalid step or None."""
+    """Per-step judgements; ``first_failure`` is the index of the first invalid step or None.
+
+    ``profile_unit`` is what the profile was calibrated on (``"step"`` or ``"answer"``);
+    ``warning`` says so when it was not calibrated on steps (None otherwise)."""
 
     steps: list[ChainStep]
     first_failure: int | None
     head: str
     fast: bool
     latency_ms: float
+    profile_unit: str = "answer"
+    warning: str | None = None
     valid: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,7 +111,14 @@ class ChainResult:
 
 
 def assemble_chain(
-    steps: Sequence[str], verdicts: Sequence[Any], *, head: str, fast: bool, latency_ms: float
+    steps: Sequence[str],
+    verdicts: Sequence[Any],
+    *,
+    head: str,
+    fast: bool,
+    latency_ms: float,
+    profile_unit: str = "answer",
+    warning: str | None = None,
 ) -> ChainResult:
     """Combine the verdicts of each step (judged in order) into a :class:`ChainResult`."""
     if len(steps) != len(verdicts):
@@ -120,7 +139,15 @@ def assemble_chain(
         for i, (s, v) in enumerate(zip(steps, verdicts))
     ]
     first = next((s.index for s in out if not s.valid), None)
-    return ChainResult(out, first, head=head, fast=fast, latency_ms=latency_ms)
+    return ChainResult(
+        out,
+        first,
+        head=head,
+        fast=fast,
+        latency_ms=latency_ms,
+        profile_unit=profile_unit,
+        warning=warning,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,18 +29,26 @@ from typing import Any, overload
 
 import numpy as np
 
-from qkscore.audit.chain import ChainResult, assemble_chain, context_with_steps, split_steps
+from qkscore.audit.chain import ChainResult, assemble_chain, split_steps, step_pairs
 from qkscore.audit.text import require_text
-from qkscore.data import Item
+from qkscore.estimators.base import decide
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector
 from qkscore.estimators.readers import reader_deepest_layer, reader_predict_proba
 from qkscore.profile import Profile, ProfileMismatchError
 from qkscore.prompts import template_from_description
 
-__all__ = ["Judge", "ProfileMismatchError", "Verdict"]
+__all__ = ["ANSWER_PROFILE_ON_STEPS", "Judge", "ProfileMismatchError", "Verdict"]
 
 VALID, INVALID = "valid", "invalid"
+
+#: What every step verdict of a profile calibrated on answers says (terminal, JSON, audit row,
+#: dashboard): on chains a model wrote, such a profile read steps worse than a coin.
+ANSWER_PROFILE_ON_STEPS = (
+    "these step verdicts come from a profile calibrated on answers (True/False about a whole "
+    "context), not on chain steps; on chains a model wrote, answer profiles have read steps "
+    "worse than chance. Calibrate a step profile: qkscore calibrate GENERATION_FOLDER"
+)
 
 
 @dataclass
@@ -58,8 +66,10 @@ class Verdict:
     on the fast path. ``ensemble_*`` come from the profile's top-k ensemble when it has one
     (None on the fast path too).
 
-    The verdict follows the margin's sign, the rule calibration chose the threshold for; the
-    Platt-scaled probability is a separate fit and may sit just across 0.5 near the threshold.
+    The verdict is the profile's decision rule (:func:`~qkscore.estimators.base.decide`):
+    "valid" exactly when ``probability`` > 0.5, the rule every reader predicts by and every
+    accuracy in ``evaluate`` is computed with; ``margin`` is positive on the same side (for the
+    single head 0.5 lies on its fitted threshold).
     ``latency_ms`` excludes time spent waiting for the lock.
     """
 
@@ -132,6 +142,8 @@ class Judge:
         self.threshold = float(self.selector.threshold_[self.profile.head])
         self.sign = int(self.selector.sign_[self.profile.head])
         self.rope = bool(self.profile.data.get("rope"))
+        #: what the profile was calibrated on: "answer" (True/False items) or "step"
+        self.unit = self.profile.unit
         self.model_answer = model_answer
         self.batch_size = batch_size
         # the steps of a chain (and pairs sent together) share their context: run it once
@@ -185,7 +197,14 @@ class Judge:
             "rope": self.rope,
             "data": d.get("data"),
             "model_answer_default": self.model_answer,
+            "unit": self.unit,
+            "step_warning": self.step_warning,
         }
+
+    @property
+    def step_warning(self) -> str | None:
+        """The warning every step verdict carries when the profile was not calibrated on steps."""
+        return None if self.unit == "step" else ANSWER_PROFILE_ON_STEPS
 
     # ---- judging ------------------------------------------------------------------------
 
@@ -226,21 +245,39 @@ class Judge:
         self, pairs: Sequence[tuple[str, str]], model_answer: bool | None = None
     ) -> list[Verdict]:
         """Judge many (context, statement) pairs in batched passes; latency is per pair."""
-        from qkscore.scoring import score_prompts
-
         if not pairs:
             return []
         want_model = self.model_answer if model_answer is None else model_answer
         want_model = want_model or self.reader_needs_model  # a hybrid reads the model's answer
-        items = []
-        for i, (context, statement) in enumerate(pairs):
+        out, seconds = self._score(pairs, want_model)
+        return self.verdicts(out, fast=not want_model, latency_ms=seconds * 1000 / len(pairs))
+
+    def features(
+        self, pairs: Sequence[tuple[str, str]], hidden_layers: Sequence[int] | None = None
+    ) -> Any:
+        """The whole pass over the pairs as :class:`~qkscore.scoring.ScoredPrompts`: every
+        head's scores, the model's answer and (``hidden_layers``) the residual stream at the
+        query positions. :meth:`verdicts` turns it into this profile's verdicts; another profile
+        with the same model and template may read the same pass."""
+        return self._score(pairs, True, hidden_layers)[0]
+
+    def _score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        want_model: bool,
+        hidden_layers: Sequence[int] | None = None,
+    ) -> tuple[Any, float]:
+        """One batched pass (stopped after the reader's deepest layer unless the model's answer
+        is wanted) and the seconds it took, lock waits excluded."""
+        from qkscore.scoring import score_pairs
+
+        for context, statement in pairs:
             if not isinstance(statement, str):
                 raise ValueError("the statement must be text")
             if context is not None and not isinstance(context, str):
                 raise ValueError("the context must be text")
             require_text(statement, "the statement")
             require_text(context or "", "the context", allow_empty=True)
-            items.append(Item(id=f"q{i}", context=context or "", statement=statement, label="True"))
         # The fast path stops after the deepest layer the reader reads (for the single head,
         # its layer): that is where the time saving lies.
         max_layer = None if want_model else reader_deepest_layer(self.reader)
@@ -248,38 +285,40 @@ class Judge:
         # on every call and fails ("Already borrowed") when two threads call it at once.
         with self._lock:
             start = time.perf_counter()
-            prompts = [self.template.render(item, self.lm.tokenizer) for item in items]
-            longest = max(len(part.input_ids) for p in prompts for part in p.parts)
-            if self.max_tokens and longest > self.max_tokens:
-                raise ValueError(
-                    f"the prompt is {longest} tokens long; model {self.lm.name!r} takes at most "
-                    f"{self.max_tokens}: shorten the context"
-                )
-            out = score_prompts(
+            out = score_pairs(
                 self.lm,
-                prompts,
+                self.template,
+                pairs,
+                max_tokens=self.max_tokens,
                 batch_size=self.batch_size,
                 rope=self.rope,
                 max_layer=max_layer,
                 baseline=want_model,
-                n_options=2,
                 share_prefix=self.share_prefix,
+                hidden_layers=hidden_layers,
             )
+            return out, time.perf_counter() - start
+
+    def verdicts(self, out: Any, fast: bool = False, latency_ms: float = 0.0) -> list[Verdict]:
+        """This profile's verdicts on a pass: :meth:`features`' whole pass, or (``fast``) one
+        stopped after the reader's deepest layer."""
+        want_model = not fast
+        max_layer = None if want_model else reader_deepest_layer(self.reader)
         scores = out.scores
         if max_layer is not None:  # layers past the reader's deepest are not read: zero them
             scores = np.nan_to_num(scores, nan=0.0)
-        margin, proba = self._reader_margin(scores, out.baseline)
+        margin, proba_all = self._reader_margin(scores, out.baseline)
+        verdicts_valid, proba = decide(proba_all) == 0, proba_all[:, 0]
         ens_p = ens_pred = None
         if self.ensemble is not None and want_model:  # vote ties go to the best-ranked head
             ens_p = self.ensemble.predict_proba(scores)[:, 0]
             ens_pred = self.ensemble.predict(scores)
-        latency = (time.perf_counter() - start) * 1000 / len(items)
         threshold = self.threshold if self.reader_name == "head" else 0.0
         layer, index = self.profile.head
         verdicts = []
-        for i in range(len(items)):
+        for i in range(len(scores)):
             m = _finite(float(margin[i]))
-            valid = m > 0
+            valid = bool(verdicts_valid[i])
             model_ans = model_p = disagree = None
             if want_model:
                 logp = out.baseline[i].astype(np.float64)
@@ -313,19 +352,19 @@ class Judge:
                     ensemble_verdict=ev,
                     fast=not want_model,
                     layers_run=self.lm.n_layers if max_layer is None else max_layer + 1,
-                    latency_ms=latency,
+                    latency_ms=latency_ms,
                 )
             )
         return verdicts
 
     def _reader_margin(self, scores: np.ndarray, baseline: np.ndarray) -> tuple:
-        """The reader's margin (positive = valid) and P(valid) for each item."""
+        """The reader's margin (positive = valid) and its probabilities [items, 2]."""
         reader = self.reader
-        proba = reader_predict_proba(reader, scores, baseline)[:, 0]
+        proba = reader_predict_proba(reader, scores, baseline)
         if isinstance(reader, HeadSelector):
             return reader.margin(scores), proba
         if isinstance(reader, TopKEnsemble):
-            return proba - 0.5, proba
+            return proba[:, 0] - 0.5, proba
         if self.reader_needs_model:
             return reader.decision_function(scores, baseline=baseline), proba
         return reader.decision_function(scores), proba
@@ -344,12 +383,13 @@ class Judge:
             if not step:
                 raise ValueError(f"step {i} of the chain is empty")
         start = time.perf_counter()
-        queries = [(context_with_steps(context, chain[:i]), step) for i, step in enumerate(chain)]
-        verdicts = self.check_many(queries, model_answer)
+        verdicts = self.check_many(step_pairs(context, chain), model_answer)
         return assemble_chain(
             chain,
             verdicts,
             head=self.head,
             fast=verdicts[0].fast,
             latency_ms=(time.perf_counter() - start) * 1000,
+            profile_unit=self.unit,
+            warning=self.step_warning,
         )

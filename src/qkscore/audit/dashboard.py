@@ -179,13 +179,17 @@ function renderProfile() {
     ["data", p.data], ["items", c.size], ["label counts", JSON.stringify(c.label_counts || {})],
     ["metric", c.metric], ["accuracy", fmt(c.accuracy, 3)],
     ["balanced acc.", fmt(c.balanced_accuracy, 3)], ["AUROC", fmt(c.auroc, 3)],
-    ["template", p.template], ["deepest layer", p.deepest_layer],
+    ["template", p.template], ["calibrated on", p.unit === "step" ? "chain steps" : "answers"],
+    ["deepest layer", p.deepest_layer],
     ["ensemble", p.ensemble ? `${p.ensemble.k} heads (${p.ensemble.method})` : "none"],
     ["created", p.created],
   ];
   for (const [k, v] of rows) { el("dt", {}, dl, k); el("dd", {}, dl, v === undefined ? "–" : v); }
   for (const w of (c.warnings || [])) {
     el("dt", {}, dl, "warning"); el("dd", { class: "flag" }, dl, w);
+  }
+  if (p.step_warning) {
+    el("dt", {}, dl, "chain steps"); el("dd", { class: "flag" }, dl, p.step_warning);
   }
   const tb = $("#ranking tbody"); clear(tb);
   for (const r of (p.ranking || []).slice(0, 8)) {
@@ -359,6 +363,7 @@ function statementCell(td, r) {
   const ff = res.first_failure;
   el("span", {}, td, `chain of ${n} steps · ` +
      (ff === null || ff === undefined ? "all steps valid" : `first failure at step ${ff}`));
+  if (res.warning) el("div", { class: "flag step-warning" }, td, res.warning);
   const steps = r.steps || [];
   if (steps.length) {
     const ol = el("ol", { class: "steps", start: "0" }, td);

@@ -24,6 +24,10 @@ the judge's own lock keeps the model safe from any other caller. Bad input gets 
 message naming the field; a failure inside the model gets a 503 with its reason, never a bare
 500.
 
+Before any route reads the body, a guard answers 401 to a ``/v1`` or ``/metrics`` request
+without the key and 413 to a body over ``Limits.body_bytes`` (by its Content-Length, or as it
+streams in), so neither a keyless nor a huge request costs more than that much memory.
+
 Three limits keep one request from holding the model for everyone (``serve`` options):
 
 * a compute budget in tokens, counted with (a private copy of) the judge's tokenizer before
@@ -57,15 +61,17 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.datastructures import Headers
 
 from qkscore.audit.chain import split_steps
 from qkscore.audit.check import Judge
-from qkscore.audit.store import MAX_INT64, AuditStore
+from qkscore.audit.store import MAX_INT64, MIN_INT64, AuditStore
 from qkscore.audit.text import require_text
 
 __all__ = [
     "ENV",
     "Limits",
+    "RequestGuard",
     "ServeLimits",
     "TokenCounter",
     "app_from_env",
@@ -79,12 +85,17 @@ log = logging.getLogger("qkscore.serve")
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits: long texts cost model time and memory for everyone behind them."""
+    """Request limits: long texts cost model time and memory for everyone behind them.
+
+    ``body_bytes`` bounds the request body read before any parsing: the largest valid request
+    (a 20,000-character context and 64 steps of 2,000) is 148,000 characters, at most 12 bytes
+    each as JSON (an astral character as two ``\\u`` escapes), under 1.8 MB."""
 
     context_chars: int = 20_000
     statement_chars: int = 2_000
     chain_steps: int = 64
     chain_chars: int = 40_000
+    body_bytes: int = 2 * 1024 * 1024
 
 
 LIMITS = Limits()
@@ -250,6 +261,94 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+def _given_key(headers: Headers) -> str | None:
+    given = headers.get("x-api-key")
+    auth = headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return given or None
+
+
+def _key_problem(headers: Headers, api_key: str | None) -> str | None:
+    """Why a request may not use a keyed route (None: it may)."""
+    if not api_key:
+        return None
+    given = _given_key(headers)
+    if not given:
+        return "this server needs an API key: X-API-Key or Bearer header"
+    if not secrets.compare_digest(given.encode(), api_key.encode()):
+        return "wrong API key"
+    return None
+
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
+def _keyed(path: str) -> bool:
+    """The routes that need the key: every ``/v1`` path (known or not) and ``/metrics``."""
+    return path in ("/v1", "/metrics") or path.startswith("/v1/")
+
+
+class RequestGuard:
+    """ASGI middleware that runs before any route parses a request: 401 for a keyed route
+    without the key (the body unread), 413 for a body over ``max_body_bytes`` (by its
+    Content-Length, or once that many bytes have streamed in). The body, at most that long, is
+    handed on whole."""
+
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        problem = _key_problem(headers, self.api_key) if _keyed(scope["path"]) else None
+        if problem:
+            resp = _error(401, problem)
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            await resp(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and not length.isdigit():
+            await _error(400, f"bad Content-Length {length!r}")(scope, receive, send)
+            return
+        if length is not None and int(length) > self.max_body_bytes:
+            await self._too_big(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:  # streamed (chunked): stop reading here
+                await self._too_big(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        whole: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> dict:
+            nonlocal whole
+            if whole is None:
+                return await receive()
+            message, whole = whole, None
+            return message
+
+        await self.app(scope, replay, send)
+
+    async def _too_big(self, scope: dict, receive: Any, send: Any) -> None:
+        message = (
+            f"the request body is over {self.max_body_bytes:,} bytes, the most this server "
+            "reads (see the text limits in /v1/profile)"
+        )
+        await _error(413, message)(scope, receive, send)
+
+
 def _validation_message(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
@@ -275,7 +374,9 @@ def _profile_view(judge: Judge) -> dict[str, Any]:
     data = judge.profile.data
     sel = data["selector"]
     ens = data.get("ensemble") or None
-    calibration = {k: v for k, v in data.get("calibration", {}).items() if k != "item_ids"}
+    calibration = {
+        k: v for k, v in data.get("calibration", {}).items() if k not in ("item_ids", "item_hashes")
+    }
     return _clean(
         {
             **judge.describe(),
@@ -360,6 +461,20 @@ def create_app(
     app.state.mean_model_s = 1.0  # moving mean of model time per request, for Retry-After
     app.state.unexpected_errors = []
     app.state.metrics = metrics
+    # added first, so it runs inside _count, which then counts its 401s and 413s too
+    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=LIMITS.body_bytes)
+    paths: set[str] = set()  # the routes' paths, read on first use
+
+    def labels(request: Request) -> tuple[str, str]:
+        """The route and method labels: the route's path (also for a request refused before
+        routing) or "unmatched", and a standard method or "other", so made-up paths and
+        methods cannot grow the label set."""
+        if not paths:
+            paths.update(getattr(r, "path", "") for r in (*app.routes, *v1.routes))
+        route = getattr(request.scope.get("route"), "path", None)
+        path = request.scope["path"]
+        route = route or (path if path in paths else "unmatched")
+        return route, request.method if request.method in _METHODS else "other"
 
     @app.middleware("http")
     async def _count(request: Request, call_next):
@@ -370,9 +485,8 @@ def create_app(
             status = response.status_code
             return response
         finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            metrics.requests.labels(path, request.method, str(status)).inc()
+            path, method = labels(request)
+            metrics.requests.labels(path, method, str(status)).inc()
             metrics.latency.labels(path).observe(time.perf_counter() - start)
 
     # ---- errors ---------------------------------------------------------------------------
@@ -399,28 +513,15 @@ def create_app(
 
     # ---- auth -----------------------------------------------------------------------------
 
-    def given_key(request: Request) -> str | None:
-        given = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        return given or None
-
     def require_key(request: Request) -> None:
-        if not api_key:
-            return
-        given = given_key(request)
-        if not given:
-            raise ServiceError(401, "this server needs an API key: X-API-Key or Bearer header")
-        if not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise ServiceError(401, "wrong API key")
+        """The routes' own check (the guard has already answered 401 before the body)."""
+        problem = _key_problem(request.headers, api_key)
+        if problem:
+            raise ServiceError(401, problem)
 
     def has_key(request: Request) -> bool:
         """True when no key is set or the request carries the right one."""
-        if not api_key:
-            return True
-        given = given_key(request)
-        return bool(given) and secrets.compare_digest(given.encode(), api_key.encode())
+        return _key_problem(request.headers, api_key) is None
 
     # ---- limits and judging ---------------------------------------------------------------
 
@@ -566,7 +667,7 @@ def create_app(
         limit: int = Query(50, ge=1, le=1000),
         offset: int = Query(0, ge=0, le=MAX_INT64),
         cursor: int | None = Query(
-            None, ge=0, le=MAX_INT64, description="next_cursor of the previous page"
+            None, ge=MIN_INT64, le=MAX_INT64, description="next_cursor of the previous page"
         ),
         verdict: str | None = Query(None, pattern="^(valid|invalid)$"),
         kind: str | None = Query(None, pattern="^(check|chain)$"),

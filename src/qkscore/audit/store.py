@@ -20,14 +20,23 @@ triggers refuse both). Every row stores the previous row's hash (``prev_hash``) 
 one-row ``chain_head`` table holds the last id and hash, so removing the newest rows shows too.
 An append is serialised across processes (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT
 ... FOR UPDATE`` on the chain head), so concurrent writers never fork the chain. Ids follow
-the chain head (``last_id + 1``): contiguous, so a missing row is named. :meth:`verify` walks
-the chain. A log from before the chain (schema 2 or older) is migrated: the chain is computed
-over its rows in id order, and ``meta`` records which rows were chained at migration (their
-hashes prove nothing about what happened to them before).
+the chain head (``last_id + 1``): contiguous from 1, so a missing row is named, and so is a row
+inserted below 1. :meth:`verify` walks the chain in one read-only snapshot and never writes:
+``AuditStore(url, read_only=True)`` (what ``qkscore audit verify`` and ``export`` open) is an
+SQLite ``mode=ro`` connection or PostgreSQL connections whose transactions are read-only.
+
+A log from before the chain (schema 2 or older: no ``chain_head`` table, rows without hashes)
+is migrated when a writer opens it: the chain is computed over its rows in id order, and
+``meta`` records which rows were chained at migration (their hashes prove nothing about what
+happened to them before). :meth:`verify` reports such a log as needing migration. A log whose
+chain head is gone while it is no such log (its rows carry hashes, its ``chain_head`` table or
+schema version says it was chained) has been tampered with: verify reports it, and a writer
+refuses to open it rather than re-chain the rows and overwrite the evidence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import hmac
@@ -37,7 +46,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +66,7 @@ __all__ = [
 SCHEMA_VERSION = 3
 # SQLite integers are signed 64-bit: larger offsets and cursors cannot be bound
 MAX_INT64 = 2**63 - 1
+MIN_INT64 = -(2**63)
 GENESIS = "0" * 64
 
 _COLUMNS = (
@@ -126,12 +136,14 @@ def parse_time(value: str | float | int | None) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return _finite_time(value, value)
     text = str(value).strip()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        return _finite_time(number, value)
     try:
         t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -141,6 +153,14 @@ def parse_time(value: str | float | int | None) -> float | None:
     if t.tzinfo is None:
         t = t.replace(tzinfo=_dt.timezone.utc)
     return t.timestamp()
+
+
+def _finite_time(number: float, value: Any) -> float:
+    """NaN matches no row (``ts >= NaN`` is never true) and infinity none or all: refused."""
+    number = float(number)
+    if not math.isfinite(number):
+        raise ValueError(f"time {value!r} is not a finite number of unix seconds")
+    return number
 
 
 @dataclass
@@ -167,17 +187,21 @@ class AuditPage:
 class ChainReport:
     """What :meth:`AuditStore.verify` found: ``ok``, the rows checked, the first broken row
     (``bad_id``, None when the break is the chain head) with the reason, and a ``note``
-    (e.g. rows chained at migration)."""
+    (e.g. rows chained at migration). ``needs_migration``: the log is from before the chain
+    (not ok: nothing in it is chained yet)."""
 
     ok: bool
     count: int
     bad_id: int | None = None
     reason: str = ""
     note: str = ""
+    needs_migration: bool = False
 
     def line(self) -> str:
         if self.ok:
             text = f"chain intact: {self.count} rows"
+        elif self.needs_migration:
+            text = f"needs migration: {self.reason}"
         else:
             where = f"row {self.bad_id}" if self.bad_id is not None else "the chain head"
             text = f"chain broken at {where}: {self.reason}"
@@ -205,6 +229,73 @@ def _is_postgres(url: str) -> bool:
     return str(url).startswith(("postgresql://", "postgres://"))
 
 
+Fetch = Callable[[str, list[Any]], list[dict[str, Any]]]
+_HASH_COLUMNS = {"prev_hash", "row_hash"}
+
+
+@dataclass
+class _Headless:
+    """What a log without a chain head holds, to tell an old log from a tampered one."""
+
+    table: bool  # the chain_head table exists (an old log never had one)
+    version: int  # meta's schema_version (0 when none)
+    hashed: int  # rows with a hash
+    rows: int
+
+    @classmethod
+    def read(cls, fetch: Fetch, tables: set[str], columns: set[str]) -> _Headless:
+        version = 0
+        if "meta" in tables:
+            found = fetch("SELECT value FROM meta WHERE key = 'schema_version'", [])
+            version = int(found[0]["value"]) if found else 0
+        hashed = 0
+        if columns >= _HASH_COLUMNS:
+            hashed = int(fetch("SELECT COUNT(*) AS n FROM audit WHERE row_hash IS NOT NULL OR "
+                               "prev_hash IS NOT NULL", [])[0]["n"])  # fmt: skip
+        rows = int(fetch("SELECT COUNT(*) AS n FROM audit", [])[0]["n"])
+        return cls("chain_head" in tables, version, hashed, rows)
+
+    def tampering(self) -> str | None:
+        """Why the missing head was removed; None for a log from before the chain or a new
+        one (nothing to tell it from one: those are chained, or migrated, by a writer)."""
+        if self.hashed:
+            return f"is missing while {self.hashed} rows carry hashes (removed)"
+        if self.table:
+            return "is missing from its table (removed)"
+        if self.version >= 3:
+            return f"is missing from a schema {self.version} log (its table dropped)"
+        return None
+
+
+_BEFORE_CHAIN = (
+    "the log is from before the hash chain (schema {version}); opening it with `qkscore serve` "
+    "chains its rows as they are now"
+)
+
+
+def _schema_error(
+    have: set[str], where: Any, what: str, optional: tuple[str, ...] = ()
+) -> AuditStoreError | None:
+    """An 'audit' table of another schema: the columns it lacks (``optional``: added later)."""
+    missing = [c for c in _COLUMNS if c not in have and c not in optional]
+    if not missing:
+        return None
+    names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    return AuditStoreError(
+        f"{where} holds an 'audit' table of another schema (no column {names}): give another {what}"
+    )
+
+
+def _refuse_tampered(problem: str | None, where: Any) -> None:
+    """A writer never starts the chain over rows whose head was removed: that would overwrite
+    the evidence (``qkscore audit verify`` reports it)."""
+    if problem:
+        raise AuditStoreError(
+            f"{where}: its chain head {problem}: the log has been tampered with and is not "
+            "re-chained; `qkscore audit verify` reports it"
+        )
+
+
 class AuditStore:
     """The audit log: append judged requests, page through them, verify the chain, export.
 
@@ -215,6 +306,9 @@ class AuditStore:
     journal_mode: str = ""
     url: str = ""
     _ph = "?"  # the driver's placeholder
+    # how the backend lists its tables and the audit table's columns (as a ``name`` column)
+    _TABLES_SQL = ""
+    _COLUMNS_SQL = ""
 
     def __new__(cls, path: str | Path = "", *args: Any, **kwargs: Any) -> AuditStore:
         if cls is AuditStore:
@@ -233,16 +327,19 @@ class AuditStore:
     def _fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def _chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
-        """The chain head row ({last_id, last_hash}), the migration note and the last id
-        chained at migration (0 when none)."""
+    def _snapshot(self) -> contextlib.AbstractContextManager[Fetch]:
+        """A read-only transaction that sees one state of the log (rows appended meanwhile
+        stay out of it): its fetch function."""
         raise NotImplementedError
 
-    def _read_chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
-        head = self._fetch("SELECT last_id, last_hash FROM chain_head WHERE one = 1", [])
+    @staticmethod
+    def _chain_meta(fetch: Fetch) -> tuple[dict[str, Any] | None, str, int]:
+        """The chain head row ({last_id, last_hash}), the migration note and the last id
+        chained at migration (0 when none)."""
+        head = fetch("SELECT last_id, last_hash FROM chain_head WHERE one = 1", [])
         meta = {
             r["key"]: r["value"]
-            for r in self._fetch(
+            for r in fetch(
                 "SELECT key, value FROM meta WHERE key IN ('chain_migrated', "
                 "'chain_migrated_through')",
                 [],
@@ -373,33 +470,21 @@ class AuditStore:
             raise ValueError(f"limit must be between 1 and 1000, got {limit}")
         if not 0 <= offset <= MAX_INT64:
             raise ValueError(f"offset must be between 0 and {MAX_INT64}, got {offset}")
-        if cursor is not None and not 0 <= cursor <= MAX_INT64:
-            raise ValueError(f"cursor must be between 0 and {MAX_INT64}, got {cursor}")
+        if cursor is not None and not MIN_INT64 <= cursor <= MAX_INT64:
+            raise ValueError(f"cursor must be between {MIN_INT64} and {MAX_INT64}, got {cursor}")
         if verdict not in (None, "", "valid", "invalid"):
             raise ValueError(f"verdict must be 'valid' or 'invalid', got {verdict!r}")
         if kind not in (None, "", "check", "chain"):
             raise ValueError(f"kind must be 'check' or 'chain', got {kind!r}")
-        where, args = [], []
-        if verdict:
-            where.append("verdict = ?")
-            args.append(verdict)
-        if kind:
-            where.append("kind = ?")
-            args.append(kind)
-        t0, t1 = parse_time(since), parse_time(until)
-        if t0 is not None:
-            where.append("ts >= ?")
-            args.append(t0)
-        if t1 is not None:
-            where.append("ts <= ?")
-            args.append(t1)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        page_where = list(where)
-        page_args = list(args)
-        if cursor is not None:
-            page_where.append("id < ?")
-            page_args.append(int(cursor))
-        page_clause = f"WHERE {' AND '.join(page_where)}" if page_where else ""
+        filters = (
+            ("verdict = ?", verdict or None),
+            ("kind = ?", kind or None),
+            ("ts >= ?", parse_time(since)),
+            ("ts <= ?", parse_time(until)),
+        )
+        clause, args = _where(*filters)
+        page_cursor = None if cursor is None else int(cursor)
+        page_clause, page_args = _where(*filters, ("id < ?", page_cursor))
         total = int(self._fetch(f"SELECT COUNT(*) AS n FROM audit {clause}", args)[0]["n"])
         rows = self._fetch(
             f"SELECT * FROM audit {page_clause} ORDER BY id DESC LIMIT ? OFFSET ?",
@@ -413,61 +498,90 @@ class AuditStore:
     def iter_rows(
         self, since: str | float | None = None, batch: int = 1000, raw: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Every row (from ``since``, unix seconds or ISO 8601), oldest first, in batches.
-        ``raw``: as stored (JSON columns as text, flags as 0/1), as the hash covers them."""
-        t0 = parse_time(since)
-        after = 0
-        while True:
-            where, args = ["id > ?"], [after]
-            if t0 is not None:
-                where.append("ts >= ?")
-                args.append(t0)
-            rows = self._fetch(
-                f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-                [*args, batch],
-            )
-            if not rows:
-                return
-            for r in rows:
-                yield dict(r) if raw else _row(r)
-            after = int(rows[-1]["id"])
+        """Every row (from ``since``, unix seconds or ISO 8601), oldest first, in batches; every
+        id, also one below 1 that :meth:`verify` reports. ``raw``: as stored (JSON columns as
+        text, flags as 0/1), as the hash covers them."""
+        return _iter_rows(self._fetch, parse_time(since), batch, raw)
 
     def verify(self) -> ChainReport:
-        """Walk the chain in id order: each row's ``prev_hash`` is the previous row's hash, its
-        ``row_hash`` matches its contents, ids have no gap, and the last row is the chain head.
-        Names the first broken row."""
-        head, note, migrated_through = self._chain_meta()
-        prev_id, prev_hash, n = 0, GENESIS, 0
-        for r in self.iter_rows(raw=True):
-            rid = int(r["id"])
-            n += 1
-            if r["row_hash"] is None or r["prev_hash"] is None:
-                return ChainReport(False, n, rid, "the row has no hash", note)
-            if rid != prev_id + 1 and rid > migrated_through:
-                missing = f"row {prev_id + 1}" if rid == prev_id + 2 else f"rows {prev_id + 1}-"
-                missing += "" if rid == prev_id + 2 else f"{rid - 1}"
-                return ChainReport(False, n, rid, f"{missing} missing before it", note)
-            if r["prev_hash"] != prev_hash:
-                return ChainReport(
-                    False, n, rid, f"its prev_hash is not row {prev_id}'s hash", note
-                )
-            if row_hash(r) != r["row_hash"]:
-                return ChainReport(
-                    False, n, rid, "its contents do not match its row_hash (changed)", note
-                )
-            prev_id, prev_hash = rid, r["row_hash"]
-        head_id = int(head["last_id"]) if head else 0
-        head_hash = head["last_hash"] if head else GENESIS
-        if (head_id, head_hash) != (prev_id, prev_hash):
+        """Walk the chain in id order, in one read-only snapshot: each row's ``prev_hash`` is
+        the previous row's hash, its ``row_hash`` matches its contents, ids run from 1 without
+        a gap, and the last row is the chain head. Names the first broken row. A log from
+        before the chain is reported as needing migration; nothing is written."""
+        with self._snapshot() as fetch:
+            tables = {r["name"] for r in fetch(self._TABLES_SQL, [])}
+            columns = {r["name"] for r in fetch(self._COLUMNS_SQL, [])}
+            head, note, migrated_through = None, "", 0
+            if "chain_head" in tables and columns >= _HASH_COLUMNS:
+                head, note, migrated_through = self._chain_meta(fetch)
+            removed = ""
+            if head is None:
+                headless = _Headless.read(fetch, tables, columns)
+                removed = headless.tampering() or ""
+                if not removed:
+                    reason = _BEFORE_CHAIN.format(version=headless.version or "1")
+                    return ChainReport(False, headless.rows, None, reason, needs_migration=True)
+            return _walk(fetch, head, removed, note, migrated_through)
+
+
+def _walk(
+    fetch: Fetch, head: dict[str, Any] | None, removed: str, note: str, migrated_through: int
+) -> ChainReport:
+    """:meth:`AuditStore.verify`'s walk; ``head`` None: the chain head is gone (``removed``
+    says how), reported after the rows when none of them breaks first."""
+    prev_id, prev_hash, n = 0, GENESIS, 0
+    for r in _iter_rows(fetch, None, 1000, raw=True):
+        rid = int(r["id"])
+        n += 1
+        if rid < 1:
+            reason = "its id is below 1, where the chain starts (inserted outside it)"
+            return ChainReport(False, n, rid, reason, note)
+        if r.get("row_hash") is None or r.get("prev_hash") is None:
+            return ChainReport(False, n, rid, "the row has no hash", note)
+        if rid != prev_id + 1 and rid > migrated_through:
+            missing = f"row {prev_id + 1}" if rid == prev_id + 2 else f"rows {prev_id + 1}-"
+            missing += "" if rid == prev_id + 2 else f"{rid - 1}"
+            return ChainReport(False, n, rid, f"{missing} missing before it", note)
+        if r["prev_hash"] != prev_hash:
+            return ChainReport(False, n, rid, f"its prev_hash is not row {prev_id}'s hash", note)
+        if row_hash(r) != r["row_hash"]:
             return ChainReport(
-                False,
-                n,
-                None,
-                f"it names row {head_id} as the last, but the log ends at row {prev_id} "
-                "(rows removed or the head changed)",
-                note,
+                False, n, rid, "its contents do not match its row_hash (changed)", note
             )
-        return ChainReport(True, n, note=note)
+        prev_id, prev_hash = rid, r["row_hash"]
+    if head is None:
+        return ChainReport(False, n, None, f"it {removed}", note)
+    head_id, head_hash = int(head["last_id"]), head["last_hash"]
+    if (head_id, head_hash) != (prev_id, prev_hash):
+        return ChainReport(
+            False,
+            n,
+            None,
+            f"it names row {head_id} as the last, but the log ends at row {prev_id} "
+            "(rows removed or the head changed)",
+            note,
+        )
+    return ChainReport(True, n, note=note)
+
+
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause of the conditions whose value is not None, and their arguments."""
+    used = [(sql, value) for sql, value in conditions if value is not None]
+    clause = f"WHERE {' AND '.join(sql for sql, _ in used)}" if used else ""
+    return clause, [value for _, value in used]
+
+
+def _iter_rows(fetch: Fetch, t0: float | None, batch: int, raw: bool) -> Iterator[dict[str, Any]]:
+    """Rows in id order from the smallest id (below 1 too), from unix time ``t0``."""
+    after: int | None = None
+    while True:
+        clause, args = _where(("id > ?", after), ("ts >= ?", t0))
+        rows = fetch(f"SELECT * FROM audit {clause} ORDER BY id LIMIT ?", [*args, batch])
+        if not rows:
+            return
+        for r in rows:
+            yield dict(r) if raw else _row(r)
+        after = int(rows[-1]["id"])
 
 
 # ---- SQLite ---------------------------------------------------------------------------------
@@ -492,10 +606,18 @@ _SQLITE_TRIGGERS = (
 
 
 class SQLiteAuditStore(AuditStore):
-    """The log in one SQLite file (WAL)."""
+    """The log in one SQLite file (WAL). ``read_only``: a ``mode=ro`` connection to a log that
+    exists, nothing created or migrated."""
+
+    _TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    _COLUMNS_SQL = "SELECT name FROM pragma_table_info('audit')"
 
     def __init__(
-        self, path: str | Path, store_text: bool = True, hash_key: bytes | None = None
+        self,
+        path: str | Path,
+        store_text: bool = True,
+        hash_key: bytes | None = None,
+        read_only: bool = False,
     ) -> None:
         text = str(path)
         if text.startswith("sqlite://"):
@@ -506,6 +628,10 @@ class SQLiteAuditStore(AuditStore):
         self.path = Path(path)
         self.store_text = store_text
         self.hash_key = hash_key
+        self.read_only = read_only
+        if read_only:
+            self._open_read_only()
+            return
         if str(path) != ":memory:":
             if self.path.is_dir():
                 raise AuditStoreError(f"{path} is a folder, not an SQLite file")
@@ -535,9 +661,36 @@ class SQLiteAuditStore(AuditStore):
             self._conn.close()
             raise
 
+    def _open_read_only(self) -> None:
+        if self.path.is_dir():
+            raise AuditStoreError(f"{self.path} is a folder, not an SQLite file")
+        if not self.path.is_file():
+            raise AuditStoreError(f"{self.path} does not exist")
+        self._lock = threading.Lock()
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        try:
+            self._conn = sqlite3.connect(
+                uri, uri=True, check_same_thread=False, isolation_level=None
+            )
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self.journal_mode = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
+            found = self._conn.execute(self._COLUMNS_SQL).fetchall()
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise AuditStoreError(_explain(self.path, err)) from None
+        have = {r[0] for r in found}
+        err = _schema_error(have, self.path, "file", tuple(_ADDED))
+        if not have:
+            err = AuditStoreError(f"{self.path} holds no audit log (no 'audit' table)")
+        if err:
+            self._conn.close()
+            raise err
+
     def _open(self) -> None:
         """WAL mode, the schema (an older log migrated), and a real write: a read-only file or
-        folder fails here, at startup, not on the first judged request."""
+        folder fails here, at startup, not on the first judged request. A log whose chain head
+        was removed is refused (see the module's docstring), not migrated."""
         conn = self._conn
         conn.execute("PRAGMA busy_timeout=30000")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -545,20 +698,20 @@ class SQLiteAuditStore(AuditStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")  # one opener at a time migrates
         try:
+            tables = {r[0] for r in conn.execute(self._TABLES_SQL)}
             for sql in _SQLITE_TABLES:
                 conn.execute(sql)
-            have = {r[1] for r in conn.execute("PRAGMA table_info(audit)")}
-            missing = [c for c in _COLUMNS if c not in have and c not in _ADDED]
-            if missing:
-                names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-                raise AuditStoreError(
-                    f"{self.path} holds an 'audit' table of another schema (no column {names}): "
-                    "give another file"
-                )
+            have = {r[0] for r in conn.execute(self._COLUMNS_SQL)}
+            err = _schema_error(have, self.path, "file", tuple(_ADDED))
+            if err:
+                raise err
             for column, sql_type in _ADDED.items():
                 if column not in have:
                     conn.execute(f"ALTER TABLE audit ADD COLUMN {column} {sql_type}")
             if conn.execute("SELECT COUNT(*) FROM chain_head").fetchone()[0] == 0:
+                columns = {r[0] for r in conn.execute(self._COLUMNS_SQL)}
+                headless = _Headless.read(self._fetch_unlocked, tables, columns)
+                _refuse_tampered(headless.tampering(), self.path)
                 self._migrate_chain()
             for sql in (*_SQLITE_INDEXES, *_SQLITE_TRIGGERS):
                 conn.execute(sql)
@@ -632,12 +785,21 @@ class SQLiteAuditStore(AuditStore):
                 raise
             return int(row["id"])
 
+    def _fetch_unlocked(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn.execute(sql, args).fetchall()]
+
     def _fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(r) for r in self._conn.execute(sql, args).fetchall()]
+            return self._fetch_unlocked(sql, args)
 
-    def _chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
-        return self._read_chain_meta()
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Fetch]:
+        with self._lock:
+            self._conn.execute("BEGIN")  # deferred: reads only, one snapshot (WAL)
+            try:
+                yield self._fetch_unlocked
+            finally:
+                self._conn.execute("ROLLBACK")
 
 
 # ---- PostgreSQL -----------------------------------------------------------------------------
@@ -649,8 +811,6 @@ _PG_SETUP = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS chain_head (one INTEGER PRIMARY KEY CHECK (one = 1), "
     "last_id BIGINT NOT NULL, last_hash TEXT NOT NULL)",
-    "INSERT INTO chain_head (one, last_id, last_hash) VALUES (1, 0, %s) "
-    "ON CONFLICT (one) DO NOTHING",
     "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
     "CREATE INDEX IF NOT EXISTS audit_verdict ON audit (verdict, id)",
     "CREATE OR REPLACE FUNCTION qkscore_audit_append_only() RETURNS trigger AS $$ BEGIN "
@@ -664,9 +824,19 @@ _PG_SETUP = (
 
 
 class PostgresAuditStore(AuditStore):
-    """The log in a PostgreSQL database (psycopg 3, a connection pool per process)."""
+    """The log in a PostgreSQL database (psycopg 3, a connection pool per process).
+    ``read_only``: every transaction read-only (``default_transaction_read_only``), nothing
+    created."""
 
     _ph = "%s"
+    _TABLES_SQL = (
+        "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = "
+        "current_schema()"
+    )
+    _COLUMNS_SQL = (
+        "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'audit' "
+        "AND table_schema = current_schema()"
+    )
 
     def __init__(
         self,
@@ -674,11 +844,13 @@ class PostgresAuditStore(AuditStore):
         store_text: bool = True,
         hash_key: bytes | None = None,
         pool_size: int = 4,
+        read_only: bool = False,
     ) -> None:
         self.url = _redact(str(url))
         self.path = None
         self.store_text = store_text
         self.hash_key = hash_key
+        self.read_only = read_only
         self.journal_mode = "postgresql"
         try:
             import psycopg
@@ -695,43 +867,61 @@ class PostgresAuditStore(AuditStore):
             psycopg.connect(url, connect_timeout=10).close()
         except Exception as err:
             raise AuditStoreError(f"cannot connect to {self.url}: {_first_line(err)}") from None
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
+        if read_only:
+            kwargs["options"] = "-c default_transaction_read_only=on"
         try:
             self._pool = ConnectionPool(
-                url,
-                min_size=1,
-                max_size=pool_size,
-                kwargs={"row_factory": dict_row, "autocommit": True},
-                open=False,
+                url, min_size=1, max_size=pool_size, kwargs=kwargs, open=False
             )
             self._pool.open(wait=True, timeout=10)
         except Exception as err:
             raise AuditStoreError(f"cannot connect to {self.url}: {_first_line(err)}") from None
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
-                found = conn.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = "
-                    "'audit' AND table_schema = current_schema()"
-                ).fetchall()
-                have = {r["column_name"] for r in found}
-                missing = [c for c in _COLUMNS if have and c not in have]
-                if missing:
-                    names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-                    raise AuditStoreError(
-                        f"{self.url} holds an 'audit' table of another schema (no column "
-                        f"{names}): give another database"
-                    )
-                for sql in _PG_SETUP:
-                    args = (GENESIS,) if "chain_head (one, last_id" in sql else None
-                    if "'schema_version'" in sql:
-                        args = (str(SCHEMA_VERSION),)
-                    conn.execute(sql, args)
+            if read_only:
+                have = {r["name"] for r in self._fetch(self._COLUMNS_SQL, [])}
+                if not have:
+                    raise AuditStoreError(f"{self.url} holds no audit log (no 'audit' table)")
+                err = _schema_error(have, self.url, "database")
+                if err:
+                    raise err
+            else:
+                self._set_up()
         except AuditStoreError:
             self._pool.close()
             raise
         except Exception as err:
             self._pool.close()
             raise AuditStoreError(f"{self.url}: {_first_line(err)}") from None
+
+    def _set_up(self) -> None:
+        """Create the schema, one opener at a time; a new log gets its chain head, a log whose
+        head was removed is refused."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+            fetch = _pg_fetch(conn)
+            tables = {r["name"] for r in fetch(self._TABLES_SQL, [])}
+            have = {r["name"] for r in fetch(self._COLUMNS_SQL, [])}
+            err = _schema_error(have, self.url, "database") if have else None
+            if err:
+                raise err
+            headless = None
+            if "audit" in tables and not (
+                "chain_head" in tables and fetch("SELECT one FROM chain_head", [])
+            ):
+                headless = _Headless.read(fetch, tables, have)
+                problem = headless.tampering()
+                if problem is None and headless.rows:  # no PostgreSQL log predates the chain
+                    problem = f"is missing while the log holds {headless.rows} rows"
+                _refuse_tampered(problem, self.url)
+            for sql in _PG_SETUP:
+                args = (str(SCHEMA_VERSION),) if "'schema_version'" in sql else None
+                conn.execute(sql, args)
+            if headless is not None or "audit" not in tables:
+                conn.execute(
+                    "INSERT INTO chain_head (one, last_id, last_hash) VALUES (1, 0, %s)",
+                    (GENESIS,),
+                )
 
     def close(self) -> None:
         self._pool.close()
@@ -754,10 +944,22 @@ class PostgresAuditStore(AuditStore):
 
     def _fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with self._pool.connection() as conn:
-            return list(conn.execute(sql.replace("?", "%s"), args).fetchall())
+            return _pg_fetch(conn)(sql, args)
 
-    def _chain_meta(self) -> tuple[dict[str, Any] | None, str, int]:
-        return self._read_chain_meta()
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Fetch]:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield _pg_fetch(conn)
+
+
+def _pg_fetch(conn: Any) -> Fetch:
+    """A fetch function on one PostgreSQL connection (``?`` placeholders become ``%s``)."""
+
+    def fetch(sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        return list(conn.execute(sql.replace("?", "%s"), args).fetchall())
+
+    return fetch
 
 
 def arrow_schema(pa: Any) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +154,7 @@ def verify_chain(
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    table = Table(title=f"Chain verified with reader {judge.reader_name}")
+    table = Table(title=f"Chain verified with reader {judge.reader_name} ({judge.unit} profile)")
     for col in ("#", "step", "verdict", "P(valid)", "margin"):
         table.add_column(col, justify="right" if col in ("#", "P(valid)", "margin") else "left")
     with_model = any(s.model_answer is not None for s in result.steps)
@@ -172,6 +174,8 @@ def verify_chain(
         table.add_row(*row)
     out = _console()
     out.print(table)
+    if result.warning:
+        out.print(f"[yellow]warning:[/] {result.warning}")
     if result.first_failure is None:
         out.print("[green]every step follows[/]")
     else:
@@ -182,7 +186,7 @@ def verify_chain(
 def serve(
     profile: Path = typer.Option(..., "--profile", "-p", help=PROFILE_HELP),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on (1-65535)."),
     db: str = typer.Option(
         "qkscore-audit.db",
         "--db",
@@ -337,6 +341,7 @@ audit_app = typer.Typer(
 
 
 def _open_log(db: str):
+    """The log, read-only: verifying and exporting never write (nor migrate an old log)."""
     from qkscore.audit.store import AuditStore, AuditStoreError
 
     if (
@@ -345,7 +350,7 @@ def _open_log(db: str):
     ):
         raise _fail(f"--db: {db} does not exist")
     try:
-        return AuditStore(db)
+        return AuditStore(db, read_only=True)
     except AuditStoreError as err:
         raise _fail(f"--db: {err}") from None
 
@@ -405,6 +410,10 @@ def audit_export(
                     else:
                         typer.echo(line)
                     n += 1
+            except BrokenPipeError:
+                if handle:
+                    raise
+                raise _reader_left() from None
             finally:
                 if handle:
                     handle.close()
@@ -418,3 +427,17 @@ def audit_export(
         store.close()
     if out is not None:
         _console().print(f"{n} rows written to {out}")
+
+
+SIGPIPE_STATUS = 141  # 128 + SIGPIPE: what `yes | head` reports for `yes`
+
+
+def _reader_left() -> typer.Exit:
+    """Standard output's reader has gone (``... | head``): stop without a message, with the
+    status of a Unix tool that SIGPIPE ended. Standard output is pointed at /dev/null first,
+    so that Python's flush at exit does not fail on the closed pipe again."""
+    with contextlib.suppress(OSError, ValueError):  # no real file descriptor (tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return typer.Exit(SIGPIPE_STATUS)

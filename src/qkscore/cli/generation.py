@@ -116,8 +116,20 @@ def generate(
 
 def rank(
     gen: Path = typer.Argument(..., help="Generation folder from `qkscore generate`."),
-    profile: Path = typer.Option(..., "--profile", "-p", help="Profile JSON from calibrate."),
+    profile: Path = typer.Option(
+        ...,
+        "--profile",
+        "-p",
+        help="Profile JSON from calibrate: a step profile (calibrate GEN), or an answer profile "
+        "(its step verdicts are then flagged as calibrated on answers).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for ranked.jsonl and summaries."),
+    answer_profile: Path | None = typer.Option(
+        None,
+        "--answer-profile",
+        help="An answer profile of the same model, measured on the same steps beside the step "
+        "profile (answer_* scorers).",
+    ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Model to load instead of the profile's (same fingerprint)."
     ),
@@ -125,7 +137,9 @@ def rank(
         5, min=2, help="Folds (by problem) for the solution-level head and linear reader."
     ),
     include_calibration: bool = typer.Option(
-        False, help="Keep problems the profile was calibrated on (excluded by default)."
+        False,
+        help="Keep problems an answer profile was calibrated on (excluded by default; refused "
+        "for a step profile).",
     ),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1),
     dtype: str = typer.Option("float32", help="float32 (verdicts reproduce), bfloat16, ..."),
@@ -141,6 +155,7 @@ def rank(
         gen,
         profile,
         out,
+        answer_profile=answer_profile,
         model=model,
         folds=folds,
         dtype=dtype,
@@ -149,4 +164,6 @@ def rank(
         seed=seed,
     )
     _console().print(Markdown(summary_markdown(summary)))
+    if summary.get("warning"):
+        _console().print(f"[yellow]warning:[/] {summary['warning']}")
     _console().print(f"wrote {out}/ranked.jsonl, summary.json, summary.md")

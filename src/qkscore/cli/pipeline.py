@@ -10,6 +10,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from qkscore.cli._shared import console as _console
+from qkscore.cli._shared import fail as _fail
 from qkscore.data.controls import controls_help
 
 CONTROL_HELP = f"Control scan (repeat for several): {controls_help()}."
@@ -87,9 +88,43 @@ def scan(
 
 
 def calibrate(
-    run: Path = typer.Argument(..., help="Run folder from `qkscore scan`."),
+    run: Path | None = typer.Argument(
+        None,
+        help="Run folder from `qkscore scan`; or a generation folder from `qkscore generate`, "
+        "whose labelled steps make a step profile.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Profile JSON to write."),
-    calib_size: int = typer.Option(400, min=2, help="Balanced calibration items."),
+    calib_size: int | None = typer.Option(
+        None,
+        min=1,
+        help="A run folder: balanced calibration items (default 400). Steps: calibration "
+        "problems (default half of a generation folder's, all of a steps file's).",
+    ),
+    steps: Path | None = typer.Option(
+        None,
+        "--steps",
+        help="A labelled-steps JSONL file (docs/generation.md) to make a step profile from.",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Steps: the model (default: the generation folder's).",
+    ),
+    template: str = typer.Option("answer-statement", "--template", "-t", help="Steps only."),
+    chat_template: bool | None = typer.Option(
+        None,
+        "--chat-template/--no-chat-template",
+        help="Steps only: wrap prompts in the tokenizer's chat template (default: the "
+        "template's setting).",
+    ),
+    hidden_layers: str = typer.Option(
+        "auto", help="Steps only: residual-stream layers for the hidden-state probe."
+    ),
+    dtype: str = typer.Option(
+        "float32", help="Steps only: float32 (as the judge serves it), bfloat16, ..."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Steps only."),
     seed: int = typer.Option(0),
     reader: str = typer.Option(
         "auto",
@@ -109,15 +144,48 @@ def calibrate(
     ),
 ) -> None:
     """Fit every reader and the fair baselines on a balanced calibration split; pick the
-    reader by cross-validation on that split alone."""
+    reader by cross-validation on that split alone. On a generation folder (or --steps FILE)
+    the readers are fitted on chain steps: a step profile for verify-chain, serve and rank."""
     console = _console(stderr=as_json)
     from qkscore.pipeline import calibrate as run_calibrate
 
-    profile = run_calibrate(
-        run, calib_size, seed, out, metric, ensemble=not no_ensemble, reader=reader, cv=cv
-    )
+    if steps is not None or (run is not None and _is_generation_folder(run)):
+        profile = _calibrate_steps(
+            run,
+            steps,
+            out,
+            calib_size=calib_size,
+            model=model,
+            template=template,
+            chat_template=chat_template,
+            hidden_layers=hidden_layers,
+            dtype=dtype,
+            batch_size=batch_size,
+            seed=seed,
+            reader=reader,
+            metric=metric,
+            cv=cv,
+            ensemble=not no_ensemble,
+            log=console.print,
+        )
+    elif run is None:
+        raise _fail("give a run folder, a generation folder, or --steps FILE.jsonl")
+    else:
+        profile = run_calibrate(
+            run,
+            400 if calib_size is None else calib_size,
+            seed,
+            out,
+            metric,
+            ensemble=not no_ensemble,
+            reader=reader,
+            cv=cv,
+        )
     if as_json:
         _echo_json(_calibration_summary(profile, out))
+        return
+    if profile.unit == "step":
+        _print_step_choice(console, profile, out)
         return
     cal = profile.data["calibration"]
     for note in cal["warnings"]:
@@ -151,6 +219,79 @@ def calibrate(
     )
 
 
+def _is_generation_folder(path: Path) -> bool:
+    from qkscore.generation.folder import GenFolder
+
+    try:
+        GenFolder(path).meta()
+    except (FileNotFoundError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def _calibrate_steps(run, steps, out, *, calib_size, model, **settings):
+    """A step profile from a generation folder's labelled steps or a labelled-steps file."""
+    from qkscore.generation.steps import read_steps_file, steps_from_generations
+    from qkscore.step_calibration import calibrate_steps
+
+    if steps is not None and run is not None:
+        raise _fail("give a generation folder or --steps FILE.jsonl, not both")
+    if steps is not None:
+        step_set = read_steps_file(steps)
+        if model is None:
+            raise _fail("--steps needs --model: the model whose heads read the steps")
+        if calib_size is None:  # a file is brought to calibrate on: all of it
+            calib_size = len(step_set.problems())
+    else:
+        step_set = steps_from_generations(run)
+        model = model or step_set.source.get("model")
+        if model is None:
+            raise _fail(f"{run} names no model (imported chains): give --model")
+    return calibrate_steps(step_set, model, out, calib_size=calib_size, **settings)
+
+
+def _print_step_choice(console, profile, out: Path) -> None:
+    """The step profile's candidates: CV AUROC on all and on derived steps, by problem."""
+    data = profile.data
+    choice, cal = data["reader_choice"], data["calibration"]
+    counts = data["steps"]["calibration"]
+    for note in cal["warnings"]:
+        console.print(f"[yellow]warning:[/] {note}")
+    table = Table(
+        title=f"Step readers, {cal['cv_folds']}-fold cross-validation grouped by problem on "
+        f"{counts['steps']} steps ({counts['valid']} valid, {counts['invalid']} invalid) of "
+        f"{counts['problems']} problems"
+    )
+    for col in ("candidate", "CV AUROC", "derived steps", "CV accuracy", ""):
+        table.add_column(col)
+    rows = [*choice["cv"].items(), *choice.get("baselines", {}).items()]
+    for name, result in rows:
+        if "skipped" in result:
+            table.add_row(name, "-", "-", "-", f"skipped: {result['skipped']}")
+            continue
+        derived = (result.get("subsets") or {}).get("derived", {}).get("auroc")
+        mark = "chosen" if name == choice["chosen"] else ""
+        if name in choice.get("baselines", {}):
+            mark = "baseline"
+        table.add_row(
+            name,
+            _num(result.get("auroc")),
+            _num(derived),
+            _num(result.get("accuracy")),
+            mark,
+        )
+    console.print(table)
+    console.print(
+        f"[green]step profile written to {out}[/] (reader {choice['chosen']}: {choice['rule']}; "
+        f"calibrated on {len(cal['item_ids'])} problems, {len(data['evaluation_ids'])} left "
+        "for rank)"
+    )
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 #: Profile sections too bulky for a terminal: the fitted estimators and the item ids.
 _BULKY = ("readers", "baselines", "selector", "ensemble", "evaluation_ids", "ranking")
 
@@ -158,7 +299,9 @@ _BULKY = ("readers", "baselines", "selector", "ensemble", "evaluation_ids", "ran
 def _calibration_summary(profile, out: Path) -> dict:
     data = profile.data
     summary = {k: v for k, v in data.items() if k not in _BULKY}
-    summary["calibration"] = {k: v for k, v in data["calibration"].items() if k != "item_ids"}
+    from qkscore.pipeline import ITEM_LISTS
+
+    summary["calibration"] = {k: v for k, v in data["calibration"].items() if k not in ITEM_LISTS}
     summary["ranking"] = data["ranking"][:10]
     return {"profile": str(out), **summary}
 

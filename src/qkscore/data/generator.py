@@ -48,6 +48,7 @@ from qkscore.data.logic import (
 
 __all__ = [
     "KINDS",
+    "MAX_ITEMS",
     "GeneratorError",
     "Problem",
     "generate_items",
@@ -59,6 +60,9 @@ __all__ = [
 #: within negated and within plain statements, labels balanced within one.
 KINDS: tuple[str, str, str, str] = ("plain-true", "negated-false", "negated-true", "plain-false")
 MAX_DEPTH = 30
+#: Most items one call generates: each is held in memory (about 2 KB with its proof), and an
+#: unbounded ``n`` (``n=99999999999``) would take every byte of memory before failing.
+MAX_ITEMS = 100_000
 
 _ONSETS = (
     "b", "d", "f", "g", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "y", "z",
@@ -137,6 +141,10 @@ def parse_depths(value: str | int | Sequence[int]) -> list[int]:
             lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
             if hi < lo:
                 raise DataError(f"depth={value!r}: range {chunk} runs backwards", field="depth")
+            if lo < 1 or hi > MAX_DEPTH:  # before the range is listed: 1-999999999 is huge
+                raise DataError(
+                    f"depth={value!r}: depths must lie in 1..{MAX_DEPTH}", field="depth"
+                )
             parts.extend(range(lo, hi + 1))
     else:
         parts = [int(v) for v in value]
@@ -285,8 +293,8 @@ def generate_items(
     seed: int = 0,
 ) -> list[Item]:
     """Generate ``n`` verified items; identical arguments give identical items."""
-    if n < 0:
-        raise DataError(f"n={n} must not be negative", field="n")
+    if not 0 <= n <= MAX_ITEMS:
+        raise DataError(f"n={n} must lie in 0..{MAX_ITEMS}", field="n")
     depths = parse_depths(depth)
     items: list[Item] = []
     for index, (d, kind) in enumerate(_kind_plan(n, depths)):

@@ -8,8 +8,12 @@ list their option texts and give the gold option as a letter. Everything downstr
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import string
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,3 +133,31 @@ class Item:
             options=tuple(d.get("options") or TRUE_FALSE),
             meta=d.get("meta") or {},
         )
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def _normal_text(text: Any) -> str:
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", str(text or ""))).strip().casefold()
+
+
+def content_hash(context: Any, statement: Any, options: Sequence[str] | None = None) -> str:
+    """A short hash of what an item asks, whatever its id or the spec it came from.
+
+    Context, statement and option texts are normalised (Unicode NFKC, runs of whitespace as one
+    space, case folded; options as a set, so their order does not matter) before hashing, so
+    the same problem read from a renamed file, under other ids or with other line breaks hashes
+    alike. Evaluation uses it to keep calibration items out whatever their id.
+    """
+    opts = sorted({_normal_text(o) for o in (options or TRUE_FALSE)})
+    blob = json.dumps([_normal_text(context), _normal_text(statement), opts], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_content_hash(record: Mapping[str, Any]) -> str | None:
+    """:func:`content_hash` of an item record (items.jsonl, ``Item.to_dict``); None for records
+    that do not keep the item's text (run folders made before they did)."""
+    if record.get("statement") is None:
+        return None
+    return content_hash(record.get("context"), record["statement"], record.get("options"))

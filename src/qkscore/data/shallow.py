@@ -9,7 +9,9 @@ can. It needs no model: a few cheap context-statement features (word overlap wit
 sentence, polarity of the best match, whether the statement's property appears with the same or
 the opposite polarity, negation of the statement) and a depth-4 decision tree.
 
-Binary True/False items only (the label is the first option, "True", or not).
+Items whose options are one fixed set of answer words (True/False, or True/False/Unknown as in
+FOLIO): the features do not depend on the options, so the tree predicts the option index directly.
+Items whose options differ from item to item (multiple choice) get no shallow baseline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from qkscore.data.items import Item
 from qkscore.data.negation import NEGATION_WORDS, has_negation
+from qkscore.decision import decide
 
 __all__ = ["FEATURE_NAMES", "ShallowMatcher", "shallow_features", "supports_shallow"]
 
@@ -97,13 +100,17 @@ def shallow_features(context: str, statement: str) -> np.ndarray:
     )
 
 
+def _options(it: Item | dict[str, Any]) -> tuple[str, ...]:
+    return tuple(it.options if isinstance(it, Item) else it.get("options", ()))
+
+
 def supports_shallow(items: Sequence[Item] | Sequence[dict[str, Any]]) -> bool:
-    """Whether shallow matching applies: True/False items with a context and a statement."""
-    for it in items:
-        options = it.options if isinstance(it, Item) else tuple(it.get("options", ()))
-        if tuple(options) != ("True", "False"):
-            return False
-    return len(items) > 0
+    """Whether shallow matching applies: every item answers one fixed set of options (True /
+    False, True / False / Unknown), so an option index means the same answer everywhere."""
+    if not items:
+        return False
+    first = _options(items[0])
+    return len(first) >= 2 and all(_options(it) == first for it in items)
 
 
 def _texts(it: Item | dict[str, Any]) -> tuple[str, str]:
@@ -132,15 +139,17 @@ class ShallowMatcher:
     def fit(self, items: Sequence[Any], labels: Sequence[int]) -> ShallowMatcher:
         from sklearn.tree import DecisionTreeClassifier
 
+        y = np.asarray(labels)
+        self.n_options_ = max(len(_options(items[0])) if len(items) else 0, int(y.max()) + 1, 2)
         self.tree_ = DecisionTreeClassifier(
             max_depth=self.max_depth, min_samples_leaf=5, random_state=self.random_state
-        ).fit(self.features(items), np.asarray(labels))
+        ).fit(self.features(items), y)
         return self
 
     def predict_proba(self, items: Sequence[Any]) -> np.ndarray:
-        proba = np.zeros((len(items), 2))
+        proba = np.zeros((len(items), self.n_options_))
         proba[:, self.tree_.classes_] = self.tree_.predict_proba(self.features(items))
         return proba
 
     def predict(self, items: Sequence[Any]) -> np.ndarray:
-        return self.predict_proba(items).argmax(axis=1)
+        return decide(self.predict_proba(items))

@@ -10,6 +10,7 @@ registry is full whenever ``qkscore.data`` (or any module in it) has been import
 
 from __future__ import annotations
 
+import difflib
 import glob
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,13 @@ from qkscore.data.items import DataError, Item
 
 Loader = Callable[["DataSpec"], Iterable[Item]]
 
+#: Parameters every format takes: :func:`load_items` applies them to what the loader returns
+#: (``on_error`` is read by the loaders themselves).
+COMMON_PARAMS = ("limit", "sample", "seed", "balance", "on_error")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
 
 @dataclass(frozen=True)
 class LoaderInfo:
@@ -27,16 +35,36 @@ class LoaderInfo:
     fn: Loader
     takes_path: bool
     description: str
+    #: The format's own parameters (beside :data:`COMMON_PARAMS`); None: not declared, so
+    #: unknown parameters cannot be refused (a format registered by code outside qkscore).
+    params: frozenset[str] | None = None
 
 
 _LOADERS: dict[str, LoaderInfo] = {}
 
 
-def register_loader(name: str, *, takes_path: bool = True, description: str = "") -> Callable:
-    """Decorator: make ``fn(spec) -> Iterable[Item]`` available as format ``name``."""
+def register_loader(
+    name: str,
+    *,
+    takes_path: bool = True,
+    description: str = "",
+    params: Iterable[str] | None = None,
+) -> Callable:
+    """Decorator: make ``fn(spec) -> Iterable[Item]`` available as format ``name``.
+
+    ``params`` names the spec parameters the format reads beside :data:`COMMON_PARAMS`; a spec
+    with any other parameter (a typo such as ``smaple=3``) is then refused by
+    :func:`parse_spec` instead of being ignored.
+    """
 
     def deco(fn: Loader) -> Loader:
-        _LOADERS[name] = LoaderInfo(name, fn, takes_path, description or (fn.__doc__ or "").strip())
+        _LOADERS[name] = LoaderInfo(
+            name,
+            fn,
+            takes_path,
+            description or (fn.__doc__ or "").strip(),
+            None if params is None else frozenset(params),
+        )
         return fn
 
     return deco
@@ -56,20 +84,42 @@ class DataSpec:
     def get(self, key: str, default: str | None = None) -> str | None:
         return self.params.get(key, default)
 
-    def get_int(self, key: str, default: int) -> int:
+    def error(self, message: str, key: str | None = None) -> DataError:
+        """A :class:`DataError` that names this spec (and the parameter ``key``)."""
+        return DataError(f"data spec {str(self)!r}: {message}", field=key)
+
+    def get_int(
+        self,
+        key: str,
+        default: int | None,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int | None:
+        """Parameter ``key`` as an integer within ``[minimum, maximum]``, else ``default``."""
         value = self.params.get(key)
         if value is None:
             return default
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
-            raise DataError(f"parameter {key}={value!r} must be an integer", field=key) from None
+            raise self.error(f"parameter {key}={value!r} must be an integer", key) from None
+        if minimum is not None and number < minimum:
+            raise self.error(f"parameter {key}={number} must be at least {minimum}", key)
+        if maximum is not None and number > maximum:
+            raise self.error(f"parameter {key}={number} must be at most {maximum}", key)
+        return number
 
     def get_bool(self, key: str, default: bool = False) -> bool:
+        """Parameter ``key`` as a yes/no; a value that is neither (``balance=2``) is an error,
+        never read as no."""
         value = self.params.get(key)
         if value is None:
             return default
-        return value.strip().lower() in ("1", "true", "yes", "on")
+        text = value.strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise self.error(f"parameter {key}={value!r} must be 1 or 0 (true or false)", key)
+        return text in _TRUE
 
     def files(self) -> list[Path]:
         """The files PATH names, glob expanded and sorted; an error when none exist."""
@@ -110,10 +160,26 @@ def parse_spec(text: str | DataSpec) -> DataSpec:
         path, query = "", rest
     else:
         path, query = rest, ""
-    params = dict(parse_qsl(query, keep_blank_values=True))
+    pairs = parse_qsl(query, keep_blank_values=True)
+    params = dict(pairs)
     if info.takes_path and not path:
         raise DataError(f"data spec {text!r}: format {fmt!r} needs a PATH after the colon")
-    return DataSpec(format=fmt, path=path, params=params, raw=text)
+    spec = DataSpec(format=fmt, path=path, params=params, raw=text)
+    if len(params) < len(pairs):
+        twice = next(k for k in params if sum(k == key for key, _ in pairs) > 1)
+        raise spec.error(f"parameter {twice!r} is given more than once", twice)
+    if info.params is not None:
+        known = sorted({*COMMON_PARAMS, *info.params})
+        for key in params:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise spec.error(
+                    f"unknown parameter {key!r} for format {fmt!r}{hint}; it takes "
+                    + ", ".join(known),
+                    key,
+                )
+    return spec
 
 
 def load_items(spec: str | DataSpec) -> list[Item]:
@@ -121,21 +187,22 @@ def load_items(spec: str | DataSpec) -> list[Item]:
 
     Parameters every format takes: ``limit=N`` keeps the first N; ``sample=N`` draws N at random
     (``seed``, default 0), in file order, so a subset spans all files of a glob; with
-    ``balance=1`` the sample holds equal numbers of each label. ``on_error=skip`` is honoured
-    by the loaders, which count what they skip in their load report.
+    ``balance=1`` the sample holds equal numbers of each label, and ``balance=1`` without
+    ``sample`` keeps the largest such subset (every item of the rarest label, as many of each
+    other label drawn at random). ``on_error=skip`` is honoured by the loaders, which count what
+    they skip in their load report. A parameter out of range (``limit=-1``) is an error naming
+    the spec, checked before any file is read.
     """
     parsed = parse_spec(spec)
+    sample = parsed.get_int("sample", None, minimum=1)
+    seed = parsed.get_int("seed", 0)
+    balance = parsed.get_bool("balance")
+    limit = parsed.get_int("limit", None, minimum=1)
     items = list(_LOADERS[parsed.format].fn(parsed))
-    if parsed.get("sample") is not None:
-        items = _sample(
-            items,
-            parsed.get_int("sample", len(items)),
-            parsed.get_int("seed", 0),
-            parsed.get_bool("balance"),
-        )
-    limit = parsed.get("limit")
+    if sample is not None or balance:
+        items = _sample(items, sample, seed or 0, balance, parsed)
     if limit is not None:
-        items = items[: parsed.get_int("limit", len(items))]
+        items = items[:limit]
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
@@ -144,24 +211,35 @@ def load_items(spec: str | DataSpec) -> list[Item]:
     return items
 
 
-def _sample(items: list[Item], n: int, seed: int, balance: bool) -> list[Item]:
-    """A seeded random subset in original order; per label equal shares when ``balance``."""
+def _sample(
+    items: list[Item], n: int | None, seed: int, balance: bool, spec: DataSpec
+) -> list[Item]:
+    """A seeded random subset in original order; per label equal shares when ``balance``
+    (without ``n``: as many per label as the rarest label has)."""
     import random
 
     rng = random.Random(seed)
     if not balance:
-        keep = set(rng.sample(range(len(items)), min(n, len(items))))
+        keep = set(rng.sample(range(len(items)), min(n or len(items), len(items))))
     else:
         by_label: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             by_label.setdefault(item.label, []).append(i)
-        share = n // len(by_label)
+        if not by_label:
+            return []
+        share = min(map(len, by_label.values())) if n is None else n // len(by_label)
+        if share == 0:
+            raise spec.error(
+                f"balance=1 with sample={n} cannot hold one item of each of the "
+                f"{len(by_label)} labels",
+                "sample",
+            )
         short = {k: len(v) for k, v in by_label.items() if len(v) < share}
         if short:
-            raise DataError(
+            raise spec.error(
                 f"balance=1 with sample={n} needs {share} items per label, but "
                 + ", ".join(f"{k!r} has {v}" for k, v in short.items()),
-                field="sample",
+                "sample",
             )
         keep = {i for idx in by_label.values() for i in rng.sample(idx, share)}
     return [it for i, it in enumerate(items) if i in keep]

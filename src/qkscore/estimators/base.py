@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
+from qkscore.decision import DECISION_RULE, decide
+
 __all__ = [
     "FORMAT_VERSION",
     "MIN_CALIBRATION_ITEMS",
@@ -23,12 +25,15 @@ __all__ = [
     "check_scores",
     "check_labels",
     "check_choice",
+    "decide",
+    "DECISION_RULE",
     "warn_calibration",
     "check_saved",
     "like_calibration",
     "not_fitted",
     "json_floats",
     "json_array",
+    "stratified_folds",
 ]
 
 #: The paper calibrates on about 400 balanced items; fewer makes the chosen head unreliable.
@@ -149,3 +154,44 @@ def json_array(v: Any, dtype: Any = np.float64) -> np.ndarray:
         return np.nan if x is None else x
 
     return np.asarray(conv(v), dtype=dtype)
+
+
+def stratified_folds(
+    y: np.ndarray, cv: int, seed: int | None, groups: Sequence[Any] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` index pairs of stratified ``cv``-fold cross-validation.
+
+    With ``groups`` (e.g. the problem each chain step comes from), every group lies whole in
+    one fold, so no fold is scored by an estimator that saw another part of its group; the
+    folds are then as many as the groups allow, at most ``cv``, since a small calibration set
+    may hold fewer problems with each label than folds. Without groups, every label must fill
+    every fold.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    y = np.asarray(y)
+    values = np.unique(y)
+    if len(values) < 2:
+        raise ValueError("cross-validation needs items of at least two options")
+    if groups is None:
+        smallest = int(min(np.sum(y == v) for v in values))
+        if smallest < cv:
+            raise ValueError(
+                f"{cv}-fold cross-validation needs at least {cv} items of every option; the "
+                f"rarest has {smallest}"
+            )
+        folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=seed)
+        return list(folds.split(np.zeros(len(y)), y))
+    g = np.asarray([str(x) for x in groups])
+    if g.shape != y.shape:
+        raise ValueError(f"{len(g)} groups for {len(y)} items")
+    # a label found in fewer groups than folds leaves some training folds without it
+    spread = min(len(np.unique(g[y == v])) for v in values)
+    n_splits = min(int(cv), spread)
+    if n_splits < 2:
+        raise ValueError(
+            "grouped cross-validation needs every option in at least 2 groups (problems); "
+            f"one is found in {spread}"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(folds.split(np.zeros(len(y)), y, g))

@@ -10,8 +10,8 @@ import numpy as np
 from scipy.special import expit, logit, softmax
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
+from qkscore.estimators.base import decide, stratified_folds
 from qkscore.estimators.conditional_logit import fit_conditional_logit
 from qkscore.estimators.heads import (
     FORMAT_VERSION,
@@ -38,6 +38,7 @@ __all__ = ["TopKEnsemble"]
 
 METHODS = ("vote", "logistic")
 _ENSEMBLE_KIND = "qkscore.TopKEnsemble"
+_TIE_NUDGE = 1e-6
 
 
 class TopKEnsemble(BaseEstimator):
@@ -89,8 +90,9 @@ class TopKEnsemble(BaseEstimator):
             warnings.simplefilter("ignore", CalibrationWarning)
             return self._selector().fit(x, y)
 
-    def fit(self, scores: Any, labels: Any) -> TopKEnsemble:
-        """Rank heads on ``scores``, choose k (by CV on these data when ``k`` is None), fit."""
+    def fit(self, scores: Any, labels: Any, groups: Sequence[Any] | None = None) -> TopKEnsemble:
+        """Rank heads on ``scores``, choose k (by CV on these data when ``k`` is None), fit.
+        ``groups`` (one per item, e.g. its problem) keeps each group in one fold."""
         check_choice("method", self.method, METHODS)
         self._selector()._check_params()
         x = check_scores(scores)
@@ -107,7 +109,7 @@ class TopKEnsemble(BaseEstimator):
             self.k_grid_ = None
             self.cv_scores_ = None
         else:
-            self.k_grid_, self.cv_scores_ = self._cross_validate(x, y, n_total)
+            self.k_grid_, self.cv_scores_ = self._cross_validate(x, y, n_total, groups)
             means = self.cv_scores_.mean(axis=1)
             self.k_ = int(self.k_grid_[int(np.argmax(_key(means)))])
         self.selector_ = self._fit_selector(x, y)
@@ -116,7 +118,7 @@ class TopKEnsemble(BaseEstimator):
         return self
 
     def _cross_validate(
-        self, x: np.ndarray, y: np.ndarray, n_total: int
+        self, x: np.ndarray, y: np.ndarray, n_total: int, groups: Sequence[Any] | None = None
     ) -> tuple[tuple[int, ...], np.ndarray]:
         grid = sorted({int(k) for k in self.k_grid if 1 <= int(k) <= n_total})
         if not grid:
@@ -124,20 +126,21 @@ class TopKEnsemble(BaseEstimator):
         smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
         if not isinstance(self.cv, int | np.integer) or self.cv < 2:
             raise ValueError(f"cv must be an integer >= 2, got {self.cv!r}")
-        if smallest < self.cv:
+        if smallest < self.cv and groups is None:  # grouped folds are checked by group
             raise ValueError(
                 f"cannot choose k by {self.cv}-fold CV: the rarest gold option has only "
                 f"{smallest} items; pass k explicitly or a smaller cv"
             )
-        folds = StratifiedKFold(n_splits=int(self.cv), shuffle=True, random_state=self.random_state)
-        cv_scores = np.empty((len(grid), int(self.cv)))
-        for j, (train, test) in enumerate(folds.split(np.zeros(len(y)), y)):
+        folds = stratified_folds(y, int(self.cv), self.random_state, groups)
+        cv_scores = np.empty((len(grid), len(folds)))
+        for j, (train, test) in enumerate(folds):
             fold = TopKEnsemble(**self.get_params())
             selector = fold._fit_selector(x[train], y[train])  # ranking from this fold only
             for i, k in enumerate(grid):
                 fold._set_heads(selector, k)
                 fold._fit_combiner(x[train], y[train])
-                pred, proba = fold._predict_both(x[test])
+                proba = fold._proba(x[test])
+                pred = decide(proba)
                 cv_scores[i, j] = prediction_metric(self.metric, y[test], pred, proba, x.shape[3])
         return tuple(grid), cv_scores
 
@@ -190,7 +193,8 @@ class TopKEnsemble(BaseEstimator):
             self.coef_ = w / scale
             self.option_bias_ = b
 
-    def _predict_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _proba(self, x: np.ndarray) -> np.ndarray:
+        """Option probabilities; ``predict`` is :func:`decide` of them, as for every reader."""
         feats = self._features(x)
         n, k, n_options = x.shape[0], len(self.heads_), self.n_options_
         if self.method == "vote":
@@ -201,14 +205,15 @@ class TopKEnsemble(BaseEstimator):
                 hit = votes == o
                 counts[:, o] = hit.sum(axis=1)
                 first[:, o] = np.where(hit.any(axis=1), hit.argmax(axis=1), k)
-            pred = (counts * (k + 1) + (k - first)).argmax(axis=1)
-            return pred, counts / k
+            # vote shares, a tie nudged by a millionth of a vote toward the option the
+            # best-ranked head backs, so the most probable option is the vote's winner
+            shares = counts + _TIE_NUDGE * (k - first)
+            return shares / shares.sum(axis=1, keepdims=True)
         if n_options == 2:
             p0 = expit(feats @ self.coef_ + self.intercept_)
-            return np.where(p0 > 0.5, 0, 1), np.column_stack([p0, 1.0 - p0])
+            return np.column_stack([p0, 1.0 - p0])
         u = np.einsum("nko,k->no", feats, self.coef_) + self.option_bias_
-        proba = softmax(u, axis=1)
-        return proba.argmax(axis=1), proba
+        return softmax(u, axis=1)
 
     def _check_new(self, scores: Any) -> np.ndarray:
         if not hasattr(self, "k_"):
@@ -217,11 +222,11 @@ class TopKEnsemble(BaseEstimator):
 
     def predict(self, scores: Any) -> np.ndarray:
         """Predicted option index per item."""
-        return self._predict_both(self._check_new(scores))[0]
+        return decide(self.predict_proba(scores))
 
     def predict_proba(self, scores: Any) -> np.ndarray:
         """Option probabilities [items, options] (vote shares for ``method="vote"``)."""
-        return self._predict_both(self._check_new(scores))[1]
+        return self._proba(self._check_new(scores))
 
     def score(self, scores: Any, labels: Any) -> float:
         """Accuracy of ``predict``."""

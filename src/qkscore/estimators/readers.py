@@ -34,19 +34,20 @@ import numpy as np
 from scipy.special import expit, logit, softmax
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from qkscore.estimators.base import (
     CalibrationWarning,
     check_labels,
     check_scores,
+    decide,
     json_array,
     json_floats,
+    stratified_folds,
 )
 from qkscore.estimators.conditional_logit import fit_conditional_logit
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector
-from qkscore.stats import auroc_rows, prediction_metric
+from qkscore.stats import auroc_rows, macro_auroc
 
 __all__ = [
     "READERS",
@@ -75,24 +76,22 @@ _PROBE_KIND = "qkscore.HiddenStateProbe"
 # Shared pieces
 
 
-def _folds(y: np.ndarray, cv: int, seed: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds; refuses a split whose rarest option cannot fill every fold."""
-    counts = np.bincount(y)
-    smallest = int(counts[counts > 0].min())
-    if len(counts[counts > 0]) < 2:
-        raise ValueError("cross-validation needs items of at least two options")
-    if smallest < cv:
-        raise ValueError(
-            f"{cv}-fold cross-validation needs at least {cv} items of every option; the rarest "
-            f"has {smallest}"
-        )
-    folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=seed)
-    return list(folds.split(np.zeros(len(y)), y))
+def _folds(
+    y: np.ndarray, cv: int, seed: int | None, groups: Sequence[Any] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds; refuses a split whose rarest option cannot fill every fold. With
+    ``groups``, each group lies whole in one fold (see :func:`stratified_folds`)."""
+    return stratified_folds(y, cv, seed, groups)
+
+
+def _take(groups: Sequence[Any] | None, idx: np.ndarray) -> np.ndarray | None:
+    """The groups of the items ``idx`` (None stays None): inner folds stay grouped."""
+    return None if groups is None else np.asarray(groups)[idx]
 
 
 def proba_auroc(proba: np.ndarray, y: np.ndarray) -> float:
     """Binary: AUROC of P(option 0); multi-option: macro one-vs-rest (as the heads report)."""
-    return prediction_metric("auroc", y, proba.argmax(1), proba, proba.shape[1])
+    return macro_auroc(proba, y)
 
 
 def _standardise(x: np.ndarray, axis: int | tuple[int, ...] = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +120,10 @@ def _choose_c(
     cs: Sequence[float],
     cv: int,
     seed: int | None,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[float, list[float]]:
     """The C with the best mean held-out score (ties: the smaller C, the stronger penalty)."""
-    folds = _folds(y, cv, seed)
+    folds = _folds(y, cv, seed, groups)
     means = []
     for c in cs:
         with warnings.catch_warnings():
@@ -158,7 +158,7 @@ class LinearQKReader(BaseEstimator):
     Binary items: features are the raw margins ``score[..., 0] - score[..., 1]`` of all
     ``layers x heads``; the positive class is option 0. Multi-option items: per-option features
     (each head's score of that option, centred over the item's options) and a conditional logit
-    with one weight per head (L2 only). ``C`` comes from ``Cs`` by ``cv``-fold cross-validated
+    with one weight per head. ``C`` comes from ``Cs`` by ``cv``-fold cross-validated
     AUROC on the data given to ``fit`` (or is ``C`` when given); ``penalty="l1"`` keeps few
     heads (``n_kept_``).
 
@@ -183,11 +183,11 @@ class LinearQKReader(BaseEstimator):
         self.random_state = random_state
         self.C = C
 
-    def _select_c(self, score: Callable, y: np.ndarray) -> None:
+    def _select_c(self, score: Callable, y: np.ndarray, groups: Sequence[Any] | None) -> None:
         if self.C is not None:
             self.C_, self.cv_scores_ = float(self.C), [float("nan")] * len(self.Cs)
             return
-        self.C_, self.cv_scores_ = _choose_c(score, y, self.Cs, self.cv, self.random_state)
+        self.C_, self.cv_scores_ = _choose_c(score, y, self.Cs, self.cv, self.random_state, groups)
 
     def _features(self, x: np.ndarray) -> np.ndarray:
         n, n_layers, n_heads, n_options = x.shape
@@ -197,7 +197,9 @@ class LinearQKReader(BaseEstimator):
         s = x.reshape(n, n_layers * n_heads, n_options).astype(np.float64)
         return s - s.mean(axis=2, keepdims=True)
 
-    def fit(self, scores: Any, labels: Any) -> LinearQKReader:
+    def fit(self, scores: Any, labels: Any, groups: Sequence[Any] | None = None) -> LinearQKReader:
+        """``groups`` (one per item, e.g. its problem) keeps each group in one fold when C is
+        chosen by cross-validation."""
         if self.penalty not in ("l1", "l2"):
             raise ValueError(f"penalty must be 'l1' or 'l2', got {self.penalty!r}")
         x = check_scores(scores)
@@ -214,25 +216,23 @@ class LinearQKReader(BaseEstimator):
                 coef, b = _binary_logistic(z[tr], positive[tr], c, l1, self.random_state)
                 return auroc_rows((z[te] @ coef + b)[None, :], positive[te])[0]
 
-            self._select_c(score, y)
+            self._select_c(score, y, groups)
             self.coef_, self.intercept_ = _binary_logistic(
                 z, positive, self.C_, l1, self.random_state
             )
             self.option_bias_ = None
         else:
-            if self.penalty != "l2":
-                raise ValueError("multi-option items support penalty='l2' only")
             self.mean_ = np.zeros(feats.shape[1])
             self.scale_ = np.where(feats.std(axis=(0, 2)) > 0, feats.std(axis=(0, 2)), 1.0)
             z = feats / self.scale_[None, :, None]
 
             def score(c, tr, te):
-                w, b = fit_conditional_logit(z[tr], y[tr], c)
+                w, b = fit_conditional_logit(z[tr], y[tr], c, self.penalty)
                 u = np.einsum("nko,k->no", z[te], w) + b
                 return proba_auroc(softmax(u, axis=1), y[te])
 
-            self._select_c(score, y)
-            self.coef_, self.option_bias_ = fit_conditional_logit(z, y, self.C_)
+            self._select_c(score, y, groups)
+            self.coef_, self.option_bias_ = fit_conditional_logit(z, y, self.C_, self.penalty)
             self.intercept_ = None
         self.n_kept_ = int(np.count_nonzero(self.coef_))
         return self
@@ -260,7 +260,7 @@ class LinearQKReader(BaseEstimator):
         return _proba(self.decision_function(scores), self.n_options_)
 
     def predict(self, scores: Any) -> np.ndarray:
-        return self.predict_proba(scores).argmax(axis=1)
+        return decide(self.predict_proba(scores))
 
     @property
     def weights_(self) -> np.ndarray:
@@ -403,16 +403,24 @@ class HybridReader(BaseEstimator):
             return feats @ coef + bias
         return np.einsum("nko,k->no", feats, coef) + bias
 
-    def fit(self, scores: Any, labels: Any, *, baseline: Any = None) -> HybridReader:
+    def fit(
+        self,
+        scores: Any,
+        labels: Any,
+        *,
+        baseline: Any = None,
+        groups: Sequence[Any] | None = None,
+    ) -> HybridReader:
         x = check_scores(scores)
         n, _, _, self.n_options_ = x.shape
         y = check_labels(labels, n, self.n_options_)
         b = _model_features(baseline, n, self.n_options_)
-        self.qk_ = self._reader().fit(x, y)
-        folds = _folds(y, self.cv, self.random_state)
+        self.qk_ = self._reader().fit(x, y, groups=groups)
+        folds = _folds(y, self.cv, self.random_state, groups)
         oof = np.zeros((n,) if self.n_options_ == 2 else (n, self.n_options_))
         for train, test in folds:  # each fold's reader chooses its own C: no peeking via C
-            oof[test] = self._reader().fit(x[train], y[train]).decision_function(x[test])
+            fold = self._reader().fit(x[train], y[train], groups=_take(groups, train))
+            oof[test] = fold.decision_function(x[test])
         self.n_layers_, self.n_heads_ = self.qk_.n_layers_, self.qk_.n_heads_
         feats = self._stack(oof, b)
         self.mode_scores_, spread = {}, {}
@@ -444,7 +452,7 @@ class HybridReader(BaseEstimator):
         return _proba(self.decision_function(scores, baseline=baseline), self.n_options_)
 
     def predict(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
-        return self.predict_proba(scores, baseline=baseline).argmax(axis=1)
+        return decide(self.predict_proba(scores, baseline=baseline))
 
     @property
     def deepest_layer_(self) -> int:
@@ -520,14 +528,36 @@ def _with_baseline(reader: Any, baseline: Any) -> dict[str, Any]:
     return {"baseline": baseline} if getattr(reader, "needs_baseline", False) else {}
 
 
-def reader_fit(reader: Any, scores: Any, labels: Any, baseline: Any = None) -> Any:
+def reader_fit(
+    reader: Any,
+    scores: Any,
+    labels: Any,
+    baseline: Any = None,
+    *,
+    groups: Sequence[Any] | None = None,
+    hidden: Any = None,
+    hidden_layers: Sequence[int] | None = None,
+) -> Any:
+    """``fit`` for any reader: the model's answer to those that use it, ``hidden`` to the
+    hidden-state probe, and ``groups`` (one per item) to those that cross-validate inside, so
+    their folds keep each group whole."""
     with warnings.catch_warnings():  # the calibration warnings were given once already
         warnings.simplefilter("ignore", CalibrationWarning)
-        return reader.fit(scores, labels, **_with_baseline(reader, baseline))
+        if isinstance(reader, HiddenStateProbe):
+            return reader.fit(hidden, labels, hidden_layers, groups=groups)
+        kwargs = _with_baseline(reader, baseline)
+        if groups is not None and not isinstance(reader, HeadSelector):
+            kwargs["groups"] = groups
+        return reader.fit(scores, labels, **kwargs)
 
 
-def reader_predict_proba(reader: Any, scores: Any, baseline: Any = None) -> np.ndarray:
-    """``predict_proba`` for any reader, passing the model's answer to those that use it."""
+def reader_predict_proba(
+    reader: Any, scores: Any, baseline: Any = None, hidden: Any = None
+) -> np.ndarray:
+    """``predict_proba`` for any reader, passing the model's answer to those that use it (and
+    the residual stream to the hidden-state probe)."""
+    if isinstance(reader, HiddenStateProbe):
+        return reader.predict_proba(hidden)
     return reader.predict_proba(scores, **_with_baseline(reader, baseline))
 
 
@@ -540,6 +570,18 @@ def reader_deepest_layer(reader: Any) -> int:
     return int(reader.deepest_layer_)
 
 
+def _make_candidate(name: str, seed: int, metric: str) -> Any:
+    """A reader of :data:`READERS`, or the hidden-state probe (``"hidden_probe"``), whose
+    cross-validated figures stand beside the readers' on chain steps."""
+    if name == "hidden_probe":
+        return HiddenStateProbe(random_state=seed)
+    return make_reader(name, seed, metric)
+
+
+def _at(x: Any, idx: np.ndarray) -> Any:
+    return None if x is None else np.asarray(x)[idx]
+
+
 def cross_val_scores(
     name: str,
     scores: np.ndarray,
@@ -548,34 +590,74 @@ def cross_val_scores(
     cv: int = 5,
     seed: int = 0,
     metric: str = "auroc",
-) -> dict[str, float]:
+    *,
+    groups: Sequence[Any] | None = None,
+    subsets: Mapping[str, np.ndarray] | None = None,
+    hidden: np.ndarray | None = None,
+    hidden_layers: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Mean held-out AUROC and accuracy of reader ``name`` over ``cv`` stratified folds: each
     fold's items are predicted by a reader fit on the other folds only (its own inner choices
     included). Folds are scored one by one and averaged, as ``cross_val_score`` does: pooling
-    the folds' probabilities would mix scales that differ from fold to fold."""
+    the folds' probabilities would mix scales that differ from fold to fold.
+
+    ``groups`` keeps each group (e.g. a problem's chain steps) whole in one fold, inner folds
+    included; ``subsets`` (name -> item mask) also reports the held-out AUROC on those items
+    only (``{"subsets": {name: {"auroc"}}}``); ``name="hidden_probe"`` cross-validates the
+    hidden-state probe on ``hidden``."""
     aucs, accs = [], []
-    for train, test in _folds(labels, cv, seed):
+    sub: dict[str, list[float]] = {k: [] for k in subsets or {}}
+    for train, test in _folds(labels, cv, seed, groups):
         reader = reader_fit(
-            make_reader(name, seed, metric),
+            _make_candidate(name, seed, metric),
             scores[train],
             labels[train],
-            None if baseline is None else baseline[train],
+            _at(baseline, train),
+            groups=_at(groups, train),
+            hidden=_at(hidden, train),
+            hidden_layers=hidden_layers,
         )
-        proba = reader_predict_proba(
-            reader, scores[test], None if baseline is None else baseline[test]
-        )
+        proba = reader_predict_proba(reader, scores[test], _at(baseline, test), _at(hidden, test))
         aucs.append(proba_auroc(proba, labels[test]))
-        accs.append(float(np.mean(proba.argmax(1) == labels[test])))
-    return {"auroc": float(np.nanmean(aucs)), "accuracy": float(np.mean(accs))}
+        accs.append(float(np.mean(decide(proba) == labels[test])))
+        for key, mask in (subsets or {}).items():
+            keep = np.asarray(mask)[test]
+            sub[key].append(_subset_auroc(proba[keep], labels[test][keep]))
+    out: dict[str, Any] = {"auroc": float(np.nanmean(aucs)), "accuracy": float(np.mean(accs))}
+    if subsets:
+        out["subsets"] = {k: {"auroc": _nanmean(v)} for k, v in sub.items()}
+    return out
 
 
-def margin_cv_auroc(baseline: np.ndarray, labels: np.ndarray, cv: int = 5, seed: int = 0) -> float:
+def _subset_auroc(proba: np.ndarray, y: np.ndarray) -> float:
+    """AUROC on a fold's subset; NaN where it holds one option only (or nothing)."""
+    return proba_auroc(proba, y) if len(np.unique(y)) > 1 else float("nan")
+
+
+def _nanmean(values: Sequence[float]) -> float | None:
+    """Mean over the folds where the figure is defined; None where it is nowhere."""
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else None
+
+
+def margin_cv_auroc(
+    baseline: np.ndarray,
+    labels: np.ndarray,
+    cv: int = 5,
+    seed: int = 0,
+    groups: Sequence[Any] | None = None,
+    subset: np.ndarray | None = None,
+) -> float | None:
     """The model margin's AUROC averaged over the same folds the readers are scored on (it has
-    nothing to fit: a threshold does not move an AUROC), for comparing with their CV figures."""
+    nothing to fit: a threshold does not move an AUROC), for comparing with their CV figures;
+    ``subset`` (an item mask) scores only those items of each fold."""
     proba = softmax(np.asarray(baseline, dtype=np.float64), axis=1)
-    return float(
-        np.nanmean([proba_auroc(proba[te], labels[te]) for _, te in _folds(labels, cv, seed)])
-    )
+    keep = np.ones(len(labels), bool) if subset is None else np.asarray(subset, bool)
+    values = [
+        _subset_auroc(proba[te[keep[te]]], labels[te[keep[te]]])
+        for _, te in _folds(labels, cv, seed, groups)
+    ]
+    return _nanmean(values)
 
 
 def choose_reader(
@@ -586,12 +668,16 @@ def choose_reader(
     cv: int = 5,
     seed: int = 0,
     metric: str = "auroc",
+    *,
+    groups: Sequence[Any] | None = None,
+    subsets: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Cross-validated AUROC and accuracy of every candidate on these (calibration) items.
 
     Returns ``{"chosen", "rule", "cv": {name: {"auroc", "accuracy"} or {"skipped": why}},
     "model_margin_auroc"}``; the best AUROC wins, ties to the earlier (simpler) candidate. The
-    hybrid is skipped where the model's own answer is missing.
+    hybrid is skipped where the model's own answer is missing. ``groups`` and ``subsets`` as
+    in :func:`cross_val_scores` (every fold, inner ones too, keeps a group whole).
     """
     results: dict[str, dict[str, Any]] = {}
     has_model = baseline is not None and bool(np.isfinite(baseline).all())
@@ -600,7 +686,9 @@ def choose_reader(
             results[name] = {"skipped": "no model answer in the scan"}
             continue
         try:
-            results[name] = cross_val_scores(name, scores, labels, baseline, cv, seed, metric)
+            results[name] = cross_val_scores(
+                name, scores, labels, baseline, cv, seed, metric, groups=groups, subsets=subsets
+            )
         except ValueError as err:  # e.g. L1 on multi-option items
             results[name] = {"skipped": str(err)}
     scored = {k: v["auroc"] for k, v in results.items() if "auroc" in v}
@@ -612,7 +700,9 @@ def choose_reader(
         "chosen": chosen,
         "rule": f"highest {cv}-fold cross-validated AUROC on the calibration split",
         "cv": results,
-        "model_margin_auroc": margin_cv_auroc(baseline, labels, cv, seed) if has_model else None,
+        "model_margin_auroc": (
+            margin_cv_auroc(baseline, labels, cv, seed, groups) if has_model else None
+        ),
     }
 
 
@@ -672,7 +762,11 @@ class HiddenStateProbe(BaseEstimator):
         return LogisticRegression(C=c, max_iter=3000).fit(x, y)
 
     def fit(
-        self, hidden: Any, labels: Any, layers: Sequence[int] | None = None
+        self,
+        hidden: Any,
+        labels: Any,
+        layers: Sequence[int] | None = None,
+        groups: Sequence[Any] | None = None,
     ) -> HiddenStateProbe:
         h = np.asarray(hidden)
         if h.ndim != 4:
@@ -682,7 +776,7 @@ class HiddenStateProbe(BaseEstimator):
         n, n_kept, self.n_options_, self.d_model_ = h.shape
         y = check_labels(labels, n, self.n_options_)
         self.layers_ = list(layers) if layers is not None else list(range(n_kept))
-        folds = _folds(y, self.cv, self.random_state)
+        folds = _folds(y, self.cv, self.random_state, groups)
         table = np.full((n_kept, len(self.Cs)), np.nan)
         for li in range(n_kept):
             x = self._layer_features(h, li)
@@ -727,7 +821,14 @@ class HiddenStateProbe(BaseEstimator):
         return proba
 
     def predict(self, hidden: Any) -> np.ndarray:
-        return self.predict_proba(hidden).argmax(axis=1)
+        return decide(self.predict_proba(hidden))
+
+    def decision_function(self, hidden: Any) -> np.ndarray:
+        """Binary items: the log-odds of option 0 (valid), the scale the readers' margins share."""
+        if getattr(self, "n_options_", 2) != 2:
+            raise ValueError("decision_function is defined for two-option items only")
+        p = np.clip(self.predict_proba(hidden)[:, 0], 1e-12, 1 - 1e-12)
+        return np.log(p) - np.log1p(-p)
 
     def to_dict(self) -> dict[str, Any]:
         if not hasattr(self, "coef_"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from qkscore.generation.chains import chain_record
 from qkscore.generation.folder import GenFolder, problems_sha256
 from qkscore.generation.problems import Problem
 
-__all__ = ["import_chains", "read_chains_file"]
+__all__ = ["import_chains", "json_lines", "read_chains_file"]
 
 
 def _problem(record: Any, file: str, line: int) -> tuple[Problem, list[str]]:
@@ -65,18 +65,24 @@ def _problem(record: Any, file: str, line: int) -> tuple[Problem, list[str]]:
     return problem, list(gens)
 
 
-def read_chains_file(path: str | Path) -> list[tuple[Problem, list[str]]]:
-    """Every problem and its chains from a JSONL file; a bad line raises naming line and field."""
+def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON)`` for each non-blank line of a JSONL file; a line that is
+    not JSON raises :class:`DataError` naming the file and the line."""
     text, _ = read_text_file(path)
-    out: list[tuple[Problem, list[str]]] = []
-    seen: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"not valid JSON ({error.msg})", file=str(path), line=n) from None
+
+
+def read_chains_file(path: str | Path) -> list[tuple[Problem, list[str]]]:
+    """Every problem and its chains from a JSONL file; a bad line raises naming line and field."""
+    out: list[tuple[Problem, list[str]]] = []
+    seen: dict[str, int] = {}
+    for n, record in json_lines(path):
         problem, gens = _problem(record, str(path), n)
         if problem.id in seen:
             raise DataError(

@@ -7,7 +7,15 @@ that saw its own problem. Problems are dealt into ``folds`` groups; each group's
 scored by readers fitted on the other groups only.
 
 Problems whose ids are in the profile's calibration split are left out of every figure by
-default (the step reader was fitted on them); the summary says how many there were.
+default (the step reader was fitted on them); the summary says how many there were. A step
+profile (``qkscore calibrate GEN``) never judges the problems it was calibrated on: keeping
+them is refused. An answer profile still runs on steps, and the summary says its step verdicts
+come from a profile calibrated on answers.
+
+Step-level figures are measured by problem: their intervals resample whole problems (the steps
+of one problem share a context and most of their text), and the step reader is compared with
+the model's own step log-odds by a paired bootstrap of the AUROC difference over the same
+problems.
 """
 
 from __future__ import annotations
@@ -20,45 +28,90 @@ from typing import Any
 
 import numpy as np
 
-from qkscore.audit.chain import context_with_steps
+from qkscore.audit.chain import step_pairs
 from qkscore.generation.folder import GenFolder
 from qkscore.generation.label import parse_coverage
 from qkscore.generation.rank_cache import RankCache, chain_key, rank_settings
 from qkscore.generation.solution import CONFIDENCE, SolutionScores, score_solutions
 from qkscore.run import _atomic_write_bytes, _progress, save_array, write_json
-from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar
+from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar, paired_bootstrap
 
 __all__ = ["STEP_SCORERS", "cross_fit_solution", "rank", "select"]
 
-#: Step scorers, higher = more likely valid: the profile's reader margin, its single head's
-#: margin, and the model's own log-odds of "True" for the step (the fair baseline).
-STEP_SCORERS = ("qk_reader", "qk_head", "model_logodds")
+#: Step scorers, higher = more likely valid: the profile's reader margin and its single
+#: head's margin; the model's own log-odds of "True" for the step (the fair baseline); the
+#: step profile's hidden-state probe (log-odds); the mean log-probability of the step's tokens
+#: when the model wrote it (logit confidence); an answer profile's reader and head when one is
+#: given beside a step profile. Only those a run has appear in its summary.
+STEP_SCORERS = (
+    "qk_reader",
+    "qk_head",
+    "model_logodds",
+    "hidden_probe",
+    "step_logprob",
+    "answer_reader",
+    "answer_head",
+)
 STEP_AGGREGATES = ("min", "mean", "last")
 SOLUTION_SCORERS = ("qk_solution_head", "qk_solution_linear")
+#: Step scorers compared pairwise on the same steps (paired bootstrap by problem).
+STEP_PAIRS = (("qk_reader", "model_logodds"),)
+#: Per-chain selectors of the step reader, each compared with majority vote as it is (not
+#: picked among the others, so not optimistic).
+STEP_READER_SELECTORS = ("qk_reader_min", "qk_reader_mean")
 
 
-def _step_verdicts(judge: Any, context: str, steps: Sequence[str]) -> list[dict[str, float]]:
-    """The profile reader's margin, the profile head's signed margin and the model's own
-    log-odds of "True" for each step, judged against the context plus the steps before it (as
-    ``verify-chain`` does). The whole pass runs: the fast path stops at the reader's deepest
-    layer, which may lie below the single head's (an L1 reader that kept no head stops at 0)."""
+def _head_margin(judge: Any, v: Any) -> float:
+    """The profile's single head: its signed QK difference minus its threshold."""
+    return float(judge.sign * (v.qk_scores["True"] - v.qk_scores["False"]) - judge.threshold)
+
+
+def _logodds(p: float) -> float:
+    p = min(max(float(p), 1e-12), 1 - 1e-12)
+    return float(np.log(p) - np.log1p(-p))
+
+
+def _step_verdicts(
+    judge: Any,
+    context: str,
+    steps: Sequence[str],
+    answer: Any = None,
+    probe: Any = None,
+) -> list[dict[str, Any]]:
+    """For each step, judged against the context plus the steps before it (as
+    ``verify-chain`` does): the profile reader's margin, the profile head's signed margin and
+    the model's own log-odds of "True"; with ``probe`` (a step profile's hidden-state probe) its
+    log-odds, and with ``answer`` (a Judge on an answer profile) that profile's reader and head.
+    One whole pass per chain serves them all (an answer profile with another template gets its
+    own): the fast path stops at the reader's deepest layer, which may lie below the single
+    head's (an L1 reader that kept no head stops at 0)."""
     if not steps:
         return []
-    queries = [(context_with_steps(context, steps[:i]), s) for i, s in enumerate(steps)]
-    out = []
-    for v in judge.check_many(queries, model_answer=True):
-        head = judge.sign * (v.qk_scores["True"] - v.qk_scores["False"]) - judge.threshold
-        p = min(max(float(v.model_probability), 1e-12), 1 - 1e-12)
-        out.append(
-            {
-                "qk_reader": v.margin,
-                "qk_head": float(head),
-                "model_logodds": float(np.log(p) - np.log1p(-p)),
-                "probability": v.probability,
-                "verdict": v.verdict,
-            }
-        )
-    return out
+    pairs = step_pairs(context, steps)
+    out = judge.features(pairs, hidden_layers=None if probe is None else probe.layers_)
+    rows = [
+        {
+            "qk_reader": v.margin,
+            "qk_head": _head_margin(judge, v),
+            "model_logodds": _logodds(v.model_probability),
+            "probability": v.probability,
+            "verdict": v.verdict,
+        }
+        for v in judge.verdicts(out)
+    ]
+    if probe is not None:
+        for row, m in zip(rows, probe.decision_function(out.hidden)):
+            row["hidden_probe"] = float(m)
+    if answer is not None:
+        same = answer.template.describe() == judge.template.describe()
+        if same and answer.rope == judge.rope:
+            verdicts = answer.verdicts(out)
+        else:
+            verdicts = answer.check_many(pairs, model_answer=True)
+        for row, v in zip(rows, verdicts):
+            row["answer_reader"] = v.margin
+            row["answer_head"] = _head_margin(answer, v)
+    return rows
 
 
 def _solution_scores(
@@ -84,9 +137,10 @@ def _solution_scores(
                 [r["text"] for r in batch],
                 rope=judge.rope,
                 batch_size=batch_size,
+                steps=[r["steps"] for r in batch],
             )
             keys = [chain_key(r) for r in batch]
-            for row in cache.add_solutions(keys, part.qk, part.confidence):
+            for row in cache.add_solutions(keys, part.qk, part.confidence, part.step_logprob):
                 done[row["key"]] = row
             advance(len(batch))
     rows = [done[chain_key(r)] for r in records]
@@ -95,7 +149,7 @@ def _solution_scores(
         name: np.array([row["confidence"][name] for row in rows], dtype=float)
         for name in CONFIDENCE
     }
-    return SolutionScores(qk, confidence)
+    return SolutionScores(qk, confidence, [row["step_logprob"] for row in rows])
 
 
 def _constant_reader(judge: Any) -> bool:
@@ -181,13 +235,18 @@ def select(
     return {k: np.array(v, dtype=bool) for k, v in out.items()}
 
 
-def _auroc_entry(score: np.ndarray, positive: np.ndarray, n_boot: int) -> dict[str, Any]:
+def _auroc_entry(
+    score: np.ndarray, positive: np.ndarray, n_boot: int, groups: np.ndarray | None = None
+) -> dict[str, Any]:
+    """AUROC with its 95% interval; ``groups`` (the problem of each chain or step) makes the
+    bootstrap resample whole problems."""
     ok = np.isfinite(score)
     s, y = score[ok], positive[ok].astype(bool)
     entry: dict[str, Any] = {"n": int(ok.sum()), "positives": int(y.sum())}
     if y.all() or not y.any():
         return {**entry, "auroc": None, "ci": None}
-    ci = bootstrap_ci(auroc, s, y, n_boot=n_boot)
+    g = None if groups is None else np.asarray(groups)[ok]
+    ci = bootstrap_ci(auroc, s, y, n_boot=n_boot, groups=g)
     return {**entry, "auroc": float(ci.point), "ci": [ci.low, ci.high]}
 
 
@@ -196,11 +255,16 @@ def _accuracy_entry(correct: np.ndarray, n_boot: int) -> dict[str, Any]:
     return {"accuracy": float(ci.point), "ci": [ci.low, ci.high], "n": len(correct)}
 
 
+def _calibration_ids(judge: Any) -> set[str]:
+    return {str(i) for i in judge.profile.data["calibration"].get("item_ids", [])}
+
+
 def rank(
     gen: str | Path,
     profile: str | Path,
     out: str | Path,
     *,
+    answer_profile: str | Path | None = None,
     model: Any = None,
     folds: int = 5,
     dtype: str = "float32",
@@ -212,47 +276,73 @@ def rank(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score every chain of the generation folder ``gen`` and write ``out``: ranked.jsonl,
-    solution_qk.npy, summary.json and summary.md. Returns the summary."""
+    solution_qk.npy, summary.json and summary.md. Returns the summary.
+
+    ``profile`` judges the steps: a step profile (``unit: "step"``) on problems it never saw,
+    or an answer profile (its step verdicts then carry a warning). ``answer_profile`` (an
+    answer profile of the same model) is measured on the same steps beside a step profile."""
     from qkscore.audit import Judge
 
     folder = GenFolder(gen)
     records = folder.records()
     problems = folder.problems()
     judge = Judge(profile, model=model, dtype=dtype, model_answer=True)
+    answer = None
+    if answer_profile is not None:
+        answer = Judge(answer_profile, model=judge.lm, model_answer=True)
+        if answer.unit != "answer":
+            raise ValueError(
+                f"--answer-profile {answer_profile} was calibrated on steps; give the profile "
+                "calibrated on answers (the step profile goes to --profile)"
+            )
+    step_profile = judge.unit == "step"
+    if step_profile and include_calibration:
+        raise ValueError(
+            f"{profile} is a step profile calibrated on the steps of "
+            f"{len(_calibration_ids(judge))} problems: judging those problems is refused "
+            "(drop --include-calibration)"
+        )
+    probe = judge.profile.baseline("hidden_probe") if step_profile else None
     constant = _constant_reader(judge)
-    calib = {str(i) for i in judge.profile.data["calibration"].get("item_ids", [])}
+    calib = _calibration_ids(judge) | (set() if answer is None else _calibration_ids(answer))
     in_calib = sorted({p.id for p in problems} & calib)
     keep = [r for r in records if include_calibration or r["id"] not in calib]
     if not keep:
         raise ValueError(f"every problem of {folder.path} is in the profile's calibration split")
-    settings = rank_settings(folder.meta(), Path(profile), judge.lm.name, dtype)
+    settings = rank_settings(
+        folder.meta(),
+        Path(profile),
+        judge.lm.name,
+        dtype,
+        None if answer_profile is None else Path(answer_profile),
+    )
     cache = RankCache(Path(out), settings, log)
     done = cache.steps()
     cached = sum(chain_key(r) in done for r in keep)
     with _progress(progress, "steps", len(keep), cached, unit="chains") as advance:
         for r in keep:
             if chain_key(r) not in done:
-                verdicts = _step_verdicts(judge, problems[r["problem"]].context, r["steps"])
+                context = problems[r["problem"]].context
+                verdicts = _step_verdicts(judge, context, r["steps"], answer, probe)
                 cache.add_steps(chain_key(r), verdicts)
                 done[chain_key(r)] = verdicts
                 advance(1)
-    steps = [done[chain_key(r)] for r in keep]
     solution = _solution_scores(judge, cache, keep, problems, batch_size, progress)
+    steps = [
+        [{**v, "step_logprob": lp} for v, lp in zip(done[chain_key(r)], step_lp, strict=True)]
+        for r, step_lp in zip(keep, solution.step_logprob)
+    ]
     correct = np.array([r["correct"] for r in keep], dtype=bool)
     groups = [r["id"] for r in keep]
     cross, chosen = cross_fit_solution(solution.qk, correct, groups, folds, seed)
 
+    scorers = [n for n in STEP_SCORERS if any(n in v for verdicts in steps for v in verdicts)]
     chain_scores: dict[str, np.ndarray] = {}
-    for name in STEP_SCORERS:
+    for name in scorers:
         for agg in STEP_AGGREGATES:
-            vals = []
-            for verdicts in steps:
-                xs = [v[name] for v in verdicts]
-                if not xs:
-                    vals.append(np.nan)
-                else:
-                    vals.append({"min": min, "mean": np.mean, "last": lambda a: a[-1]}[agg](xs))
-            chain_scores[f"{name}_{agg}"] = np.array(vals, dtype=float)
+            chain_scores[f"{name}_{agg}"] = np.array(
+                [_aggregate([v[name] for v in verdicts], agg) for verdicts in steps], dtype=float
+            )
     chain_scores.update(cross)
     chain_scores.update(solution.confidence)
 
@@ -260,13 +350,25 @@ def rank(
     selected = select(chain_scores, keep, by_problem, seed)
 
     summary = _summary(
-        keep, steps, chain_scores, selected, correct, n_boot=n_boot, folds=folds, chosen=chosen
+        keep,
+        steps,
+        scorers,
+        chain_scores,
+        selected,
+        correct,
+        n_boot=n_boot,
+        folds=folds,
+        chosen=chosen,
     )
     summary.update(answer_control(chain_scores, keep, by_problem, n_boot, seed))
     summary.update(
         constant_reader=constant,
         generations=str(folder.path),
         profile=str(profile),
+        profile_unit=judge.unit,
+        warning=judge.step_warning,
+        answer_profile=None if answer_profile is None else str(answer_profile),
+        hidden_probe_layer=None if probe is None else probe.layer_,
         reader=judge.reader_name,
         head=judge.head,
         n_problems=len(by_problem),
@@ -281,17 +383,22 @@ def rank(
     return summary
 
 
+def _aggregate(values: Sequence[float], how: str) -> float:
+    """min, mean or last of a chain's step scores, over the steps that have one (NaN: a step
+    whose logit confidence could not be placed); NaN for a chain with none."""
+    xs = [x for x in values if x is not None and np.isfinite(x)]
+    if not xs:
+        return float("nan")
+    return float({"min": min, "mean": np.mean, "last": lambda a: a[-1]}[how](xs))
+
+
 def _compare(best: str, selected: Mapping[str, np.ndarray], others: Sequence[str]) -> dict:
     """McNemar of selector ``best`` against each of ``others``; "beats" only at p < 0.05."""
     out = {}
     for other in others:
         test = mcnemar(selected[best], selected[other])
         diff = float(selected[best].mean() - selected[other].mean())
-        verdict = (
-            "beats"
-            if test.pvalue < 0.05 and diff > 0
-            else ("is beaten by" if test.pvalue < 0.05 else "does not beat")
-        )
+        verdict = _verdict(test.pvalue, diff)
         out[other] = {
             "selector": best,
             "accuracy_difference": diff,
@@ -351,11 +458,14 @@ def answer_control(
     # the same selectors choosing only among chains that reached an answer line
     masked = {k: np.where(answered, v, np.nan) for k, v in chain_scores.items()}
     selected_answered = select(masked, records, by_problem, seed)
+    problem = np.array([r["id"] for r in records], dtype=object)
     among = {
-        name: _auroc_entry(s[answered], correct[answered], n_boot)
+        name: _auroc_entry(s[answered], correct[answered], n_boot, problem[answered])
         for name, s in chain_scores.items()
     }
-    finishing = {name: _auroc_entry(s, answered, n_boot) for name, s in chain_scores.items()}
+    finishing = {
+        name: _auroc_entry(s, answered, n_boot, problem) for name, s in chain_scores.items()
+    }
     smaller_side = int(min(answered.sum(), (~answered).sum()))
     testable = smaller_side >= MIN_FINISHING_SIDE
     flagged = [
@@ -379,41 +489,83 @@ def answer_control(
             "comparisons_among_answered": _compare(
                 best, selected_answered, ("majority_vote", "logprob_mean")
             ),
+            "step_reader_vs_majority_among_answered": _step_reader_vs_majority(selected_answered),
         }
     }
 
 
-def _summary(records, steps, chain_scores, selected, correct, *, n_boot, folds, chosen):
+def _step_subsets(labels: Sequence[Mapping[str, Any]], valid: np.ndarray) -> dict[str, Any]:
+    """Masks over the parsed steps for the step-level breakdowns. Invalid steps have no proof
+    depth, so each subset keeps every invalid step and some of the valid ones: ``derived_only``
+    leaves out the valid steps that restate a premise (depth 0), ``grounded_only`` those that
+    follow only from an earlier unsupported step, ``by_depth`` keeps the valid steps of one
+    depth."""
+    depth = [lab.get("depth") for lab in labels]
+    restated = valid & np.array([d == 0 for d in depth], dtype=bool)
+    ungrounded = valid & np.array([lab.get("grounded") is False for lab in labels], dtype=bool)
+    by_depth = {
+        str(d): ~valid | np.array([x == d for x in depth], dtype=bool)
+        for d in sorted({d for d, v in zip(depth, valid) if v and d is not None})
+    }
+    return {"derived_only": ~restated, "grounded_only": ~ungrounded, "by_depth": by_depth}
+
+
+def _summary(records, steps, scorers, chain_scores, selected, correct, *, n_boot, folds, chosen):
     labels = [lab for r in records for lab in r["labels"]]
     step_rows = [
-        (v, lab, r.get("hops"))
+        (v, lab, r.get("hops"), r["id"])
         for r, verdicts in zip(records, steps)
         for v, lab in zip(verdicts, r["labels"])
         if lab["label"] != "unparsed"
     ]
     step_level: dict[str, Any] = {}
-    valid = np.array([lab["label"] == "valid" for _, lab, _ in step_rows], dtype=bool)
-    hops = np.array([-1 if h is None else h for _, _, h in step_rows])
+    valid = np.array([lab["label"] == "valid" for _, lab, _, _ in step_rows], dtype=bool)
+    hops = np.array([-1 if h is None else h for _, _, h, _ in step_rows])
+    problem = np.array([p for _, _, _, p in step_rows], dtype=object)
     # A valid step at depth 0 restates a premise: a scorer that only recognises text copied
     # from the context does well on those, so each scorer is also measured without them.
-    restated = valid & np.array([lab.get("depth") == 0 for _, lab, _ in step_rows], dtype=bool)
-    for name in STEP_SCORERS:
-        s = np.array([v[name] for v, _, _ in step_rows], dtype=float)
-        entry = {
-            "overall": _auroc_entry(s, valid, n_boot),
-            "derived_only": _auroc_entry(s[~restated], valid[~restated], n_boot),
+    subsets = _step_subsets([lab for _, lab, _, _ in step_rows], valid)
+    values = {
+        name: np.array([v.get(name, np.nan) for v, _, _, _ in step_rows], dtype=float)
+        for name in scorers
+    }
+
+    def entry(s: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        return _auroc_entry(s[mask], valid[mask], n_boot, problem[mask])
+
+    every = np.ones(len(step_rows), dtype=bool)
+    for name in scorers:
+        s = values[name]
+        e: dict[str, Any] = {
+            "overall": entry(s, every),
+            "derived_only": entry(s, subsets["derived_only"]),
+            "grounded_only": entry(s, subsets["grounded_only"]),
+            "by_depth": {d: entry(s, m) for d, m in subsets["by_depth"].items()},
             "by_hops": {},
         }
         for h in sorted(set(hops.tolist())):
-            m = hops == h
-            entry["by_hops"][str(h) if h >= 0 else "unknown"] = _auroc_entry(s[m], valid[m], n_boot)
-        step_level[name] = entry
+            e["by_hops"][str(h) if h >= 0 else "unknown"] = entry(s, hops == h)
+        step_level[name] = e
+    paired = {}
+    for a, b in STEP_PAIRS:
+        if a in values and b in values:
+            paired[f"{a} vs {b}"] = {
+                key: _paired_entry(values[a], values[b], valid, problem, mask, n_boot)
+                for key, mask in (
+                    ("overall", every),
+                    ("derived_only", subsets["derived_only"]),
+                    ("grounded_only", subsets["grounded_only"]),
+                )
+            }
     depths: dict[str, int] = {}
-    for _, lab, _ in step_rows:
+    for _, lab, _, _ in step_rows:
         if lab["label"] == "valid":
             key = str(lab["depth"])
             depths[key] = depths.get(key, 0) + 1
-    chain_level = {name: _auroc_entry(s, correct, n_boot) for name, s in chain_scores.items()}
+    chain_groups = np.array([r["id"] for r in records], dtype=object)
+    chain_level = {
+        name: _auroc_entry(s, correct, n_boot, chain_groups) for name, s in chain_scores.items()
+    }
     best_of_n = {name: _accuracy_entry(c, n_boot) for name, c in selected.items()}
     best_qk = _best_qk(best_of_n)
     comparisons = _compare(best_qk, selected, ("majority_vote", "logprob_mean"))
@@ -423,11 +575,51 @@ def _summary(records, steps, chain_scores, selected, correct, *, n_boot, folds, 
         "chains_correct": float(correct.mean()),
         "answers_parsed": float(np.mean([r["answer"] is not None for r in records])),
         "step_level": step_level,
+        "step_paired": paired,
         "chain_level": chain_level,
         "best_of_n": best_of_n,
         "best_qk_selector": best_qk,
         "comparisons": comparisons,
+        "step_reader_vs_majority": _step_reader_vs_majority(selected),
         "solution_folds": {"folds": folds, "heads": chosen},
+    }
+
+
+def _paired_entry(a, b, valid, problem, mask, n_boot) -> dict[str, Any]:
+    """Paired bootstrap of AUROC(a) - AUROC(b) on the same steps, resampling problems."""
+    ok = mask & np.isfinite(a) & np.isfinite(b)
+    y = valid[ok]
+    if y.all() or not y.any():
+        return {"n": int(ok.sum()), "difference": None, "ci": None, "pvalue": None}
+    test = paired_bootstrap(auroc, a[ok], b[ok], y, groups=problem[ok], n_boot=n_boot)
+    return {
+        "n": int(ok.sum()),
+        "difference": test.difference,
+        "ci": [test.low, test.high],
+        "pvalue": test.pvalue,
+        "verdict": _verdict(test.pvalue, test.difference, READS_STEPS),
+    }
+
+
+#: How a comparison reads: better, worse, no difference at p < 0.05.
+BEATS = ("beats", "is beaten by", "does not beat")
+READS_STEPS = ("reads steps better than", "reads steps worse than", "is no different from")
+
+
+def _verdict(pvalue: float, difference: float, words: Sequence[str] = BEATS) -> str:
+    """The better or worse word only at p < 0.05; else the no-difference one."""
+    better, worse, same = words
+    if not np.isfinite(pvalue) or pvalue >= 0.05:
+        return same
+    return better if difference > 0 else worse
+
+
+def _step_reader_vs_majority(selected: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Each per-chain selector of the step reader (min, mean) against majority vote."""
+    return {
+        name: _compare(name, selected, ("majority_vote",))["majority_vote"]
+        for name in STEP_READER_SELECTORS
+        if name in selected
     }
 
 
@@ -453,6 +645,23 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         + ("–" if cov["coverage"] is None else f"{cov['coverage']:.1%}")
         + ").",
     ]
+    if summary.get("warning"):
+        lines.append(f"**Warning: {summary['warning']}.**")
+    elif summary.get("profile_unit") == "step":
+        lines.append(
+            "Step verdicts come from a step profile (calibrated on the steps of other problems"
+            + (
+                f"; hidden-state probe at layer {summary['hidden_probe_layer']}"
+                if summary.get("hidden_probe_layer") is not None
+                else ""
+            )
+            + (
+                f"; answer profile `{summary['answer_profile']}` beside it as `answer_*`"
+                if summary.get("answer_profile")
+                else ""
+            )
+            + ")."
+        )
     if summary.get("constant_reader"):
         lines.append(
             f"**The profile's reader `{summary['reader']}` keeps no head: its margin is one "
@@ -478,6 +687,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "- The best QK selector is picked among the QK selectors by its accuracy on these same "
         "problems, so its figure is optimistic; the others are not picked."
     )
+    lines += _step_reader_lines(summary.get("step_reader_vs_majority", {}))
     lines += ["", "## Chain level: AUROC for a correct final answer", ""]
     lines += ["| scorer | AUROC | chains |", "|---|---|---|"]
     for name, entry in summary["chain_level"].items():
@@ -485,26 +695,75 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     control = summary.get("answer_control")
     if control:
         lines += _answer_control_markdown(control)
-    lines += ["", "## Step level: AUROC against the prover's labels (valid = positive)", ""]
-    lines += ["| scorer | problem hops | AUROC | steps (valid) |", "|---|---|---|---|"]
-    for name, entry in summary["step_level"].items():
-        rows = [("all", entry["overall"]), *entry["by_hops"].items()]
-        for hops, e in rows:
-            lines.append(f"| {name} | {hops} | {_fmt(e, 'auroc')} | {e['n']} ({e['positives']}) |")
+    lines += _step_level_markdown(summary)
+    return "\n".join(lines) + "\n"
+
+
+def _step_reader_lines(comparisons: Mapping[str, Any]) -> list[str]:
+    return [
+        f"- Step reader selector `{name}` {c['verdict']} majority vote "
+        f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g}; not picked)."
+        for name, c in comparisons.items()
+    ]
+
+
+def _step_level_markdown(summary: Mapping[str, Any]) -> list[str]:
+    """The step-level tables: all, derived and grounded steps, by depth, by hop count, and the
+    paired comparison of the step reader with the model's own step log-odds."""
+    level = summary["step_level"]
     restated = summary.get("valid_steps_by_depth", {}).get("0", 0)
+    lines = [
+        "",
+        "## Step level: AUROC against the prover's labels (valid = positive)",
+        "",
+        "95% intervals resample whole problems. Every column keeps all invalid steps; "
+        f"{restated} valid steps restate a premise (depth 0): *derived* leaves them out, "
+        "*grounded* leaves out valid steps that follow only from an unsupported earlier step.",
+        "",
+        "| scorer | all steps | derived | grounded | steps (valid): all / derived |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in level.items():
+        a, d, g = entry["overall"], entry["derived_only"], entry["grounded_only"]
+        lines.append(
+            f"| {name} | {_fmt(a, 'auroc')} | {_fmt(d, 'auroc')} | {_fmt(g, 'auroc')} | "
+            f"{a['n']} ({a['positives']}) / {d['n']} ({d['positives']}) |"
+        )
+    words = {"overall": "all", "derived_only": "derived", "grounded_only": "grounded"}
+    lines.append("")
+    for key, c in summary.get("step_paired", {}).items():
+        for subset, e in c.items():
+            if e.get("difference") is None:
+                continue
+            a, b = key.split(" vs ")
+            lines.append(
+                f"- `{a}` {e['verdict']} `{b}` on {words.get(subset, subset)} steps: AUROC "
+                f"difference {e['difference']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}], "
+                f"paired bootstrap by problem p = {e['pvalue']:.3g}."
+            )
+    depths = sorted({d for e in level.values() for d in e.get("by_depth", {})}, key=int)
+    if depths:
+        lines += [
+            "",
+            "By proof depth (valid steps of that depth against every invalid step):",
+            "",
+            "| scorer | " + " | ".join(f"depth {d}" for d in depths) + " |",
+            "|---|" + "---|" * len(depths),
+        ]
+        for name, entry in level.items():
+            cells = [_fmt(entry["by_depth"].get(d, {}), "auroc") for d in depths]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"{restated} valid steps restate a premise (depth 0). Without them (valid steps "
-        "derived by at least one rule against the invalid ones):",
+        "By the problem's hop count:",
         "",
-        "| scorer | AUROC | steps (valid) |",
-        "|---|---|---|",
+        "| scorer | problem hops | AUROC | steps (valid) |",
+        "|---|---|---|---|",
     ]
-    for name, entry in summary["step_level"].items():
-        e = entry.get("derived_only")
-        if e:
-            lines.append(f"| {name} | {_fmt(e, 'auroc')} | {e['n']} ({e['positives']}) |")
-    return "\n".join(lines) + "\n"
+    for name, entry in level.items():
+        for hops, e in entry["by_hops"].items():
+            lines.append(f"| {name} | {hops} | {_fmt(e, 'auroc')} | {e['n']} ({e['positives']}) |")
+    return lines
 
 
 def _answer_control_markdown(control: Mapping[str, Any]) -> list[str]:
@@ -544,6 +803,7 @@ def _answer_control_markdown(control: Mapping[str, Any]) -> list[str]:
             f"- Best QK selector `{c['selector']}` {c['verdict']} `{other}` "
             f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g})."
         )
+    lines += _step_reader_lines(control.get("step_reader_vs_majority_among_answered", {}))
     return lines
 
 

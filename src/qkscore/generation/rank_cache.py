@@ -9,9 +9,11 @@ there, and a rerun of a finished folder only recomputes the summary (other ``--f
 ::
 
     cache/settings.json    what the scores depend on: the generation folder's problems hash
-                           and creation time, the profile's SHA-256, the model and the dtype
+                           and creation time, the profiles' SHA-256 (and the answer profile's),
+                           the model, the dtype and the cache's format
     cache/steps.jsonl      {"key", "verdicts"} per chain
-    cache/solutions.jsonl  {"key", "qk" [layers][heads], "confidence"} per scored chain
+    cache/solutions.jsonl  {"key", "qk" [layers][heads], "confidence", "step_logprob"} per
+                           scored chain
 
 A cache written under other settings is set aside (renamed ``cache.stale-N``), never mixed in.
 Floats round-trip exactly through JSON, so resumed figures equal an uninterrupted run's up to
@@ -38,13 +40,30 @@ def chain_key(record: Mapping[str, Any]) -> str:
     return f"{record['id']}#{record['sample']}"
 
 
-def rank_settings(gen_meta: Mapping[str, Any], profile: Path, model: str, dtype: str) -> dict:
+#: What a cached row holds; a cache of another format is set aside. 2: step verdicts with the
+#: hidden-state probe and an answer profile beside the step profile, each step's logit confidence.
+CACHE_FORMAT = 2
+
+
+def rank_settings(
+    gen_meta: Mapping[str, Any],
+    profile: Path,
+    model: str,
+    dtype: str,
+    answer_profile: Path | None = None,
+) -> dict:
     """The inputs every cached score depends on."""
     return {
         "generations": {k: gen_meta.get(k) for k in ("problems", "created", "source")},
         "profile_sha256": hashlib.sha256(Path(profile).read_bytes()).hexdigest(),
+        "answer_profile_sha256": (
+            None
+            if answer_profile is None
+            else hashlib.sha256(answer_profile.read_bytes()).hexdigest()
+        ),
         "model": model,
         "dtype": dtype,
+        "format": CACHE_FORMAT,
     }
 
 
@@ -94,16 +113,21 @@ class RankCache:
         return {row["key"]: row for row in read_jsonl(self.solutions_path)}
 
     def add_solutions(
-        self, keys: Sequence[str], qk: np.ndarray, confidence: Mapping[str, np.ndarray]
+        self,
+        keys: Sequence[str],
+        qk: np.ndarray,
+        confidence: Mapping[str, np.ndarray],
+        step_logprob: Sequence[Sequence[float]] = (),
     ) -> list[dict[str, Any]]:
-        """One batch: ``qk[i]`` and ``confidence[name][i]`` belong to ``keys[i]``; chains the
-        pass could not score (NaN) are stored too, so a rerun does not try them again. Returns
-        the rows as :meth:`solutions` reads them back."""
+        """One batch: ``qk[i]``, ``confidence[name][i]`` and ``step_logprob[i]`` belong to
+        ``keys[i]``; chains the pass could not score (NaN) are stored too, so a rerun does not
+        try them again. Returns the rows as :meth:`solutions` reads them back."""
         rows = [
             {
                 "key": key,
                 "qk": qk[i].astype(float).tolist(),
                 "confidence": {name: float(v[i]) for name, v in confidence.items()},
+                "step_logprob": [float(x) for x in step_logprob[i]] if step_logprob else [],
             }
             for i, key in enumerate(keys)
         ]

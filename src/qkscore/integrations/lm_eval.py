@@ -18,6 +18,8 @@ registration.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 import sys
@@ -30,6 +32,7 @@ import numpy as np
 from lm_eval.api.model import LM
 
 from qkscore.data import load_items
+from qkscore.estimators.base import decide
 from qkscore.estimators.readers import reader_predict_proba
 from qkscore.integrations.lm_eval_tasks import TASKS_DIR, packaged_task
 from qkscore.models import LoadedModel, load_model
@@ -53,6 +56,18 @@ def register() -> None:
         model_registry.register(MODEL_NAME, target=QKScoreLM)
 
 
+def _unknown_args_message(names: Sequence[str]) -> str:
+    """Which model arguments ``qkscore`` does not take, the nearest it does, and all of them."""
+    known = [
+        p for p in inspect.signature(QKScoreLM.__init__).parameters if p not in ("self", "_ignored")
+    ]
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"model qkscore: unknown model_args {', '.join(parts)}; it takes {', '.join(known)}"
+
+
 def _batch_size(value: Any) -> int:
     """lm-eval passes ``--batch_size`` through; "auto" (its memory probe) means our default."""
     try:
@@ -71,7 +86,8 @@ class QKScoreLM(LM):
     ``reader`` (default auto) and ``calibrate_out`` (folder for the scan and profile; default
     a temporary one) and ``calib_size`` (a balanced subset of the calibration items, faster).
     ``dtype`` defaults to float32, as ``check`` does, so verdicts do not
-    depend on batching. Documents that were calibration items are refused.
+    depend on batching. Documents that were calibration items are refused. Any other model
+    argument (a misspelt ``reder=head``) is an error naming it, before the model loads.
     """
 
     def __init__(
@@ -90,13 +106,13 @@ class QKScoreLM(LM):
         **_ignored: Any,
     ) -> None:
         super().__init__()
+        if _ignored:  # a misspelt argument (reder=head) would otherwise change nothing
+            raise ValueError(_unknown_args_message(sorted(_ignored)))
         if (profile is None) == (calibrate is None):
             raise ValueError(
                 "model qkscore needs exactly one of profile=P.json or calibrate=SOURCE "
                 "(a packaged task name or a data spec) in --model_args"
             )
-        if _ignored:
-            log.warning("qkscore model: ignoring model_args %s", sorted(_ignored))
         self.batch_size = _batch_size(batch_size)
         if isinstance(pretrained, LoadedModel):
             self.lm = pretrained
@@ -213,7 +229,7 @@ class QKScoreLM(LM):
         proba = self.choice_probabilities(prompts)
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         for row, idx in enumerate(members):
-            best = int(np.argmax(proba[row]))
+            best = int(decide(proba[row][None, :])[0])
             for j, i in enumerate(idx):
                 out[i] = (math.log(max(float(proba[row, j]), 1e-30)), j == best)
         return out

@@ -80,6 +80,18 @@ class LoadedModel:
         return int(_text_config(self.model.config).hidden_size)
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest token sequence the model's positions cover (its config's
+        ``max_position_embeddings``, ``n_positions`` in GPT-2 style configs), or None when the
+        config does not say."""
+        config = _text_config(self.model.config)
+        for key in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 

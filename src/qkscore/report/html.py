@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from qkscore._version import __version__
-from qkscore.pipeline import evaluation_indices
+from qkscore.pipeline import ITEM_LISTS, evaluation_indices
 from qkscore.profile import Profile
 from qkscore.report import plots
 from qkscore.report.summary import finite as _finite
@@ -454,7 +454,8 @@ def _provenance_section(
         },
     }
     calib = dict(prof.data.get("calibration") or {})
-    calib.pop("item_ids", None)
+    for key in ITEM_LISTS:
+        calib.pop(key, None)
     warn = calib.pop("warnings", None) or []
     profile_info = {
         "path": str(prof.path) if prof.path else "not saved (in memory)",

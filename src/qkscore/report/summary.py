@@ -124,6 +124,42 @@ def _compare(report: dict[str, Any], chosen: str, other: str) -> tuple[int, floa
     return 0, p
 
 
+#: Evaluation labels count as imbalanced when the majority class exceeds an even share by this.
+IMBALANCE = 0.02
+
+
+def _signal_sentence(report: dict[str, Any], name: str, acc: dict[str, Any]) -> str:
+    """Is there signal beyond chance? Accuracy against the majority-class rate where the
+    evaluation labels are balanced (the two then agree); balanced accuracy against an even
+    guess (1 / the options present) where they are not, since an imbalanced remainder lifts
+    the majority rate and hides a real signal (FOLIO: balanced accuracy 0.437 [0.361, 0.515]
+    against a chance of 0.333, while the majority class held 0.500)."""
+    counts = [int(v) for v in (report.get("label_counts") or {}).values()]
+    majority = report["methods"].get("majority")
+    n = sum(counts)
+    even = 1.0 / len(counts) if len(counts) >= 2 else None
+    if even is not None and max(counts) / n > even + IMBALANCE:
+        bal = report["methods"][_chosen(report)].get("balanced_accuracy") or {}
+        if bal.get("low") is None:
+            return ""
+        lead = (
+            f"The evaluation labels are imbalanced (majority class {max(counts) / n:.3f}), so "
+            f"signal is judged by balanced accuracy against an even guess ({even:.3f}): "
+            f"{name[0].lower()}{name[1:]}'s is {bal['value']:.3f} [{bal['low']:.3f}, "
+            f"{bal['high']:.3f}]"
+        )
+        if bal["low"] <= even:
+            return f"{lead}; its 95% interval includes chance: no evidence of signal."
+        return f"{lead}, above chance."
+    chance = majority["accuracy"]["value"] if majority else None
+    if chance is not None and acc.get("low") is not None and acc["low"] <= chance:
+        return (
+            f"{name}'s 95% interval includes the majority-class rate: no evidence of signal "
+            "beyond chance."
+        )
+    return ""
+
+
 def verdict(report: dict[str, Any]) -> str:
     """Say plainly whether the reader beat the fair baselines and chance; "beats" only when
     McNemar's test says so, never on a point estimate."""
@@ -134,13 +170,7 @@ def verdict(report: dict[str, Any]) -> str:
     acc = methods[chosen]["accuracy"]
     name = f"The {chosen} reader"
     parts = []
-    majority = methods.get("majority")
-    chance = majority["accuracy"]["value"] if majority else None
-    if chance is not None and acc.get("low") is not None and acc["low"] <= chance:
-        parts.append(
-            f"{name}'s 95% interval includes the majority-class rate: no evidence of signal "
-            "beyond chance."
-        )
+    parts.append(_signal_sentence(report, name, acc))
     for other, what in (("model_margin", "the model's own margin with a calibrated threshold"),
                         ("model_answer", "the model's own answer")):  # fmt: skip
         if other not in methods:
@@ -169,4 +199,4 @@ def verdict(report: dict[str, Any]) -> str:
         )
     if report["n_eval"] < 50:
         parts.append(f"Only {report['n_eval']} evaluation items: treat every figure as rough.")
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)

@@ -147,8 +147,14 @@ class LoadContext:
 ImplFn = Callable[[DataSpec, LoadContext], Iterable[Item]]
 
 
-def loader(name: str, description: str, *, takes_path: bool = True) -> Callable[[ImplFn], Any]:
-    """Register ``impl(spec, ctx)`` as format ``name``, giving it a context and a report."""
+def loader(
+    name: str, description: str, *, takes_path: bool = True, params: Sequence[str] = ()
+) -> Callable[[ImplFn], Any]:
+    """Register ``impl(spec, ctx)`` as format ``name``, giving it a context and a report.
+
+    ``params`` names every spec parameter the format reads beside the ones all formats take
+    (:data:`qkscore.data.spec.COMMON_PARAMS`); a spec with another one is refused.
+    """
 
     def deco(impl: ImplFn) -> Callable[[DataSpec], list[Item]]:
         @functools.wraps(impl)
@@ -156,7 +162,7 @@ def loader(name: str, description: str, *, takes_path: bool = True) -> Callable[
             ctx = LoadContext(spec)
             return ctx.finish(impl(spec, ctx))
 
-        register_loader(name, takes_path=takes_path, description=description)(run)
+        register_loader(name, takes_path=takes_path, description=description, params=params)(run)
         return run
 
     return deco

@@ -12,7 +12,7 @@ from qkscore.data.formats.helpers import (
     Record,
     loader,
 )
-from qkscore.data.formats.mapped import FieldMap, mapped_records
+from qkscore.data.formats.mapped import FIELD_PARAMS, FieldMap, mapped_records
 from qkscore.data.items import DataError, Item
 from qkscore.data.spec import DataSpec
 
@@ -33,6 +33,7 @@ def _import_datasets() -> Any:
     "hf",
     "Hugging Face datasets: hf:NAME?split=&config= (or a save_to_disk folder), "
     "field mapping as jsonl",
+    params=(*FIELD_PARAMS, "split", "config"),
 )
 def _load_hf(spec: DataSpec, ctx: LoadContext) -> list[Item]:
     datasets = _import_datasets()

@@ -19,6 +19,9 @@ from qkscore.data.formats.helpers import (
 from qkscore.data.items import TRUE_FALSE, TRUE_FALSE_UNKNOWN, Item
 from qkscore.data.spec import DataSpec
 
+#: The spec parameters of a field mapping (every format that takes one accepts these).
+FIELD_PARAMS = ("context", "statement", "label", "id", "options", "meta")
+
 
 @dataclass(frozen=True)
 class FieldMap:
@@ -109,7 +112,11 @@ def mapped_records(
     return _with_unknown([item for record in records for item in ctx.build(record, build)])
 
 
-@loader("jsonl", "generic JSONL with field mapping: ?context=&statement=&label=&id=&options=&meta=")
+@loader(
+    "jsonl",
+    "generic JSONL with field mapping: ?context=&statement=&label=&id=&options=&meta=",
+    params=FIELD_PARAMS,
+)
 def _load_jsonl(spec: DataSpec, ctx: LoadContext) -> list[Item]:
     fmap = FieldMap.from_spec(spec)
     items: list[Item] = []
@@ -123,6 +130,7 @@ def _load_jsonl(spec: DataSpec, ctx: LoadContext) -> list[Item]:
     "csv",
     "generic CSV/TSV with a header row and field mapping (as jsonl); "
     "header=0 uses column numbers, delimiter= sets the separator",
+    params=(*FIELD_PARAMS, "header", "delimiter"),
 )
 def _load_csv(spec: DataSpec, ctx: LoadContext) -> list[Item]:
     fmap = FieldMap.from_spec(spec)

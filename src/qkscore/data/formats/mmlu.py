@@ -60,7 +60,11 @@ def _mmlu_items(record: Record) -> list[Item]:
     ]
 
 
-@loader("mmlu", "MMLU (hendrycks/test) CSV folders/files and JSONL subsets; subjects=a,b filters")
+@loader(
+    "mmlu",
+    "MMLU (hendrycks/test) CSV folders/files and JSONL subsets; subjects=a,b filters",
+    params=("subjects",),
+)
 def _load_mmlu(spec: DataSpec, ctx: LoadContext) -> Iterator[Item]:
     subjects = {s.strip() for s in (spec.get("subjects") or "").split(",") if s.strip()}
     for path in spec_files(spec, ctx, (".csv", ".jsonl")):

@@ -167,6 +167,7 @@ def _ml_item(record: Record, file_meta: Mapping[str, Any]) -> list[Item]:
     "multi-logieval",
     "Multi-LogiEval data/ folder or JSON files (yes/no); "
     "multivariable=1 adds multivariable_fol_Data",
+    params=("multivariable",),
 )
 def _load_multi_logieval(spec: DataSpec, ctx: LoadContext) -> Iterator[Item]:
     with_multi = spec.get_bool("multivariable")

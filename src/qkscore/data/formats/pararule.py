@@ -49,14 +49,23 @@ def _pararule_items(record: Record) -> list[Item]:
     return out
 
 
+#: Settings of the debias step (:func:`qkscore.data.debias.debias_pararule`).
+_DEBIAS_PARAMS = ("per_context", "n", "min_depth", "max_depth")
+
+
 @loader(
     "pararule-plus",
     "PARARULE-Plus JSONL (one item per question); debias=1 hands the "
     "records to qkscore.data.debias",
+    params=("debias", *_DEBIAS_PARAMS),
 )
 def _load_pararule(spec: DataSpec, ctx: LoadContext) -> Iterable[Item]:
+    debias = spec.get_bool("debias")
+    given = [key for key in _DEBIAS_PARAMS if key in spec.params]
+    if given and not debias:
+        raise spec.error(f"parameter {given[0]!r} applies only with debias=1", given[0])
     records = [rec for path in spec_files(spec, ctx, (".jsonl",)) for rec in iter_jsonl(path, ctx)]
-    if spec.get_bool("debias"):
+    if debias:
         return _pararule_debiased([(str(r.file), r.line, r.data) for r in records], spec)
     return [item for rec in records for item in ctx.build(rec, _pararule_items)]
 

@@ -1,0 +1,291 @@
+"""Calibrate on chain-of-thought steps: a step profile, whose verdicts mean what they say on
+steps a model wrote.
+
+Why: an answer profile is calibrated on True/False answers about a whole context. On chains a
+model actually wrote its head read steps backwards (README, best-of-N: AUROC 0.350 against the
+prover's labels) while the model's own step log-odds reached 0.755. The prover labels every
+generated step exactly, so the readers can be fitted on those labels instead.
+
+The features are those of the judge's own pass: each step is the statement of a True/False
+item whose context is the problem's context plus the chain's earlier steps
+(:func:`qkscore.audit.chain.step_pairs`), rendered by the profile's template and scored by
+:func:`qkscore.scoring.score_pairs` with the chain's shared prefix, exactly as
+``Judge.verify_chain`` scores it when the profile is served. One pass per chain gives every
+head's scores, the model's own answer (its step log-odds) and the residual stream at the query
+positions.
+
+Steps of one problem are not independent, so every choice is by problem: the calibration
+problems are a seeded draw of problems (half by default, their ids recorded so ``rank`` judges
+only the rest), and every fold of every cross-validation (the reader choice, each reader's
+inner settings, the hidden-state probe's layer) keeps a problem's steps together. The profile
+records each candidate's cross-validated AUROC on all steps and on derived steps (restated
+premises left out), with the model's own step log-odds and the hidden-state probe beside them.
+The probe is the anchor to beat ("Hidden Error Awareness", arXiv 2605.09502, reports AUROC
+0.95 for step errors from the residual stream); it is kept as a baseline, not as the reader.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qkscore.estimators.base import DECISION_RULE, stratified_folds
+from qkscore.estimators.readers import (
+    HiddenStateProbe,
+    cross_val_scores,
+    margin_cv_auroc,
+    model_margin_selector,
+)
+from qkscore.pipeline import estimator_fields, fit_readers, head_fields
+from qkscore.profile import Profile
+from qkscore.prompts import Template, get_template
+from qkscore.results import stamp
+from qkscore.run import _progress, hidden_layer_choice
+
+__all__ = ["StepFeatures", "calibrate_steps", "step_features"]
+
+
+@dataclass
+class StepFeatures:
+    """Per step: ``scores`` ``[steps, layers, heads, 2]`` (True, False), ``baseline``
+    ``[steps, 2]`` (the model's log-probabilities of the two answers) and ``hidden``
+    ``[steps, hidden layers, 2, d_model]`` (None when no layer is kept)."""
+
+    scores: np.ndarray
+    baseline: np.ndarray
+    hidden: np.ndarray | None
+
+    @property
+    def model_logodds(self) -> np.ndarray:
+        """The model's own log-odds that the step is true: the fair step baseline."""
+        b = self.baseline.astype(np.float64)
+        return b[:, 0] - b[:, 1]
+
+
+def step_features(
+    lm: Any,
+    template: Template,
+    steps: Any,
+    *,
+    hidden_layers: Sequence[int] = (),
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> StepFeatures:
+    """The judge's whole pass over every step of ``steps`` (a
+    :class:`~qkscore.generation.steps.StepSet`), one chain at a time."""
+    from qkscore.extraction import prefix_supported
+    from qkscore.scoring import score_pairs
+
+    pairs = steps.pairs()
+    n = len(pairs)
+    scores = np.full((n, lm.n_layers, lm.n_heads, 2), np.nan, dtype=np.float32)
+    baseline = np.full((n, 2), np.nan, dtype=np.float32)
+    hidden = None
+    if hidden_layers:
+        hidden = np.full((n, len(hidden_layers), 2, lm.d_model), np.nan, dtype=np.float16)
+    chains = steps.chains()
+    with _progress(progress, "steps", len(chains), 0, unit="chains") as advance:
+        for idx in chains.values():
+            out = score_pairs(
+                lm,
+                template,
+                [pairs[i] for i in idx],
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+                rope=False,
+                baseline=True,
+                share_prefix=prefix_supported(False),
+                hidden_layers=list(hidden_layers) or None,
+            )
+            scores[idx], baseline[idx] = out.scores, out.baseline
+            if hidden is not None:
+                hidden[idx] = out.hidden
+            advance(1)
+    return StepFeatures(scores, baseline, hidden)
+
+
+def _check_steps(steps: Any, where: str) -> None:
+    """Refuse a calibration set whose labels cannot be cross-validated by problem."""
+    counts = steps.counts()
+    if not counts["valid"] or not counts["invalid"]:
+        raise ValueError(
+            f"{where}: cannot calibrate on {counts['steps']} steps of {counts['problems']} "
+            f"problems ({counts['valid']} valid, {counts['invalid']} invalid): calibration needs "
+            "both valid and invalid steps"
+        )
+    try:
+        stratified_folds(steps.labels(), 2, 0, steps.groups())
+    except ValueError as err:
+        raise ValueError(
+            f"{where}: cannot calibrate on {counts['problems']} problems: {err}; take more "
+            "problems (--calib-size)"
+        ) from None
+
+
+def calibrate_steps(
+    steps: Any,
+    model: Any,
+    out: str | Path | None = None,
+    *,
+    calib_size: int | None = None,
+    seed: int = 0,
+    reader: str = "auto",
+    cv: int = 5,
+    metric: str = "auroc",
+    template: str | Template = "answer-statement",
+    chat_template: bool | None = None,
+    hidden_layers: str | Sequence[int] | None = "auto",
+    dtype: str = "float32",
+    batch_size: int = 8,
+    ensemble: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Profile:
+    """Fit the readers on the steps of ``calib_size`` problems of ``steps`` (default half;
+    ``None`` with a steps file the caller wants whole: pass its problem count) and write a
+    profile with ``unit: "step"`` to ``out``.
+
+    ``model`` is a loaded model or anything ``load_model`` accepts (in ``dtype``, float32 by
+    default as the judge). The readers are the answer profiles' own (single head, ensemble,
+    linear, L1, hybrid with the model's step log-odds), chosen by cross-validated AUROC with
+    every fold grouped by problem; the model's step log-odds and the hidden-state probe are
+    fitted and cross-validated on the same folds as baselines.
+    """
+    from qkscore.models import LoadedModel, load_model
+
+    where = str(steps.source.get("path") or "steps")
+    calib_ids, rest_ids = steps.split(calib_size, seed)
+    calib = steps.subset(calib_ids)
+    _check_steps(calib, where)
+    overrides = {} if chat_template is None else {"use_chat_template": bool(chat_template)}
+    tmpl = get_template(template, **overrides)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
+    layers = hidden_layer_choice(hidden_layers, lm.n_layers)
+    counts = calib.counts()
+    log(
+        f"calibrating on {counts['steps']} steps ({counts['valid']} valid, {counts['invalid']} "
+        f"invalid) of {counts['problems']} problems; {len(rest_ids)} problems left for rank"
+    )
+    feats = step_features(
+        lm, tmpl, calib, hidden_layers=layers, batch_size=batch_size, progress=progress
+    )
+    y, groups = calib.labels(), calib.groups()
+    derived = {"derived": calib.derived()}
+    folds = len(stratified_folds(y, cv, seed, groups))
+    fitted = fit_readers(
+        feats.scores,
+        y,
+        feats.baseline,
+        reader=reader,
+        ensemble=ensemble,
+        cv=cv,
+        seed=seed,
+        metric=metric,
+        groups=groups,
+        subsets=derived,
+    )
+    choice = fitted["choice"]
+    if reader == "auto":
+        choice["rule"] = (
+            f"highest {folds}-fold cross-validated AUROC on the calibration steps, folds "
+            "grouped by problem"
+        )
+    baselines, baseline_cv = _step_baselines(feats, y, groups, derived, layers, cv, seed)
+    choice["baselines"] = baseline_cv
+    selector = fitted["selector"]
+    best = selector.ranking_[0]
+    label_counts = {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))}
+    data: dict[str, Any] = stamp(
+        {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "unit": "step",
+            "model": lm.describe(),
+            "template": tmpl.describe(),
+            "rope": False,
+            "data": f"steps:{where}",
+            "run": None,
+            "reader": choice["chosen"],
+            "decision_rule": DECISION_RULE,
+            "reader_choice": choice,
+            "readers": fitted["readers"],
+            "baselines": baselines,
+            **head_fields(selector),
+            "calibration": {
+                "size": int(len(y)),
+                "seed": seed,
+                "metric": metric,
+                "cv_folds": folds,
+                "grouped_by": "problem",
+                "label_counts": label_counts,
+                "accuracy": best["accuracy"],
+                "balanced_accuracy": best["balanced_accuracy"],
+                "auroc": best["auroc"],
+                "warnings": fitted["notes"],
+                "item_ids": calib_ids,
+            },
+            "evaluation_ids": rest_ids,
+            "steps": {
+                "source": steps.source,
+                "calibration": counts,
+                "held_out_problems": len(rest_ids),
+                "hidden_layers": layers,
+                "batch_size": batch_size,
+            },
+            **estimator_fields(selector, fitted["ensemble"]),
+        }
+    )
+    profile = Profile(data)
+    if out is not None:
+        profile.save(out)
+    return profile
+
+
+def _step_baselines(
+    feats: StepFeatures,
+    y: np.ndarray,
+    groups: np.ndarray,
+    subsets: dict[str, np.ndarray],
+    layers: Sequence[int],
+    cv: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's step log-odds (a threshold fitted on the calibration steps) and the
+    hidden-state probe, fitted, and their CV figures on the readers' folds."""
+    fitted: dict[str, Any] = {
+        "model_margin": model_margin_selector(feats.baseline, y).to_dict(),
+        "hidden_probe": None,
+    }
+    cv_figures: dict[str, Any] = {
+        "model_logodds": {
+            "auroc": margin_cv_auroc(feats.baseline, y, cv, seed, groups),
+            "subsets": {
+                name: {"auroc": margin_cv_auroc(feats.baseline, y, cv, seed, groups, mask)}
+                for name, mask in subsets.items()
+            },
+        }
+    }
+    if feats.hidden is not None:
+        probe = HiddenStateProbe(random_state=seed).fit(feats.hidden, y, layers, groups=groups)
+        fitted["hidden_probe"] = probe.to_dict()
+        try:
+            cv_figures["hidden_probe"] = cross_val_scores(
+                "hidden_probe",
+                feats.scores,
+                y,
+                cv=cv,
+                seed=seed,
+                groups=groups,
+                subsets=subsets,
+                hidden=feats.hidden,
+                hidden_layers=layers,
+            )
+        except ValueError as err:  # too few problems for its inner folds, as for the readers
+            cv_figures["hidden_probe"] = {"skipped": str(err)}
+        cv_figures["hidden_probe"]["layer"] = probe.layer_
+    return fitted, cv_figures
