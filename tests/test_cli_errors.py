@@ -208,10 +208,10 @@ def test_evaluate_a_generation_folder_says_what_it_is(tmp_path: Path, runs) -> N
     (folder / "problems.jsonl").write_text("")
     result = _run("evaluate", str(folder), "-p", str(runs["profile"]))
     _one_error(result, str(folder), "is a generation folder", "`qkscore scan`")
-    # calibrate takes a generation folder (it calibrates on the chains' steps): this one
-    # names no model, and says so
+    # calibrate takes a generation folder (it calibrates on the chains' steps): this one's
+    # run.json lacks its size, and the error says which field
     result = _run("calibrate", str(folder), "-o", str(tmp_path / "p.json"))
-    _one_error(result, str(folder), "names no model", "--model")
+    _one_error(result, str(folder), "field 'n_problems'")
 
 
 def test_scan_into_a_folder_another_scan_holds_is_refused(tmp_path: Path) -> None:

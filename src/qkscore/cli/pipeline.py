@@ -222,11 +222,7 @@ def calibrate(
 def _is_generation_folder(path: Path) -> bool:
     from qkscore.generation.folder import GenFolder
 
-    try:
-        GenFolder(path).meta()
-    except (FileNotFoundError, ValueError, RuntimeError):
-        return False
-    return True
+    return GenFolder(path).is_one()
 
 
 def _calibrate_steps(run, steps, out, *, calib_size, model, **settings):

@@ -62,15 +62,37 @@ class GenFolder:
     def exists(self) -> bool:
         return self.meta_path.exists()
 
-    def meta(self) -> dict[str, Any]:
+    def is_one(self) -> bool:
+        """Whether run.json says this is a generation folder (damaged or not): the commands that
+        take either kind of folder choose by it, and a damaged one then gets :meth:`meta`'s
+        error instead of being read as the other kind."""
+        try:
+            return self._raw_meta().get("kind") == "generations"
+        except (FileNotFoundError, RunFolderError):
+            return False
+
+    def _raw_meta(self) -> dict[str, Any]:
         if not self.exists():
             raise FileNotFoundError(f"{self.path} is not a generation folder (no run.json)")
         try:
             meta = json.loads(self.meta_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise RunFolderError(f"{self.meta_path} is unreadable ({err})") from err
-        if not isinstance(meta, dict) or meta.get("kind") != "generations":
+        if not isinstance(meta, dict):
             raise RunFolderError(f"{self.meta_path} is not a generation folder's run.json")
+        return meta
+
+    def meta(self) -> dict[str, Any]:
+        meta = self._raw_meta()
+        if meta.get("kind") != "generations":
+            raise RunFolderError(f"{self.meta_path} is not a generation folder's run.json")
+        for field in ("n_problems", "samples"):
+            value = meta.get(field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RunFolderError(
+                    f"{self.meta_path}: field '{field}' is {value!r}, not a positive integer: "
+                    "a damaged generation folder (run the same `qkscore generate` again)"
+                )
         return meta
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
