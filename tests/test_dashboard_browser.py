@@ -128,8 +128,13 @@ def test_dashboard_shows_requests_and_charts(judge, tmp_path, browser):
         expected = [*sent.values(), chain_verdict].count(want)
 
         def filtered(d):
+            from selenium.common.exceptions import StaleElementReferenceException
+
             found = d.find_elements(By.CSS_SELECTOR, rows_css)
-            verdicts = {r.get_attribute("data-verdict") for r in found}
+            try:
+                verdicts = {r.get_attribute("data-verdict") for r in found}
+            except StaleElementReferenceException:  # the table re-rendered mid-read: poll again
+                return False
             return len(found) == expected and verdicts == {want}
 
         _wait(browser, filtered)
