@@ -215,6 +215,34 @@ def test_a_step_profile_records_its_candidates_and_problems(gen, step_profile, s
     np.testing.assert_allclose(served.baseline[parsed], feats.baseline, rtol=1e-4, atol=1e-4)
 
 
+def test_a_second_calibration_reads_the_pass_from_its_features_file(gen, step_profile, smollm2):
+    """The pass is kept beside the profile: calibrating again (another reader, a crash after
+    the pass) does not run the model again, and a file made for other steps is recomputed."""
+    from qkscore.step_calibration import calibrate_steps
+
+    cache = Path(str(step_profile) + ".features.npz")
+    assert cache.is_file()
+    data = json.loads(step_profile.read_text())
+    steps, seed = steps_from_generations(gen), data["calibration"]["seed"]
+    said: list[str] = []
+    with few_threads():
+        again = calibrate_steps(steps, smollm2, step_profile.parent / "again.json", seed=seed,
+                                progress=False, log=said.append)  # fmt: skip
+    assert not any("read from" in line for line in said)  # another out path, its own file
+    said.clear()
+    with few_threads():
+        twice = calibrate_steps(steps, smollm2, step_profile.parent / "again.json", seed=seed,
+                                progress=False, log=said.append)  # fmt: skip
+    assert any("read from" in line for line in said)
+    assert twice.data["readers"] == again.data["readers"]
+    said.clear()
+    with few_threads():  # no residual stream kept: another pass
+        calibrate_steps(steps, smollm2, step_profile.parent / "again.json", seed=seed,
+                        hidden_layers="none", progress=False,
+                        log=said.append)  # fmt: skip
+    assert not any("read from" in line for line in said)
+
+
 def test_verify_chain_warns_only_with_an_answer_profile_json_and_audit_row(
     step_profile, answer_profile, smollm2, tmp_path
 ):

@@ -27,6 +27,9 @@ The probe is the anchor to beat ("Hidden Error Awareness", arXiv 2605.09502, rep
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +113,48 @@ def step_features(
     return StepFeatures(scores, baseline, hidden)
 
 
+def _features_key(lm: Any, template: Template, steps: Any, layers: Sequence[int]) -> str:
+    """What the pass's features depend on: the model and its dtype, the template, the kept
+    layers and every step's text and label."""
+    h = hashlib.sha256()
+    head = [lm.describe().get("fingerprint"), str(lm.dtype), template.describe(), list(layers)]
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for s in steps.steps:
+        h.update(json.dumps([s.chain or s.problem, *s.pair, s.valid]).encode())
+    return h.hexdigest()
+
+
+def _cached_features(
+    path: Path | None,
+    key: str,
+    compute: Callable[[], StepFeatures],
+    log: Callable[[str], None],
+) -> StepFeatures:
+    """The pass's features, kept beside the profile (``STEP.json.features.npz``) so that a
+    calibration stopped after its pass (a crash, a kill, a changed reader or seed) does not run
+    the model again: the pass is most of a calibration's time. A file made for other steps, a
+    model or a template is recomputed and replaced."""
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                log(f"features of this pass read from {path}")
+                hidden = z["hidden"] if z["hidden"].size else None
+                return StepFeatures(z["scores"], z["baseline"], hidden)
+    feats = compute()
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                key=np.array(key),
+                scores=feats.scores,
+                baseline=feats.baseline,
+                hidden=feats.hidden if feats.hidden is not None else np.zeros(0, np.float16),
+            )
+        os.replace(tmp, path)
+    return feats
+
+
 def _check_steps(steps: Any, where: str) -> None:
     """Refuse a calibration set whose labels cannot be cross-validated by problem."""
     counts = steps.counts()
@@ -172,8 +217,13 @@ def calibrate_steps(
         f"calibrating on {counts['steps']} steps ({counts['valid']} valid, {counts['invalid']} "
         f"invalid) of {counts['problems']} problems; {len(rest_ids)} problems left for rank"
     )
-    feats = step_features(
-        lm, tmpl, calib, hidden_layers=layers, batch_size=batch_size, progress=progress
+    feats = _cached_features(
+        None if out is None else Path(str(out) + ".features.npz"),
+        _features_key(lm, tmpl, calib, layers),
+        lambda: step_features(
+            lm, tmpl, calib, hidden_layers=layers, batch_size=batch_size, progress=progress
+        ),
+        log,
     )
     y, groups = calib.labels(), calib.groups()
     derived = {"derived": calib.derived()}
@@ -273,6 +323,11 @@ def _step_baselines(
     if feats.hidden is not None:
         probe = HiddenStateProbe(random_state=seed).fit(feats.hidden, y, layers, groups=groups)
         fitted["hidden_probe"] = probe.to_dict()
+        # The cross-validated figure keeps the layer chosen on all calibration steps (C is still
+        # chosen inside each fold): searching every layer inside every fold fits 800 models on
+        # thousands of steps and held a calibration for most of an hour. Choosing the layer
+        # on all steps can only flatter the probe, the anchor the readers are measured against.
+        keep = [probe.layer_index_]
         try:
             cv_figures["hidden_probe"] = cross_val_scores(
                 "hidden_probe",
@@ -282,8 +337,8 @@ def _step_baselines(
                 seed=seed,
                 groups=groups,
                 subsets=subsets,
-                hidden=feats.hidden,
-                hidden_layers=layers,
+                hidden=feats.hidden[:, keep],
+                hidden_layers=[probe.layer_],
             )
         except ValueError as err:  # too few problems for its inner folds, as for the readers
             cv_figures["hidden_probe"] = {"skipped": str(err)}

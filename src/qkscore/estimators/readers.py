@@ -754,10 +754,13 @@ class HiddenStateProbe(BaseEstimator):
         return h.reshape(h.shape[0], -1)
 
     def _fit_one(self, x: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
-        """liblinear's dual solver for two classes (far fewer items than features: 5-8x faster
-        than lbfgs, and the probe fits a few hundred models); lbfgs's multinomial otherwise."""
+        """liblinear for two classes (the probe fits a few hundred models): its dual solver
+        when there are fewer items than features (answer sets: 5-8x faster than lbfgs), its
+        primal one when there are more (chain steps: thousands of items, where the dual's cost
+        grows with the items); lbfgs's multinomial for more options."""
         if np.unique(y).size == 2:
-            lr = LogisticRegression(C=c, solver="liblinear", dual=True, max_iter=3000)
+            dual = bool(x.shape[0] < x.shape[1])
+            lr = LogisticRegression(C=c, solver="liblinear", dual=dual, max_iter=3000)
             return lr.fit(x, y)
         return LogisticRegression(C=c, max_iter=3000).fit(x, y)
 
