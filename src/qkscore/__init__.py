@@ -25,6 +25,8 @@ _LAZY = {
     "get_template": "qkscore.prompts",
     "HeadSelector": "qkscore.estimators.heads",
     "TopKEnsemble": "qkscore.estimators.ensemble",
+    "Reader": "qkscore.estimators.protocol",
+    "register_reader": "qkscore.estimators.protocol",
     # the pipeline and its results
     "Judge": "qkscore.audit",
     "scan": "qkscore.run",

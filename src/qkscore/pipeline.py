@@ -22,15 +22,13 @@ from qkscore.data.shallow import ShallowMatcher, supports_shallow
 from qkscore.estimators.base import DECISION_RULE, decide
 from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector, head_name
+from qkscore.estimators.probe import HiddenStateProbe
+from qkscore.estimators.protocol import AUTO, Reader, make_reader, reader_names
 from qkscore.estimators.readers import (
-    READERS,
-    HiddenStateProbe,
     as_margin_scores,
     choose_reader,
-    make_reader,
     model_margin_selector,
     reader_fit,
-    reader_predict_proba,
 )
 from qkscore.outputs import prediction_rows, write_evaluation
 from qkscore.profile import Profile
@@ -113,7 +111,8 @@ def calibrate(
     """Fit every reader and the fair baselines on a balanced calibration split; keep them all
     in a profile, with the reader chosen by cross-validated AUROC on that split alone.
 
-    ``reader="auto"`` picks among every reader (``qkscore.estimators.readers.READERS``); a name
+    ``reader="auto"`` picks among every registered reader
+    (:data:`qkscore.estimators.protocol.READERS`, your own included); a name
     fits that one as the profile's reader (the others are still fitted for the evaluation
     table). The evaluation items are never read here: their labels cannot change what is written.
     ``calibration_ids`` reuses a split (e.g. another profile's ``calibration.item_ids``)
@@ -123,8 +122,7 @@ def calibrate(
     meta = run.meta()
     if not meta.get("scans", {}).get(MAIN, {}).get("complete"):
         raise ValueError(f"{run.path}: the main scan is not complete; run `qkscore scan` again")
-    if reader != "auto" and reader not in READERS:
-        raise ValueError(f"unknown reader {reader!r}; choose from auto, {', '.join(READERS)}")
+    _check_reader_name(reader)
     records = run.items()
     labels = run.labels(records)
     check_calibration_labels(labels, calib_size, f"{run.path}: ")
@@ -200,8 +198,7 @@ def fit_readers(
     items only. Returns ``selector``, ``ensemble`` (None when off), ``readers`` (name -> saved
     dict), ``choice`` (the CV table and the rule) and ``notes`` (calibration warnings).
     """
-    if reader != "auto" and reader not in READERS:
-        raise ValueError(f"unknown reader {reader!r}; choose from auto, {', '.join(READERS)}")
+    _check_reader_name(reader)
     ens, ens_error = None, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -214,7 +211,7 @@ def fit_readers(
     notes = sorted({str(w.message) for w in caught})
     for w in caught:  # recorded in the profile, and still shown to the caller
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    candidates = [r for r in READERS if (ensemble and ens_error is None) or r != "ensemble"]
+    candidates = [r for r in reader_names() if (ensemble and ens_error is None) or r != "ensemble"]
     if reader != "auto" and reader not in candidates:
         why = ens_error or "the ensemble is switched off"
         raise ValueError(f"reader {reader!r} was asked for but {why}")
@@ -229,22 +226,20 @@ def fit_readers(
     choice["requested"] = reader
     if ens_error is not None:
         choice["cv"]["ensemble"] = {"skipped": ens_error}
+    prefitted: dict[str, Reader | None] = {"head": selector, "ensemble": ens}
     readers: dict[str, Any] = {}
     for name in candidates:
         if "skipped" in choice["cv"].get(name, {}):
             continue
-        if name == "head":
-            readers[name] = selector.to_dict()
-        elif name == "ensemble" and ens is not None:
-            readers[name] = ens.to_dict()
-        else:
+        fitted = prefitted.get(name)
+        if fitted is None:
             try:
                 made = make_reader(name, seed, metric)
                 fitted = reader_fit(made, scores, y, baseline, groups=groups)
             except ValueError as err:  # e.g. the hybrid without the model's answer
                 choice["cv"].setdefault(name, {"skipped": str(err)})
                 continue
-            readers[name] = fitted.to_dict()
+        readers[name] = fitted.to_dict()
     return {
         "selector": selector,
         "ensemble": ens,
@@ -252,6 +247,12 @@ def fit_readers(
         "choice": choice,
         "notes": notes,
     }
+
+
+def _check_reader_name(reader: str) -> None:
+    if reader != AUTO and reader not in reader_names():
+        names = ", ".join(reader_names())
+        raise ValueError(f"unknown reader {reader!r}; choose from {AUTO}, {names}")
 
 
 def head_fields(selector: HeadSelector) -> dict[str, Any]:
@@ -356,9 +357,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score every reader of the profile and the fair baselines on the evaluation items.
 
-    Methods are keyed by stable machine names (``head``, ``ensemble``, ``linear``,
-    ``linear-l1``, ``hybrid``, ``model_answer``, ``model_margin``, ``attention``,
-    ``hidden_probe``, ``shallow``, ``majority``); each carries a display ``label``. Every
+    Methods are keyed by stable machine names (each registered reader's name, then the
+    baselines ``model_answer``, ``model_margin``, ``attention``, ``hidden_probe``,
+    ``shallow``, ``majority``: :func:`qkscore.results.method_keys`); each carries a display
+    ``label`` (the reader's :meth:`~qkscore.estimators.protocol.Reader.label`). Every
     reader is also scored under each control scan the run holds.
 
     ``out`` (an ``evaluation.json`` path) writes the report, validated
@@ -408,7 +410,7 @@ def _evaluate(
     for key, reader in readers.items():
         proba = _reader_proba(reader, inputs)
         if proba is not None:
-            add_proba(key, _reader_label(key, reader), "reader", proba)
+            add_proba(key, reader.label(key), "reader", proba)
     base = inputs["baseline"]
     if np.isfinite(base).all():
         add_proba("model_answer", "model (own answer)", "baseline", _softmax(base))
@@ -514,23 +516,13 @@ def _scan_inputs(run: RunFolder, scan_name: str, idx: np.ndarray) -> dict[str, A
     return out
 
 
-def _reader_proba(reader: Any, inputs: dict[str, Any]) -> np.ndarray | None:
+def _reader_proba(reader: Reader, inputs: dict[str, Any]) -> np.ndarray | None:
     """A reader's option probabilities, or None when it needs the model's answer and the
     scan has none."""
     base = inputs["baseline"]
-    if getattr(reader, "needs_baseline", False) and not np.isfinite(base).all():
+    if reader.needs_baseline and not np.isfinite(base).all():
         return None
-    return reader_predict_proba(reader, inputs["scores"], base)
-
-
-def _reader_label(key: str, reader: Any) -> str:
-    if isinstance(reader, HeadSelector):
-        return f"head {reader.head_name_}"
-    if isinstance(reader, TopKEnsemble):
-        return f"ensemble (k={reader.k_})"
-    if key in ("linear", "linear-l1"):
-        return f"{key} over all heads ({reader.n_kept_} kept, C={reader.C_:g})"
-    return key
+    return reader.predict_proba(inputs["scores"], baseline=base)
 
 
 def _shallow_predictions(

@@ -14,50 +14,58 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from qkscore.data.textio import read_text_file
 from qkscore.estimators.ensemble import TopKEnsemble
-from qkscore.estimators.heads import HeadSelector, head_name, parse_head_name
-from qkscore.estimators.readers import HiddenStateProbe, reader_from_dict
+from qkscore.estimators.heads import HeadSelector, parse_head_name
+from qkscore.estimators.probe import HiddenStateProbe
+from qkscore.estimators.protocol import Reader, SavedFieldError, reader_from_dict
 from qkscore.results import ProfileModel
 
-
-def _check_selector(selector: HeadSelector, field: str) -> None:
-    """A saved head selector's per-head signs are +1 or -1 and its thresholds and probability
-    fit finite: a sign of 0 would make every margin 0 - threshold (one verdict for every item),
-    a NaN threshold every margin NaN."""
-    bad_sign = np.flatnonzero(~np.isin(selector.sign_, (-1, 1)))
-    if bad_sign.size:
-        layer, head = divmod(int(bad_sign[0]), selector.n_heads_)
-        raise ValueError(
-            f"field '{field}.sign' holds {int(selector.sign_[layer, head])} at "
-            f"{head_name(layer, head)}: a head's sign is +1 or -1"
-        )
-    bad = np.flatnonzero(~np.isfinite(selector.threshold_))
-    if bad.size:
-        layer, head = divmod(int(bad[0]), selector.n_heads_)
-        raise ValueError(
-            f"field '{field}.thresholds' holds {selector.threshold_[layer, head]} at "
-            f"{head_name(layer, head)}: thresholds are finite numbers"
-        )
-    proba = (selector.proba_coef_, selector.temperature_)
-    if not all(v is None or math.isfinite(v) for v in proba):
-        raise ValueError(f"field '{field}.proba' holds a non-finite number")
+#: How each saved baseline is restored (``baselines.NAME`` in the file).
+BASELINES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "model_margin": HeadSelector.from_dict,
+    "hidden_probe": HiddenStateProbe.from_dict,
+}
 
 
 class ProfileMismatchError(RuntimeError):
     """A profile applied to a model, template or run it was not made for."""
 
 
-@dataclass
+def _restore(field: str, saved: Mapping[str, Any], load: Callable[[Mapping[str, Any]], Any]):
+    """A saved estimator, restored; a bad field is named by its place in the profile."""
+    try:
+        return load(saved)
+    except SavedFieldError as err:
+        raise ValueError(f"field '{field}.{err.field}' {err.problem}") from None
+
+
 class Profile:
-    data: dict[str, Any]
-    path: Path | None = None
+    """A profile, checked and built once: ``Profile(data)`` (or :meth:`load`) validates the
+    layout (:class:`~qkscore.results.ProfileModel`, kept as ``layout``), restores every saved
+    reader and baseline and checks that they agree with each other, or refuses the profile
+    naming the file and the field. ``data`` stays the plain dict (the service and the report
+    read it by key); the readers are built here and nowhere else."""
+
+    def __init__(self, data: dict[str, Any], path: str | Path | None = None) -> None:
+        self.data = data
+        self.path = None if path is None else Path(path)
+        where = self.path or "profile"
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: not a qkscore profile (a JSON object is expected)")
+        self.layout = ProfileModel.from_data(data, where)
+        try:
+            self._build()
+        except (KeyError, TypeError, IndexError) as err:
+            raise ValueError(
+                f"{where}: field {err} missing or malformed: a corrupt profile"
+            ) from None
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -68,62 +76,53 @@ class Profile:
             raise FileNotFoundError(f"profile {p} does not exist") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"{p}:{err.lineno}: not valid profile JSON ({err.msg})") from None
-        if isinstance(data, dict):  # a non-object gets validate()'s message
-            ProfileModel.from_data(data, p)
-        profile = cls(data, p)
-        profile.validate()
-        return profile
+        return cls(data, p)
 
-    def validate(self) -> None:
-        """Refuse a profile that would judge wrongly or crash later: missing fields, saved
-        estimators that do not restore, a head outside the calibrated geometry."""
-        where = self.path or "profile"
-        if not isinstance(self.data, dict):
-            raise ValueError(f"{where}: not a qkscore profile (a JSON object is expected)")
-        for key in ("model", "template", "selector", "head", "calibration"):
-            if key not in self.data:
-                raise ValueError(f"{where}: field '{key}' missing: not a qkscore profile")
-        try:
-            selector = self.selector()
-            layer, head = self.head
-            if not (0 <= layer < selector.n_layers_ and 0 <= head < selector.n_heads_):
-                raise ValueError(
-                    f"head {self.data['head']} is outside the calibrated "
-                    f"{selector.n_layers_} layers x {selector.n_heads_} heads"
-                )
-            _check_selector(selector, "selector")
-            self._check_head_fields(selector)
-            self.ensemble()
-            readers = self.readers()
-            if self.data.get("readers") and "reader" not in self.data:
+    def _build(self) -> None:
+        """Restore the selector, the ensemble, the readers and the baselines, and refuse a
+        profile that would judge wrongly: a head outside the calibrated geometry, fields that
+        contradict the saved estimators, a chosen reader that is not saved."""
+        data = self.data
+        selector = _restore("selector", data["selector"], HeadSelector.from_dict)
+        layer, head = self.head
+        if not (0 <= layer < selector.n_layers_ and 0 <= head < selector.n_heads_):
+            raise ValueError(
+                f"head {data['head']} is outside the calibrated "
+                f"{selector.n_layers_} layers x {selector.n_heads_} heads"
+            )
+        self._check_head_fields(selector)
+        ens = data.get("ensemble")
+        ensemble = _restore("ensemble", ens, TopKEnsemble.from_dict) if ens else None
+        saved = data.get("readers")
+        readers: dict[str, Reader]
+        if saved:
+            if "reader" not in data:
                 raise ValueError(
                     "field 'reader' missing: the profile saves readers "
-                    f"({', '.join(readers)}) but not which one judges"
+                    f"({', '.join(saved)}) but not which one judges"
                 )
-            if isinstance(readers.get("head"), HeadSelector):
-                _check_selector(readers["head"], "readers.head")
-                if readers["head"].head_name_ != selector.head_name_:
-                    raise ValueError(
-                        f"field 'readers.head' reads head {readers['head'].head_name_} but field "
-                        f"'selector' chose {selector.head_name_}: the profile contradicts itself"
-                    )
-            for name in ("model_margin", "hidden_probe"):
-                fitted = self.baseline(name)
-                if isinstance(fitted, HeadSelector):
-                    _check_selector(fitted, f"baselines.{name}")
-            if self.reader_name not in readers:
-                raise ValueError(f"reader {self.reader_name!r} is not among the saved readers")
-            counts = self.data["calibration"]["label_counts"]
-            if len(counts) < 2:
+            readers = {k: _restore(f"readers.{k}", d, reader_from_dict) for k, d in saved.items()}
+            if "head" in saved and saved["head"].get("head") != selector.head_name_:
                 raise ValueError(
-                    f"calibrated on one option only ({counts}): it cannot tell valid from invalid"
+                    f"field 'readers.head' reads head {saved['head'].get('head')} but field "
+                    f"'selector' chose {selector.head_name_}: the profile contradicts itself"
                 )
-        except (KeyError, TypeError, IndexError) as err:
+        else:  # made before readers: the head (and the ensemble) only
+            readers = {"head": selector, **({"ensemble": ensemble} if ensemble else {})}
+        if self.reader_name not in readers:
+            raise ValueError(f"reader {self.reader_name!r} is not among the saved readers")
+        baselines = {
+            name: _restore(f"baselines.{name}", d, BASELINES[name])
+            for name, d in (data.get("baselines") or {}).items()
+            if d and name in BASELINES
+        }
+        counts = data["calibration"]["label_counts"]
+        if len(counts) < 2:
             raise ValueError(
-                f"{where}: field {err} missing or malformed: a corrupt profile"
-            ) from None
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
+                f"calibrated on one option only ({counts}): it cannot tell valid from invalid"
+            )
+        self._selector, self._ensemble = selector, ensemble
+        self._readers, self._baselines = readers, baselines
 
     def _check_head_fields(self, selector: HeadSelector) -> None:
         """The top-level description of the single head (``head``, ``layer``, ``head_index``,
@@ -188,32 +187,18 @@ class Profile:
         """The reader chosen at calibration (``head`` for profiles made before readers)."""
         return str(self.data.get("reader") or "head")
 
-    def readers(self) -> dict[str, Any]:
+    def readers(self) -> dict[str, Reader]:
         """Every fitted reader, by name; profiles made before readers hold the head (and the
         ensemble) only."""
-        saved = self.data.get("readers")
-        if saved:
-            return {name: reader_from_dict(d) for name, d in saved.items()}
-        out: dict[str, Any] = {"head": self.selector()}
-        ens = self.ensemble()
-        if ens is not None:
-            out["ensemble"] = ens
-        return out
+        return dict(self._readers)
 
-    def reader(self) -> Any:
+    def reader(self) -> Reader:
         """The chosen reader, ready to predict."""
-        return self.readers()[self.reader_name]
+        return self._readers[self.reader_name]
 
     def baseline(self, name: str) -> Any:
         """A fitted baseline (``model_margin`` or ``hidden_probe``), or None."""
-        saved = (self.data.get("baselines") or {}).get(name)
-        if not saved:
-            return None
-        return (
-            HiddenStateProbe.from_dict(saved)
-            if name == "hidden_probe"
-            else (HeadSelector.from_dict(saved))
-        )
+        return self._baselines.get(name)
 
     @property
     def fingerprint(self) -> str:
@@ -226,11 +211,11 @@ class Profile:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def selector(self) -> HeadSelector:
-        return HeadSelector.from_dict(self.data["selector"])
+        """The saved single head (field ``selector``): its ranking and geometry."""
+        return self._selector
 
     def ensemble(self) -> TopKEnsemble | None:
-        ens = self.data.get("ensemble")
-        return TopKEnsemble.from_dict(ens) if ens else None
+        return self._ensemble
 
     def check_model(self, fingerprint: str, name: str = "") -> None:
         if self.fingerprint and fingerprint != self.fingerprint:

@@ -238,20 +238,19 @@ class ProfileModel(Output):
 
 # --- evaluation.json ---------------------------------------------------------------------
 
-#: Machine keys of the methods an evaluation may hold (readers first, then baselines).
-METHOD_KEYS = (
-    "head",
-    "ensemble",
-    "linear",
-    "linear-l1",
-    "hybrid",
-    "model_answer",
-    "model_margin",
-    "attention",
-    "hidden_probe",
-    "shallow",
-    "majority",
-)
+
+def method_keys() -> tuple[str, ...]:
+    """Machine keys of the methods an evaluation may hold: every registered reader's name
+    (:data:`qkscore.estimators.protocol.READERS`), then the baselines'."""
+    from qkscore.estimators.protocol import BASELINE_KEYS, reader_names
+
+    return (*reader_names(), *BASELINE_KEYS)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHOD_KEYS":  # read from the reader registry when asked, never copied
+        return method_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Interval(_Open):

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from qkscore.dtypes import VERDICT_DTYPE
 from qkscore.estimators.base import DECISION_RULE, stratified_folds
 from qkscore.estimators.readers import (
     HiddenStateProbe,
@@ -186,7 +187,7 @@ def calibrate_steps(
     template: str | Template = "answer-statement",
     chat_template: bool | None = None,
     hidden_layers: str | Sequence[int] | None = "auto",
-    dtype: str = "float32",
+    dtype: str = VERDICT_DTYPE,
     batch_size: int = 8,
     ensemble: bool = True,
     progress: bool = True,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from qkscore.dtypes import SCAN_DTYPE
 from qkscore.pipeline import (
     MIN_CALIBRATION,
     balanced_split,
@@ -111,7 +112,7 @@ def sweep(
     calib_size: int = MIN_CALIBRATION,
     limit: int | None = None,
     batch_size: int = 8,
-    dtype: str = "auto",
+    dtype: str = SCAN_DTYPE,
     seed: int = 0,
     n_boot: int = 1000,
     controls: Sequence[str] = (),

@@ -31,10 +31,8 @@ import numpy as np
 
 from qkscore.audit.chain import ChainResult, assemble_chain, split_steps, step_pairs
 from qkscore.audit.text import require_text
+from qkscore.dtypes import VERDICT_DTYPE
 from qkscore.estimators.base import decide
-from qkscore.estimators.ensemble import TopKEnsemble
-from qkscore.estimators.heads import HeadSelector
-from qkscore.estimators.readers import reader_deepest_layer, reader_predict_proba
 from qkscore.profile import Profile, ProfileMismatchError
 from qkscore.prompts import template_from_description
 
@@ -115,7 +113,7 @@ class Judge:
         self,
         profile: Profile | str | Path,
         model: Any = None,
-        dtype: str = "float32",
+        dtype: str = VERDICT_DTYPE,
         model_answer: bool = True,
         batch_size: int = 8,
         device: str = "auto",
@@ -137,7 +135,7 @@ class Judge:
         self.ensemble = self.profile.ensemble()
         self.reader_name = self.profile.reader_name
         self.reader = self.profile.reader()
-        self.reader_needs_model = bool(getattr(self.reader, "needs_baseline", False))
+        self.reader_needs_model = self.reader.needs_baseline
         self.head = str(self.profile.data["head"])
         self.threshold = float(self.selector.threshold_[self.profile.head])
         self.sign = int(self.selector.sign_[self.profile.head])
@@ -280,7 +278,7 @@ class Judge:
             require_text(context or "", "the context", allow_empty=True)
         # The fast path stops after the deepest layer the reader reads (for the single head,
         # its layer): that is where the time saving lies.
-        max_layer = None if want_model else reader_deepest_layer(self.reader)
+        max_layer = None if want_model else self.reader.deepest_layer_
         # The tokenizer is inside the lock too: a fast tokenizer mutates its padding settings
         # on every call and fails ("Already borrowed") when two threads call it at once.
         with self._lock:
@@ -303,7 +301,7 @@ class Judge:
         """This profile's verdicts on a pass: :meth:`features`' whole pass, or (``fast``) one
         stopped after the reader's deepest layer."""
         want_model = not fast
-        max_layer = None if want_model else reader_deepest_layer(self.reader)
+        max_layer = None if want_model else self.reader.deepest_layer_
         scores = out.scores
         if max_layer is not None:  # layers past the reader's deepest are not read: zero them
             scores = np.nan_to_num(scores, nan=0.0)
@@ -358,16 +356,10 @@ class Judge:
         return verdicts
 
     def _reader_margin(self, scores: np.ndarray, baseline: np.ndarray) -> tuple:
-        """The reader's margin (positive = valid) and its probabilities [items, 2]."""
-        reader = self.reader
-        proba = reader_predict_proba(reader, scores, baseline)
-        if isinstance(reader, HeadSelector):
-            return reader.margin(scores), proba
-        if isinstance(reader, TopKEnsemble):
-            return proba[:, 0] - 0.5, proba
-        if self.reader_needs_model:
-            return reader.decision_function(scores, baseline=baseline), proba
-        return reader.decision_function(scores), proba
+        """The reader's margin (its ``decision_function``: positive = valid) and its
+        probabilities [items, 2]."""
+        margin = self.reader.decision_function(scores, baseline=baseline)
+        return margin, self.reader.predict_proba(scores, baseline=baseline)
 
     def verify_chain(
         self, context: str, steps: Sequence[str] | str, model_answer: bool | None = None

@@ -8,6 +8,7 @@ import typer
 
 from qkscore.cli._shared import console as _console
 from qkscore.cli._shared import fail as _fail
+from qkscore.dtypes import VERDICT_DTYPE
 
 BACKENDS = ("transformers", "vllm")
 
@@ -50,7 +51,7 @@ def generate(
     exclude_ids_from: Path | None = typer.Option(
         None, help="A profile: leave out the items its reader was calibrated on."
     ),
-    dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
+    dtype: str = typer.Option(VERDICT_DTYPE, help="float32, bfloat16, float16 or auto."),
     backend: str = typer.Option("transformers", help="transformers (vllm: not available)."),
 ) -> None:
     """Sample chains of thought per problem into a resumable folder (or import them)."""
@@ -142,7 +143,7 @@ def rank(
         "for a step profile).",
     ),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1),
-    dtype: str = typer.Option("float32", help="float32 (verdicts reproduce), bfloat16, ..."),
+    dtype: str = typer.Option(VERDICT_DTYPE, help="float32 (verdicts reproduce), bfloat16, ..."),
     seed: int = typer.Option(0, help="Seed of the folds, the random pick and the bootstrap."),
 ) -> None:
     """Score every chain (step verdicts, solution QK, logit confidence) and pick the best of N."""

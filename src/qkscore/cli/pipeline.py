@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import typer
 from rich.markdown import Markdown
 from rich.table import Table
@@ -12,9 +13,33 @@ from rich.table import Table
 from qkscore.cli._shared import console as _console
 from qkscore.cli._shared import fail as _fail
 from qkscore.data.controls import controls_help
+from qkscore.dtypes import SCAN_DTYPE, VERDICT_DTYPE
 
 CONTROL_HELP = f"Control scan (repeat for several): {controls_help()}."
 
+
+def reader_choices() -> tuple[str, ...]:
+    """``auto`` and every registered reader, read from the registry when a value is checked
+    or completed, not when the CLI starts (the readers import scikit-learn)."""
+    from qkscore.estimators.protocol import AUTO, reader_names
+
+    return (AUTO, *reader_names())
+
+
+def _reader_option(value: str) -> str:
+    if value not in reader_choices():
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(reader_choices())}")
+    return value
+
+
+def _complete_reader(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    return [c for c in reader_choices() if c.startswith(incomplete)]
+
+
+READER_HELP = (
+    "auto (best cross-validated AUROC on the calibration split) or the name of a registered "
+    "reader (qkscore.register_reader; an unknown name is refused with the list)."
+)
 DEMO_DATA = "generated:depth=1-3&n=800&distractors=1&seed=0"
 DEMO_MODEL = "smollm2-135m"
 
@@ -29,7 +54,7 @@ def scan(
     rope: bool = typer.Option(False, help="Score rotated q/k (default: pre-rotary, as the paper)."),
     control: list[str] = typer.Option([], help=CONTROL_HELP),
     attention: bool = typer.Option(False, help="Also store the attention-score baseline."),
-    dtype: str = typer.Option("auto", help="auto (bf16), float32, float16, bfloat16."),
+    dtype: str = typer.Option(SCAN_DTYPE, help="auto (bf16), float32, float16, bfloat16."),
     device_map: str | None = typer.Option(
         None, help="'auto': spread a model too big for one device over GPUs and CPU."
     ),
@@ -122,14 +147,12 @@ def calibrate(
         "auto", help="Steps only: residual-stream layers for the hidden-state probe."
     ),
     dtype: str = typer.Option(
-        "float32", help="Steps only: float32 (as the judge serves it), bfloat16, ..."
+        VERDICT_DTYPE, help="Steps only: float32 (as the judge serves it), bfloat16, ..."
     ),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Steps only."),
     seed: int = typer.Option(0),
     reader: str = typer.Option(
-        "auto",
-        help="auto (best cross-validated AUROC on the calibration split), head, ensemble, "
-        "linear, linear-l1 or hybrid.",
+        "auto", parser=_reader_option, shell_complete=_complete_reader, help=READER_HELP
     ),
     metric: str = typer.Option(
         "auroc", help="Single-head ranking: auroc, accuracy, balanced_accuracy."
@@ -370,7 +393,7 @@ def sweep(
     calib_size: int = typer.Option(400, min=2, help="Balanced calibration items per setting."),
     limit: int | None = typer.Option(None, min=1, help="Keep the first N items."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-    dtype: str = typer.Option("auto", help="auto (bf16), float32, float16, bfloat16."),
+    dtype: str = typer.Option(SCAN_DTYPE, help="auto (bf16), float32, float16, bfloat16."),
     control: list[str] = typer.Option([], help=CONTROL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, softmax
 from sklearn.exceptions import NotFittedError
 
 from qkscore.decision import DECISION_RULE, decide
@@ -29,10 +30,14 @@ __all__ = [
     "DECISION_RULE",
     "warn_calibration",
     "check_saved",
+    "saved_params",
     "like_calibration",
     "not_fitted",
     "json_floats",
     "json_array",
+    "proba_from_decision",
+    "rank_key",
+    "standardise",
     "stratified_folds",
 ]
 
@@ -118,6 +123,16 @@ def check_saved(data: Mapping[str, Any], kind: str, name: str) -> None:
         raise ValueError(f"unsupported {name} format_version {data.get('format_version')!r}")
 
 
+def saved_params(data: Mapping[str, Any], kind: str, name: str) -> dict[str, Any]:
+    """The constructor arguments a ``to_dict`` stored, once its kind and version are checked
+    (a grid of C values back as a tuple)."""
+    check_saved(data, kind, name)
+    params = dict(data["params"])
+    if "Cs" in params:
+        params["Cs"] = tuple(params["Cs"])
+    return params
+
+
 def like_calibration(est: Any, scores: Any) -> np.ndarray:
     """New scores must have the calibration data's layers, heads and options."""
     x = np.asarray(scores)
@@ -135,6 +150,27 @@ def not_fitted(obj: Any) -> NotFittedError:
         f"this {type(obj).__name__} is not fitted yet: call fit(scores, labels) first "
         "(or restore one with from_dict)"
     )
+
+
+def rank_key(values: np.ndarray) -> np.ndarray:
+    """Metric values for ranking: NaN (undefined AUROC) ranks below everything."""
+    return np.where(np.isnan(values), -np.inf, values)
+
+
+def standardise(x: np.ndarray, axis: int | tuple[int, ...] = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread along ``axis``; a constant feature gets spread 1 (it stays 0)."""
+    mean = x.mean(axis=axis)
+    scale = x.std(axis=axis)
+    scale = np.where(scale > 0, scale, 1.0)
+    return mean, scale
+
+
+def proba_from_decision(u: np.ndarray, n_options: int) -> np.ndarray:
+    """Option probabilities from binary log-odds of option 0 ``[n]`` or utilities ``[n, o]``."""
+    if n_options == 2:
+        p0 = expit(u)
+        return np.column_stack([p0, 1.0 - p0])
+    return softmax(u, axis=1)
 
 
 def json_floats(a: np.ndarray) -> list:

@@ -8,27 +8,27 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit, logit, softmax
-from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 
-from qkscore.estimators.base import decide, stratified_folds
-from qkscore.estimators.conditional_logit import fit_conditional_logit
-from qkscore.estimators.heads import (
+from qkscore.estimators.base import (
     FORMAT_VERSION,
     CalibrationWarning,
-    HeadSelector,
-    _key,
     check_choice,
     check_labels,
     check_saved,
     check_scores,
-    head_name,
+    decide,
     json_array,
     json_floats,
     like_calibration,
     not_fitted,
+    rank_key,
+    stratified_folds,
     warn_calibration,
 )
+from qkscore.estimators.conditional_logit import fit_conditional_logit
+from qkscore.estimators.heads import HeadSelector, head_name
+from qkscore.estimators.protocol import Reader, register_reader
 from qkscore.stats import (
     prediction_metric,
     raw_diff,
@@ -41,7 +41,8 @@ _ENSEMBLE_KIND = "qkscore.TopKEnsemble"
 _TIE_NUDGE = 1e-6
 
 
-class TopKEnsemble(BaseEstimator):
+@register_reader("ensemble", help="the top-k heads voting (k by cross-validation)")
+class TopKEnsemble(Reader):
     """Combine the top-k heads of a :class:`HeadSelector` ranking.
 
     ``method="vote"``: each head votes for its own prediction (binary: sign of its thresholded
@@ -61,6 +62,8 @@ class TopKEnsemble(BaseEstimator):
     ``cv_scores_`` ([len(k_grid_), folds]; None when k was given), and for ``"logistic"``:
     ``coef_``, ``intercept_`` (binary) or ``coef_``, ``option_bias_`` (multi-option).
     """
+
+    kind = _ENSEMBLE_KIND
 
     def __init__(
         self,
@@ -90,7 +93,14 @@ class TopKEnsemble(BaseEstimator):
             warnings.simplefilter("ignore", CalibrationWarning)
             return self._selector().fit(x, y)
 
-    def fit(self, scores: Any, labels: Any, groups: Sequence[Any] | None = None) -> TopKEnsemble:
+    def fit(
+        self,
+        scores: Any,
+        labels: Any,
+        *,
+        baseline: Any = None,
+        groups: Sequence[Any] | None = None,
+    ) -> TopKEnsemble:
         """Rank heads on ``scores``, choose k (by CV on these data when ``k`` is None), fit.
         ``groups`` (one per item, e.g. its problem) keeps each group in one fold."""
         check_choice("method", self.method, METHODS)
@@ -111,7 +121,7 @@ class TopKEnsemble(BaseEstimator):
         else:
             self.k_grid_, self.cv_scores_ = self._cross_validate(x, y, n_total, groups)
             means = self.cv_scores_.mean(axis=1)
-            self.k_ = int(self.k_grid_[int(np.argmax(_key(means)))])
+            self.k_ = int(self.k_grid_[int(np.argmax(rank_key(means)))])
         self.selector_ = self._fit_selector(x, y)
         self._set_heads(self.selector_, self.k_)
         self._fit_combiner(x, y)
@@ -220,13 +230,23 @@ class TopKEnsemble(BaseEstimator):
             raise not_fitted(self)
         return like_calibration(self, scores)
 
-    def predict(self, scores: Any) -> np.ndarray:
-        """Predicted option index per item."""
-        return decide(self.predict_proba(scores))
-
-    def predict_proba(self, scores: Any) -> np.ndarray:
+    def predict_proba(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
         """Option probabilities [items, options] (vote shares for ``method="vote"``)."""
         return self._proba(self._check_new(scores))
+
+    def decision_function(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
+        """Two options: P(option 0) - 0.5 (the vote share's lead); more: the probabilities."""
+        proba = self.predict_proba(scores)
+        return proba[:, 0] - 0.5 if self.n_options_ == 2 else proba
+
+    @property
+    def deepest_layer_(self) -> int:
+        if not hasattr(self, "k_"):
+            raise not_fitted(self)
+        return max(int(layer) for layer, _ in self.heads_)
+
+    def label(self, name: str) -> str:
+        return f"{name} (k={self.k_})"
 
     def score(self, scores: Any, labels: Any) -> float:
         """Accuracy of ``predict``."""

@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, softmax
-from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 
 from qkscore.estimators.base import (
@@ -53,13 +52,14 @@ from qkscore.estimators.base import (
     check_labels,
     check_saved,
     check_scores,
-    decide,
     json_array,
     json_floats,
     like_calibration,
     not_fitted,
+    rank_key,
     warn_calibration,
 )
+from qkscore.estimators.protocol import Reader, SavedFieldError, register_reader
 from qkscore.stats import (
     binary_head_table,
     head_diffs,
@@ -119,11 +119,6 @@ def _as_head(head: str | Sequence[int]) -> tuple[int, int]:
     return int(layer), int(index)
 
 
-def _key(values: np.ndarray) -> np.ndarray:
-    """Metric values for ranking: NaN (undefined AUROC) ranks below everything."""
-    return np.where(np.isnan(values), -np.inf, values)
-
-
 def _metric_order(metric: str) -> list[str]:
     """The selection metric first, then the others as tie-breakers."""
     return [metric, *[m for m in METRICS if m != metric]]
@@ -139,7 +134,7 @@ def _choose_signs(table: dict[int, dict], metric: str, direction: str) -> np.nda
     minus = np.zeros(p, dtype=bool)
     decided = np.zeros(p, dtype=bool)
     for name in _metric_order(metric):
-        kp, km = _key(table[1][name]), _key(table[-1][name])
+        kp, km = rank_key(table[1][name]), rank_key(table[-1][name])
         minus |= ~decided & (km > kp)
         decided |= km != kp
     return np.where(minus, -1, 1)
@@ -147,7 +142,7 @@ def _choose_signs(table: dict[int, dict], metric: str, direction: str) -> np.nda
 
 def _rank_heads(metric: str, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     """Flat head indices best first; full ties keep the lowest (layer-major) index first."""
-    keys = [-_key(np.ravel(stats[name])) for name in reversed(_metric_order(metric))]
+    keys = [-rank_key(np.ravel(stats[name])) for name in reversed(_metric_order(metric))]
     return np.lexsort(keys)  # lexsort is stable and sorts by the last key first
 
 
@@ -198,7 +193,8 @@ def _fit_temperature(signed: np.ndarray, y: np.ndarray) -> float:
 # HeadSelector
 
 
-class HeadSelector(BaseEstimator):
+@register_reader("head", help="the paper's single head (with a learned sign and threshold)")
+class HeadSelector(Reader):
     """Select the single head (with its sign and threshold) that best predicts the gold option.
 
     Parameters
@@ -231,15 +227,25 @@ class HeadSelector(BaseEstimator):
     :func:`~qkscore.estimators.base.decide` of it, the rule every reader shares.
     """
 
+    kind = _SELECTOR_KIND
+
     def __init__(self, direction: str = "auto", metric: str = "auroc", threshold: str = "fit"):
         self.direction = direction
         self.metric = metric
         self.threshold = threshold
 
+    @classmethod
+    def build(cls, seed: int = 0, metric: str = "auroc", **settings: Any) -> HeadSelector:
+        """The registered single head: ranked by ``metric`` (it has no randomness)."""
+        return cls(**{"metric": metric, **settings})
+
     # -- fitting ------------------------------------------------------------------------------
 
-    def fit(self, scores: Any, labels: Any) -> HeadSelector:
-        """Measure every head on the calibration data and keep the best one."""
+    def fit(
+        self, scores: Any, labels: Any, *, baseline: Any = None, groups: Any = None
+    ) -> HeadSelector:
+        """Measure every head on the calibration data and keep the best one (``baseline`` and
+        ``groups`` are not used: nothing is cross-validated)."""
         self._check_params()
         x = check_scores(scores)
         n, n_layers, n_heads, n_options = x.shape
@@ -359,12 +365,23 @@ class HeadSelector(BaseEstimator):
         _, best, second = top_two(self._signed(x, (layer, index)))
         return best - second
 
-    def predict(self, scores: Any) -> np.ndarray:
-        """Predicted option index per item, from the selected head alone: for two options,
-        option 0 where the margin is positive (P(option 0) > 0.5 is the same boundary)."""
-        return decide(self.predict_proba(scores))
+    def decision_function(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
+        """Two options: the selected head's :meth:`margin` (option 0 where it is positive, the
+        boundary P(option 0) = 0.5 lies on). More options: its signed scores per option."""
+        x = self._check_new(scores)
+        if self.n_options_ == 2:
+            return self.margin(x)
+        return self._signed(x, self.head_)
 
-    def predict_proba(self, scores: Any) -> np.ndarray:
+    @property
+    def deepest_layer_(self) -> int:
+        self._check_fitted()
+        return int(self.head_[0])
+
+    def label(self, name: str) -> str:
+        return f"{name} {self.head_name_}"
+
+    def predict_proba(self, scores: Any, *, baseline: Any = None) -> np.ndarray:
         """Calibrated option probabilities [items, options] (Platt through the threshold /
         softmax temperature)."""
         x = self._check_new(scores)
@@ -430,6 +447,7 @@ class HeadSelector(BaseEstimator):
         for name in ("sign_", "threshold_", "accuracy_", "balanced_accuracy_", "auroc_"):
             if getattr(obj, name).shape != shape:
                 raise ValueError(f"{name[:-1]} must have shape {list(shape)}")
+        obj._check_saved_heads()
         obj._select()
         if obj.head_name_ != data["head"]:
             raise ValueError(
@@ -453,4 +471,19 @@ class HeadSelector(BaseEstimator):
             obj.proba_coef_ = coef
         else:
             obj.temperature_ = float(proba["temperature"])
+            if not (math.isfinite(obj.temperature_) and obj.temperature_ > 0):
+                raise SavedFieldError("proba", "holds a non-finite or non-positive temperature")
         return obj
+
+    def _check_saved_heads(self) -> None:
+        """Every head's sign is +1 or -1 and its threshold finite: a sign of 0 would make every
+        margin 0 - threshold (one verdict for every item), a NaN threshold every margin NaN."""
+        for field, values, ok, why in (
+            ("sign", self.sign_, np.isin(self.sign_, (-1, 1)), "a head's sign is +1 or -1"),
+            ("thresholds", self.threshold_, np.isfinite(self.threshold_), "thresholds are finite"),
+        ):
+            bad = np.flatnonzero(~ok)
+            if bad.size:
+                layer, head = divmod(int(bad[0]), self.n_heads_)
+                value = values[layer, head]
+                raise SavedFieldError(field, f"holds {value} at {head_name(layer, head)}: {why}")

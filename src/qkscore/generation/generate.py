@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from qkscore._version import __version__
+from qkscore.dtypes import VERDICT_DTYPE, dtype_name
 from qkscore.generation.chains import chain_record
 from qkscore.generation.folder import GenFolder, problems_sha256
 from qkscore.generation.problems import (
@@ -100,7 +101,7 @@ def generate(
     chat_template: bool | None = None,
     limit: int | None = None,
     exclude_ids: Sequence[str] = (),
-    dtype: str = "auto",
+    dtype: str = VERDICT_DTYPE,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> GenFolder:
@@ -165,7 +166,7 @@ def generate(
     model_info = {
         "name": lm.name,
         "fingerprint": lm.fingerprint,
-        "dtype": str(lm.dtype).removeprefix("torch."),
+        "dtype": dtype_name(lm.dtype),
     }
     if chat_template is None:
         chat_template = bool(getattr(lm.tokenizer, "chat_template", None))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from qkscore.audit.chain import step_pairs
+from qkscore.dtypes import VERDICT_DTYPE
 from qkscore.generation.folder import GenFolder
 from qkscore.generation.label import parse_coverage
 from qkscore.generation.rank_cache import RankCache, chain_key, rank_settings
@@ -267,7 +268,7 @@ def rank(
     answer_profile: str | Path | None = None,
     model: Any = None,
     folds: int = 5,
-    dtype: str = "float32",
+    dtype: str = VERDICT_DTYPE,
     batch_size: int = 4,
     include_calibration: bool = False,
     seed: int = 0,

@@ -32,8 +32,8 @@ import numpy as np
 from lm_eval.api.model import LM
 
 from qkscore.data import load_items
+from qkscore.dtypes import VERDICT_DTYPE, dtype_name
 from qkscore.estimators.base import decide
-from qkscore.estimators.readers import reader_predict_proba
 from qkscore.integrations.lm_eval_tasks import TASKS_DIR, packaged_task
 from qkscore.models import LoadedModel, load_model
 from qkscore.profile import Profile, ProfileMismatchError
@@ -99,7 +99,7 @@ class QKScoreLM(LM):
         reader: str = "auto",
         calibrate_out: str | None = None,
         calib_size: int | None = None,
-        dtype: str = "float32",
+        dtype: str = VERDICT_DTYPE,
         device: str | None = None,
         batch_size: Any = 8,
         max_batch_size: Any = None,
@@ -195,7 +195,7 @@ class QKScoreLM(LM):
             "qkscore_profile_digest": self.profile.digest,
             "qkscore_reader": self.profile.reader_name,
             "qkscore_template": self.template.name,
-            "qkscore_dtype": str(self.lm.dtype).removeprefix("torch."),
+            "qkscore_dtype": dtype_name(self.lm.dtype),
         }
 
     # ---- multiple choice ------------------------------------------------------------------
@@ -249,7 +249,7 @@ class QKScoreLM(LM):
             n_options=self.n_options,
             share_prefix=prefix_supported(self.rope),
         )
-        proba = reader_predict_proba(self.reader, scored.scores, scored.baseline)
+        proba = self.reader.predict_proba(scored.scores, baseline=scored.baseline)
         if not np.isfinite(proba).all():
             raise RuntimeError("the reader produced non-finite probabilities; check the dtype")
         return proba

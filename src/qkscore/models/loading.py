@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from qkscore.dtypes import dtype_name
 from qkscore.models.adapters import (
     Adapter,
     HeadLayout,
@@ -136,7 +137,7 @@ class LoadedModel:
             "fingerprint": self.fingerprint,
             "family": self.adapter.family,
             "class": type(self.model).__name__,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.dtype),
             "device": str(self.device),
             "n_layers": self.layout.n_layers,
             "n_heads": self.layout.n_heads,
