@@ -32,7 +32,7 @@ def build_profile(base: Path, lm) -> Path:
     """Scan and calibrate once per session (``base`` is the session's temporary root)."""
     from qkscore.estimators.base import CalibrationWarning
     from qkscore.pipeline import calibrate
-    from qkscore.run import scan
+    from qkscore.scanning import scan
 
     key = f"profile:{base}"
     if key not in _cache:

@@ -652,7 +652,7 @@ def test_four_unanswered_chains_are_too_few_to_flag_a_scorer():
     ],
 )
 def test_a_torn_jsonl_tail_is_cut_before_the_next_append(tmp_path, raw, kept):
-    from qkscore.generation.jsonl import append_jsonl, drop_torn_tail, read_jsonl
+    from qkscore.io import append_jsonl, drop_torn_tail, read_jsonl
 
     path = tmp_path / "log.jsonl"
     path.write_bytes(raw)
@@ -667,8 +667,8 @@ def test_a_jsonl_line_damaged_in_the_middle_is_an_error_not_a_silent_stop(tmp_pa
     of dropping the whole lines after it, and cutting the tail refuses too (it would cut
     them off). The rank cache reads through the same helper."""
     from qkscore.data.items import DataError
-    from qkscore.generation.jsonl import drop_torn_tail, read_jsonl
     from qkscore.generation.rank_cache import RankCache
+    from qkscore.io import drop_torn_tail, read_jsonl
 
     path = tmp_path / "log.jsonl"
     raw = b'{"a":1}\n{"a"{"a":2}\n{"a":3}\n'

@@ -131,7 +131,7 @@ def test_plots_return_figures():
 
 
 def test_report_real_tiny_scan(tmp_path, smollm2):
-    from qkscore.run import scan
+    from qkscore.scanning import scan
 
     scan(
         smollm2,

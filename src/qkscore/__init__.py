@@ -27,7 +27,7 @@ _LAZY = {
     "TopKEnsemble": "qkscore.estimators.ensemble",
     # the pipeline and its results
     "Judge": "qkscore.audit",
-    "scan": "qkscore.run",
+    "scan": "qkscore.scanning",
     "calibrate": "qkscore.pipeline",
     "evaluate": "qkscore.pipeline",
     "Profile": "qkscore.profile",

@@ -33,7 +33,8 @@ from qkscore.generation.folder import GenFolder
 from qkscore.generation.label import parse_coverage
 from qkscore.generation.rank_cache import RankCache, chain_key, rank_settings
 from qkscore.generation.solution import CONFIDENCE, SolutionScores, score_solutions
-from qkscore.run import _atomic_write_bytes, _progress, save_array, write_json
+from qkscore.io import save_array, write_bytes, write_json
+from qkscore.progress import Progress
 from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar, paired_bootstrap
 
 __all__ = ["STEP_SCORERS", "cross_fit_solution", "rank", "select"]
@@ -126,7 +127,7 @@ def _solution_scores(
     batch is cached as it finishes), then every chain's scores in ``records`` order."""
     done = cache.solutions()
     todo = [r for r in records if chain_key(r) not in done]
-    with _progress(
+    with Progress(
         progress, "solutions", len(records), len(records) - len(todo), unit="chains"
     ) as advance:
         for start in range(0, len(todo), batch_size):
@@ -319,7 +320,7 @@ def rank(
     cache = RankCache(Path(out), settings, log)
     done = cache.steps()
     cached = sum(chain_key(r) in done for r in keep)
-    with _progress(progress, "steps", len(keep), cached, unit="chains") as advance:
+    with Progress(progress, "steps", len(keep), cached, unit="chains") as advance:
         for r in keep:
             if chain_key(r) not in done:
                 context = problems[r["problem"]].context
@@ -820,8 +821,8 @@ def _write(out: Path, records, steps, chain_scores, qk, summary) -> None:
             {"text": t, **lab, **v} for t, lab, v in zip(r["steps"], r["labels"], verdicts)
         ]
         lines.append(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-    _atomic_write_bytes(out / "ranked.jsonl", lambda fh: fh.write(b"".join(lines)))
+    write_bytes(out / "ranked.jsonl", b"".join(lines))
     save_array(out / "solution_qk.npy", qk)
     write_json(out / "summary.json", summary)
     text = summary_markdown(summary).encode()
-    _atomic_write_bytes(out / "summary.md", lambda fh: fh.write(text))
+    write_bytes(out / "summary.md", text)
