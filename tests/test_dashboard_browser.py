@@ -172,7 +172,7 @@ def test_a_linear_profile_shows_its_reader_and_the_page_never_scrolls_sideways(
         calibration = browser.find_element(By.ID, "calibration").text
         assert f"reader CV AUROC\n{view['cv_auroc']:.3f}" in calibration
         assert LONG_DATA in calibration.replace("\n", "")
-        assert "single head" in calibration  # the head's figures, named as the head's
+        assert f"head {linear.head} accuracy" in calibration  # the head's, named as the head's
         assert "linear reader weighs most" in browser.find_element(By.ID, "ranking-title").text
         top = browser.find_element(By.CSS_SELECTOR, "#ranking tbody tr td").text
         assert top == view["map"]["top"][0]["name"]
@@ -183,12 +183,12 @@ def test_a_linear_profile_shows_its_reader_and_the_page_never_scrolls_sideways(
             "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
         )
         assert wide[0] <= wide[1], f"the page scrolls sideways: {wide[0]} px in {wide[1]} px"
+        shot = tmp_path / "dashboard-linear.png"
+        browser.save_screenshot(str(shot))  # the page as it opens
+        if os.environ.get("QKSCORE_DASHBOARD_SCREENSHOT_LINEAR"):
+            shutil.copy(shot, Path(os.environ["QKSCORE_DASHBOARD_SCREENSHOT_LINEAR"]))
         # the answer to "Try a statement" names whose verdict it is
         browser.find_element(By.ID, "try-context").send_keys(CONTEXT)
         browser.find_element(By.ID, "try-statement").send_keys(STATEMENTS[1])
         browser.find_element(By.CSS_SELECTOR, "#try button").click()
         _wait(browser, lambda d: "linear reader" in d.find_element(By.ID, "try-result").text)
-        shot = tmp_path / "dashboard-linear.png"
-        browser.save_screenshot(str(shot))
-        if os.environ.get("QKSCORE_DASHBOARD_SCREENSHOT_LINEAR"):
-            shutil.copy(shot, Path(os.environ["QKSCORE_DASHBOARD_SCREENSHOT_LINEAR"]))
