@@ -3,7 +3,7 @@
     python benchmarks/bench_scan.py [--model qwen2.5-coder-0.5b] [--items 64]
         [--batches 1,4,8,16] [--device cpu|cuda] [--random-init] [--threads 0]
 
-Each batch size runs ``qkscore.run.scan`` (the function behind ``qkscore scan``: rendering,
+Each batch size runs ``qkscore.scanning.scan`` (the function behind ``qkscore scan``: rendering,
 length-bucketed batches, extraction, chunk files) over the same items into a fresh temporary
 run folder, after a warm-up scan of one batch at that size. Rounds alternate the batch sizes
 and the table gives the median of ``--repeats`` rounds, so load drifting on a shared machine
@@ -44,7 +44,7 @@ def main() -> None:
 
     from qkscore.data import load_items
     from qkscore.models import load_model
-    from qkscore.run import scan
+    from qkscore.scanning import scan
 
     data = args.data or DEFAULT_DATA.format(shared=args.shared, n=args.items)
     items = load_items(data)[: args.items]

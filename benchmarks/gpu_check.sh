@@ -47,7 +47,7 @@ else
   ITEMS=4 BATCHES=1,2 REPEATS=1 CASES=32x1 XREP=1
 fi
 
-echo; echo "## scan throughput (qkscore.run.scan, answer-statement template, bf16)"
+echo; echo "## scan throughput (qkscore.scanning.scan, answer-statement template, bf16)"
 "$PY" benchmarks/bench_scan.py --model "$MODEL" "${INIT[@]}" --device "$DEVICE" \
   --shared "$SHARED" --items "$ITEMS" --batches "$BATCHES" --repeats "$REPEATS"
 

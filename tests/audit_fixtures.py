@@ -32,7 +32,7 @@ def build_profile(base: Path, lm) -> Path:
     """Scan and calibrate once per session (``base`` is the session's temporary root)."""
     from qkscore.estimators.base import CalibrationWarning
     from qkscore.pipeline import calibrate
-    from qkscore.run import scan
+    from qkscore.scanning import scan
 
     key = f"profile:{base}"
     if key not in _cache:
@@ -96,3 +96,33 @@ def live_server(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+#: A data path as long as real ones (a file of the shared data with its options): the dashboard
+#: shows it whole without scrolling sideways.
+LONG_DATA = (
+    "jsonl:/work/shared/data/pararule-plus/Depth5/PARARULE_Plus_Depth5_shuffled_dev_huggingface"
+    ".jsonl?limit=400&balance=true&seed=0&on_error=skip"
+)
+
+
+def linear_profile(base: Path, lm) -> Path:
+    """A profile of the same scan with the linear reader (once per session), its data field a
+    long path (:data:`LONG_DATA`)."""
+    import json
+
+    from qkscore.estimators.base import CalibrationWarning
+    from qkscore.pipeline import calibrate
+
+    key = f"linear:{base}"
+    if key not in _cache:
+        from tiny_models import few_threads
+
+        out = build_profile(base, lm).parent
+        with warnings.catch_warnings(), few_threads():
+            warnings.simplefilter("ignore", CalibrationWarning)
+            calibrate(out / "run", calib_size=80, out=out / "linear.json", reader="linear")
+        data = json.loads((out / "linear.json").read_text())
+        (out / "linear.json").write_text(json.dumps({**data, "data": LONG_DATA}))
+        _cache[key] = out / "linear.json"
+    return _cache[key]

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from qkscore.io import save_array, write_json
 from qkscore.prompts import get_template
-from qkscore.run import MAIN, RunFolder, save_array, write_json
+from qkscore.run import MAIN, RunFolder
 
 N_LAYERS, N_HEADS = 4, 3
 SIGNAL = (2, 1)  # planted anti-aligned head

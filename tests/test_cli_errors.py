@@ -216,7 +216,7 @@ def test_evaluate_a_generation_folder_says_what_it_is(tmp_path: Path, runs) -> N
 
 def test_scan_into_a_folder_another_scan_holds_is_refused(tmp_path: Path) -> None:
     """Two `scan` processes on one folder raced; the second now stops at the lock."""
-    from qkscore.run import LOCK_NAME, scan_lock
+    from qkscore.scanning import LOCK_NAME, scan_lock
 
     out = tmp_path / "run"
     with scan_lock(out):

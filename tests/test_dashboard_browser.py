@@ -145,3 +145,50 @@ def test_dashboard_shows_requests_and_charts(judge, tmp_path, browser):
             if e["level"] == "SEVERE" and "401" not in e["message"]
         ]
         assert severe == []
+
+
+def test_a_linear_profile_shows_its_reader_and_the_page_never_scrolls_sideways(
+    judge, tmp_path, browser, tmp_path_factory
+):
+    """With the linear reader the map is its weights and the calibration panel leads with its
+    cross-validated figures; at 1400 px the long data path wraps instead of widening the page."""
+    from selenium.webdriver.common.by import By
+
+    from audit_fixtures import LONG_DATA, linear_profile
+    from qkscore.audit import Judge
+    from qkscore.audit.dashboard import reader_view
+
+    linear = Judge(linear_profile(tmp_path_factory.getbasetemp(), judge.lm), model=judge.lm)
+    view = reader_view(linear)
+    app = create_app(linear, tmp_path / "audit.db", raise_unexpected=True)
+    with live_server(app) as base:
+        with httpx.Client(base_url=base, timeout=120) as c:
+            r = c.post("/v1/check", json={"context": CONTEXT, "statement": STATEMENTS[0]})
+            assert r.status_code == 200, r.text
+        browser.set_window_size(1400, 1500)
+        browser.get(base + "/")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#verdicts tbody tr[data-id]"))
+        _wait(browser, lambda d: "weights" in d.find_element(By.ID, "heat-title").text)
+        calibration = browser.find_element(By.ID, "calibration").text
+        assert f"reader CV AUROC\n{view['cv_auroc']:.3f}" in calibration
+        assert LONG_DATA in calibration.replace("\n", "")
+        assert f"head {linear.head} accuracy" in calibration  # the head's, named as the head's
+        assert "linear reader weighs most" in browser.find_element(By.ID, "ranking-title").text
+        top = browser.find_element(By.CSS_SELECTOR, "#ranking tbody tr td").text
+        assert top == view["map"]["top"][0]["name"]
+        assert "CV AUROC" in browser.find_element(By.ID, "profile-meta").text
+        n_cells = judge.lm.n_layers * judge.lm.n_heads
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#heatmap rect.cell")) == n_cells
+        wide = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert wide[0] <= wide[1], f"the page scrolls sideways: {wide[0]} px in {wide[1]} px"
+        shot = tmp_path / "dashboard-linear.png"
+        browser.save_screenshot(str(shot))  # the page as it opens
+        if os.environ.get("QKSCORE_DASHBOARD_SCREENSHOT_LINEAR"):
+            shutil.copy(shot, Path(os.environ["QKSCORE_DASHBOARD_SCREENSHOT_LINEAR"]))
+        # the answer to "Try a statement" names whose verdict it is
+        browser.find_element(By.ID, "try-context").send_keys(CONTEXT)
+        browser.find_element(By.ID, "try-statement").send_keys(STATEMENTS[1])
+        browser.find_element(By.CSS_SELECTOR, "#try button").click()
+        _wait(browser, lambda d: "linear reader" in d.find_element(By.ID, "try-result").text)

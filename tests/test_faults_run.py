@@ -37,8 +37,8 @@ from qkscore.run import (
     RunFolderError,
     RunMismatchError,
     items_sha256,
-    scan,
 )
+from qkscore.scanning import scan
 
 DATA = "generated:depth=1-2&n=12&distractors=0&seed=5"
 CHUNK, BATCH, N = 2, 2, 12

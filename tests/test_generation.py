@@ -13,6 +13,8 @@ from qkscore.generation import GenFolder, generate, parse_answer
 from qkscore.generation.byo import import_chains
 from qkscore.generation.label import label_steps, parse_coverage
 from qkscore.generation.problems import Problem, chain_steps
+from qkscore.results import RankSummary
+from schema_check import SCHEMAS, validate
 from tiny_models import few_threads
 
 SPEC = "generated:depth=1-2&n=2&seed=5"
@@ -471,9 +473,14 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
     derived = summary["step_level"]["qk_reader"]["derived_only"]
     assert (derived["n"], derived["positives"]) == (6 * 1 + 6 * 2, 6)
     assert summary["parse_coverage"]["unparsed"] == 1
-    assert summary["comparisons"]["majority_vote"]["verdict"] in (
-        "beats", "does not beat", "is beaten by",
-    )  # fmt: skip
+    # comparisons are records with machine keys; summary.md says them in words
+    vote = next(c for c in summary["comparisons"] if c["b"] == "majority_vote")
+    assert vote["a"] == summary["best_qk_selector"] and vote["test"] == "mcnemar"
+    assert vote["outcome"] in ("better", "worse", "no_difference")
+    words = {"better": "beats", "worse": "is beaten by", "no_difference": "does not beat"}
+    assert f"`{vote['a']}` {words[vote['outcome']]} `majority_vote`" in (
+        (tmp_path / "ranked" / "summary.md").read_text()
+    )
     md = (tmp_path / "ranked" / "summary.md").read_text()
     assert "**Warning: these step verdicts come from a profile calibrated on answers" in md
     assert "Problems in the profile's calibration split: 1 (excluded" in md
@@ -482,9 +489,18 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
     by_depth = summary["step_level"]["qk_reader"]["by_depth"]
     assert {d: e["positives"] for d, e in by_depth.items()} == {"0": 12, "1": 6}
     assert all(e["n"] == e["positives"] + 12 for e in by_depth.values())
-    assert set(summary["step_paired"]["qk_reader vs model_logodds"]) == {
-        "overall", "derived_only", "grounded_only",
-    }  # fmt: skip
+    paired = [(p["a"], p["b"], p["subset"]) for p in summary["step_paired"]]
+    assert paired == [
+        ("qk_reader", "model_logodds", s) for s in ("overall", "derived_only", "grounded_only")
+    ]
+    # the summary as written validates against docs/schemas/rank-summary.schema.json's model
+    written = json.loads((tmp_path / "ranked" / "summary.json").read_text())
+    assert written["format_version"] == 2
+    schema = json.loads((SCHEMAS / "rank-summary.schema.json").read_text())
+    validate(written, schema)
+    RankSummary.from_data(written, "summary.json")
+    with pytest.raises(AssertionError, match="outcome"):  # the check does check
+        validate({**written, "comparisons": [{**vote, "outcome": "beats"}]}, schema)
     assert {s["step_logprob"] < 0 for s in steps} == {True}  # the step's own tokens
     assert f"`{summary['best_qk_selector']}`" in md
 
@@ -652,7 +668,7 @@ def test_four_unanswered_chains_are_too_few_to_flag_a_scorer():
     ],
 )
 def test_a_torn_jsonl_tail_is_cut_before_the_next_append(tmp_path, raw, kept):
-    from qkscore.generation.jsonl import append_jsonl, drop_torn_tail, read_jsonl
+    from qkscore.io import append_jsonl, drop_torn_tail, read_jsonl
 
     path = tmp_path / "log.jsonl"
     path.write_bytes(raw)
@@ -667,8 +683,8 @@ def test_a_jsonl_line_damaged_in_the_middle_is_an_error_not_a_silent_stop(tmp_pa
     of dropping the whole lines after it, and cutting the tail refuses too (it would cut
     them off). The rank cache reads through the same helper."""
     from qkscore.data.items import DataError
-    from qkscore.generation.jsonl import drop_torn_tail, read_jsonl
     from qkscore.generation.rank_cache import RankCache
+    from qkscore.io import drop_torn_tail, read_jsonl
 
     path = tmp_path / "log.jsonl"
     raw = b'{"a":1}\n{"a"{"a":2}\n{"a":3}\n'

@@ -41,7 +41,7 @@ def _spec(shared_data) -> str:
 def pronto(tmp_path_factory, shared_data, smollm2):
     """A float32 scan of a few ProntoQA items (with distractors) and its calibrated profile."""
     from qkscore.pipeline import calibrate
-    from qkscore.run import scan
+    from qkscore.scanning import scan
 
     out = tmp_path_factory.mktemp("lm_eval")
     run = scan(

@@ -62,7 +62,13 @@ def test_evaluate_reports_on_the_evaluation_split_only(tmp_path):
     assert head["accuracy"]["low"] <= head["accuracy"]["value"] <= head["accuracy"]["high"]
     assert {"model_answer", "model_margin", "majority"} <= set(report["methods"])
     assert 0.4 <= report["methods"]["majority"]["accuracy"]["value"] <= 0.6
-    assert set(report["mcnemar"]) >= {"head vs model_margin", "head vs model_answer"}
+    pairs = {(t["a"], t["b"]) for t in report["mcnemar"]}
+    assert pairs >= {("head", "model_margin"), ("head", "model_answer")}
+    for t in report["mcnemar"]:  # a record: the two methods, the difference, the test's figures
+        acc = {k: report["methods"][t[k]]["accuracy"]["value"] for k in ("a", "b")}
+        assert t["difference"] == pytest.approx(acc["a"] - acc["b"])
+        assert 0 <= t["pvalue"] <= 1 and t["outcome"] in ("better", "worse", "no_difference")
+        assert t["outcome"] == "no_difference" or t["pvalue"] < 0.05
     assert "depth" in report["breakdowns"]["head"]
     # the context-reading head falls to chance without its context: no shortcut flag
     assert not any(c["flagged"] for c in report["controls"].values())

@@ -58,7 +58,8 @@ def test_report_synthetic_shortcut(tmp_path):
     # methods, McNemar and breakdowns
     for method in ("head L1H0", "ensemble (k=", "model (own answer)", "majority class"):
         assert method in text
-    assert "McNemar" in text and "head vs model_margin" in result["mcnemar"]
+    assert "McNemar" in text
+    assert ("head", "model_margin") in {(t["a"], t["b"]) for t in result["mcnemar"]}
     assert "model margin (threshold fit on calibration)" in text
     assert "attention-score baseline" in text  # missing, and said so
     for key in ("depth", "distractors", "rule", "modus_tollens"):
@@ -131,7 +132,7 @@ def test_plots_return_figures():
 
 
 def test_report_real_tiny_scan(tmp_path, smollm2):
-    from qkscore.run import scan
+    from qkscore.scanning import scan
 
     scan(
         smollm2,
@@ -156,3 +157,13 @@ def test_report_real_tiny_scan(tmp_path, smollm2):
     assert "calibrating on 20 items" in text
     assert "context-ablated" in text
     assert profile.fingerprint in text
+
+
+def test_mcnemar_records_and_the_string_keys_of_older_evaluations_read_alike():
+    from qkscore.results import comparison_records, find_comparison
+
+    old = {"head vs model_margin": {"statistic": 3.0, "pvalue": 0.04}}
+    new = [{"a": "head", "b": "model_margin", "statistic": 3.0, "pvalue": 0.04}]
+    assert comparison_records(old) == new == comparison_records(new)
+    assert find_comparison(old, "head", "model_margin")["pvalue"] == 0.04
+    assert find_comparison(new, "head", "model_answer") is None

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from qkscore.data.controls import control_items, control_names
-from qkscore.run import RunFolder, RunMismatchError, scan
+from qkscore.run import RunFolder, RunMismatchError
+from qkscore.scanning import scan
 
 DATA = "generated:depth=1-2&n=24&distractors=0&seed=3"
 
@@ -206,12 +207,12 @@ def test_on_error_skip_skips_a_too_long_item_and_records_it(smollm2, shared_data
 
 def test_a_second_scan_of_a_folder_being_scanned_is_refused(tmp_path):
     """Two `scan` processes on one folder used to write the same chunks and run.json."""
-    from qkscore.run import LOCK_NAME, ScanLockedError, scan_lock
+    from qkscore.scanning import LOCK_NAME, ScanLockedError, scan_lock
 
     out = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from qkscore.run import scan_lock\n"
+         "import sys, time; from pathlib import Path; from qkscore.scanning import scan_lock\n"
          "with scan_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)",
          str(out)],
         stdout=subprocess.PIPE, text=True,

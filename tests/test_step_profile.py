@@ -307,11 +307,14 @@ def test_rank_with_a_step_profile_judges_only_the_problems_it_never_saw(
     )
     for entry in level.values():
         assert {"overall", "derived_only", "grounded_only", "by_depth", "by_hops"} <= set(entry)
-    paired = summary["step_paired"]["qk_reader vs model_logodds"]
-    assert set(paired) == {"overall", "derived_only", "grounded_only"}
-    assert set(summary["step_reader_vs_majority"]) == {"qk_reader_min", "qk_reader_mean"}
+    paired = {(p["a"], p["b"], p["subset"]) for p in summary["step_paired"]}
+    assert paired == {
+        ("qk_reader", "model_logodds", s) for s in ("overall", "derived_only", "grounded_only")
+    }
+    selectors = {(c["a"], c["b"]) for c in summary["step_reader_vs_majority"]}
+    assert selectors == {("qk_reader_min", "majority_vote"), ("qk_reader_mean", "majority_vote")}
     control = summary["answer_control"]["step_reader_vs_majority_among_answered"]
-    assert set(control) == {"qk_reader_min", "qk_reader_mean"}
+    assert {c["a"] for c in control} == {"qk_reader_min", "qk_reader_mean"}
     step = next(s for r in rows for s in r["steps"] if s["label"] != "unparsed")
     assert {"qk_reader", "hidden_probe", "answer_reader", "step_logprob"} <= set(step)
     md = (tmp_path / "r" / "summary.md").read_text()

@@ -9,7 +9,8 @@ import pytest
 
 from qkscore.data import load_items
 from qkscore.prompts import get_template, with_fewshot
-from qkscore.run import RunFolder, scan
+from qkscore.run import RunFolder
+from qkscore.scanning import scan
 from qkscore.sweep import parse_grid, sweep
 
 SPEC = "generated:depth=1-2&n=48&distractors=0&seed=4"

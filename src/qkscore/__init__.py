@@ -29,7 +29,7 @@ _LAZY = {
     "register_reader": "qkscore.estimators.protocol",
     # the pipeline and its results
     "Judge": "qkscore.audit",
-    "scan": "qkscore.run",
+    "scan": "qkscore.scanning",
     "calibrate": "qkscore.pipeline",
     "evaluate": "qkscore.pipeline",
     "Profile": "qkscore.profile",

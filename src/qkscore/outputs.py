@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from qkscore.io import atomic_write, write_json
 from qkscore.results import (
     Evaluation,
     PredictionRow,
@@ -27,7 +28,7 @@ from qkscore.results import (
     RunMeta,
     require_pandas,
 )
-from qkscore.run import MAIN, RunFolder, _atomic_write_bytes, write_json
+from qkscore.run import MAIN, RunFolder
 
 PREDICTIONS_JSONL = "predictions.jsonl"
 PREDICTIONS_PARQUET = "predictions.parquet"
@@ -75,14 +76,14 @@ def write_evaluation(
     written = [folder / PREDICTIONS_JSONL]
     for n, row in enumerate(rows, 1):
         PredictionRow.from_data(row, f"{written[0]} row {n}")
-    _atomic_write_bytes(
+    atomic_write(
         written[0],
         lambda fh: fh.writelines((json.dumps(r, default=str) + "\n").encode() for r in rows),
     )
     if _has_pyarrow():
         written.append(folder / PREDICTIONS_PARQUET)
         table = _flatten(rows)
-        _atomic_write_bytes(written[1], lambda fh: table.to_parquet(fh, index=False))
+        atomic_write(written[1], lambda fh: table.to_parquet(fh, index=False))
     data = {**report, "predictions": [p.name for p in written]}
     write_json(out, Evaluation.checked(data, out))
     return [out, *written]

@@ -441,13 +441,12 @@ def _evaluate(
         methods[key]["kind"] = kinds[key]
     chosen = prof.reader_name if prof.reader_name in preds else "head"
     methods[chosen]["chosen"] = True
-    tests = {}
-    for reader_key in [chosen, *[k for k in ("head",) if k != chosen]]:
-        for other in ("model_margin", "model_answer", "shallow", "hidden_probe"):
-            if other in preds:
-                tests[f"{reader_key} vs {other}"] = stats.mcnemar(
-                    preds[reader_key] == labels, preds[other] == labels
-                )._asdict()
+    tests = [
+        stats.mcnemar_record(reader_key, other, preds[reader_key] == labels, preds[other] == labels)
+        for reader_key in [chosen, *[k for k in ("head",) if k != chosen]]
+        for other in ("model_margin", "model_answer", "shallow", "hidden_probe")
+        if other in preds
+    ]
     meta_list = [r.get("meta", {}) for r in records]
     breakdowns = {
         k: stats.breakdown(preds[k], labels, meta_list)

@@ -158,7 +158,7 @@ class Profile:
                 )
 
     def save(self, path: str | Path) -> None:
-        from qkscore.run import write_json
+        from qkscore.io import write_json
 
         self.path = Path(path)
         write_json(self.path, ProfileModel.checked(self.data, self.path))

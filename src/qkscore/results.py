@@ -277,6 +277,39 @@ class MethodResult(_Open):
 _METRICS = ("accuracy", "balanced_accuracy", "auroc")
 
 
+#: A comparison's outcome at p < 0.05: ``a`` better than ``b``, worse, or no difference.
+Outcome = Literal["better", "worse", "no_difference"]
+
+
+class Comparison(_Open):
+    """Method ``a`` against method ``b`` on the same items: ``difference`` is ``a``'s figure
+    minus ``b``'s (accuracy for McNemar, AUROC for a paired bootstrap), ``pvalue`` the test's;
+    ``outcome`` says better or worse only at p < 0.05."""
+
+    what: ClassVar[str] = "comparison"
+
+    a: str
+    b: str
+    test: Literal["mcnemar", "paired_bootstrap"] = "mcnemar"
+    difference: float | None = None
+    statistic: float | None = None
+    pvalue: float | None = None
+    outcome: Outcome | None = None
+
+
+def comparison_records(tests: Any) -> list[dict[str, Any]]:
+    """An evaluation's ``mcnemar`` as records, whether written as records or (files made
+    before them) keyed by ``"a vs b"``."""
+    if isinstance(tests, dict):
+        return [{"a": k.split(" vs ")[0], "b": k.split(" vs ")[-1], **v} for k, v in tests.items()]
+    return [dict(t) for t in tests or []]
+
+
+def find_comparison(tests: Any, a: str, b: str) -> dict[str, Any] | None:
+    """The record comparing ``a`` with ``b`` (None when there is none)."""
+    return next((t for t in comparison_records(tests) if (t["a"], t["b"]) == (a, b)), None)
+
+
 class Evaluation(Output):
     """``evaluation.json``: every reader and fair baseline on the evaluation items, keyed by
     stable machine names (:data:`METHOD_KEYS`)."""
@@ -299,7 +332,8 @@ class Evaluation(Output):
     n_eval: int = Field(ge=0)
     label_counts: dict[str, int]
     methods: dict[str, MethodResult]
-    mcnemar: dict[str, dict[str, Any]] = {}
+    #: McNemar records (:class:`Comparison`); files made before them key each by "a vs b"
+    mcnemar: list[Comparison] | dict[str, dict[str, Any]] = []
     breakdowns: dict[str, Any] = {}
     controls: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
@@ -366,6 +400,91 @@ def require_pandas() -> Any:
     return pd
 
 
+# --- rank's summary.json -------------------------------------------------------------------
+
+
+class AurocEntry(_Open):
+    """An AUROC with its 95% bootstrap interval (None where one side has no item)."""
+
+    n: int
+    positives: int
+    auroc: float | None = None
+    ci: list[float] | None = None
+
+
+class AccuracyEntry(_Open):
+    accuracy: float
+    ci: list[float]
+    n: int
+
+
+class StepLevel(_Open):
+    """One step scorer's AUROC against the prover's labels, overall and by subset."""
+
+    overall: AurocEntry
+    derived_only: AurocEntry
+    grounded_only: AurocEntry
+    by_depth: dict[str, AurocEntry] = {}
+    by_hops: dict[str, AurocEntry] = {}
+
+
+class PairedComparison(Comparison):
+    """Two step scorers' AUROC on the same steps of one subset, by a paired bootstrap."""
+
+    subset: str
+    n: int
+    ci: list[float] | None = None
+
+
+class AnswerControl(_Open):
+    """Whether a scorer knows a chain is right, or only that it reached an answer line."""
+
+    chains_answered: int
+    chain_level_among_answered: dict[str, AurocEntry]
+    answered_vs_not: dict[str, AurocEntry]
+    reads_finishing: list[str]
+    finishing_testable: bool
+    best_of_n_among_answered: dict[str, AccuracyEntry]
+    best_qk_selector_among_answered: str
+    comparisons_among_answered: list[Comparison]
+    step_reader_vs_majority_among_answered: list[Comparison] = []
+
+
+class RankSummary(_Open):
+    """``qkscore rank``'s ``summary.json``: machine keys only (summary.md is made from it).
+    ``format_version`` 2 stores every comparison as a :class:`Comparison` record."""
+
+    what: ClassVar[str] = "rank summary"
+
+    format_version: Literal[2]
+    qkscore_version: str
+    generations: str
+    profile: str
+    profile_unit: str
+    answer_profile: str | None = None
+    reader: str
+    head: str = Field(pattern=HEAD_PATTERN)
+    constant_reader: bool = False
+    warning: str | None = None
+    hidden_probe_layer: int | None = None
+    n_problems: int = Field(ge=0)
+    n_chains: int = Field(ge=0)
+    calibration_overlap: dict[str, Any]
+    parse_coverage: dict[str, Any]
+    valid_steps_by_depth: dict[str, int]
+    chains_correct: float
+    answers_parsed: float
+    step_level: dict[str, StepLevel]
+    step_paired: list[PairedComparison]
+    chain_level: dict[str, AurocEntry]
+    best_of_n: dict[str, AccuracyEntry]
+    best_qk_selector: str
+    comparisons: list[Comparison]
+    step_reader_vs_majority: list[Comparison] = []
+    solution_folds: dict[str, Any]
+    answer_control: AnswerControl | None = None
+
+
 # --- JSON Schemas ------------------------------------------------------------------------
 
 #: File name stem of each output's schema in ``docs/schemas/``.
@@ -374,6 +493,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "profile": ProfileModel,
     "evaluation": Evaluation,
     "predictions-row": PredictionRow,
+    "rank-summary": RankSummary,
 }
 
 

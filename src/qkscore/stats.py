@@ -300,6 +300,30 @@ def mcnemar(correct_a: Any, correct_b: Any, exact_below: int = 25) -> McNemarRes
     return McNemarResult(float(stat), float(chi2.sf(stat, 1)))
 
 
+def outcome(pvalue: float | None, difference: float | None, alpha: float = 0.05) -> str:
+    """How a comparison of ``a`` with ``b`` came out: ``better`` or ``worse`` only when
+    ``pvalue`` < ``alpha``, else ``no_difference`` (machine keys; prose is made when shown)."""
+    if pvalue is None or difference is None or not pvalue < alpha:
+        return "no_difference"
+    return "better" if difference > 0 else "worse"
+
+
+def mcnemar_record(a: str, b: str, correct_a: Any, correct_b: Any) -> dict[str, Any]:
+    """McNemar of method ``a`` against ``b`` as a record: their names, the accuracy
+    difference (``a`` minus ``b``), the statistic, the p-value and the :func:`outcome`."""
+    test = mcnemar(correct_a, correct_b)
+    difference = float(np.mean(correct_a) - np.mean(correct_b))
+    return {
+        "a": a,
+        "b": b,
+        "test": "mcnemar",
+        "difference": difference,
+        "statistic": test.statistic,
+        "pvalue": test.pvalue,
+        "outcome": outcome(test.pvalue, difference),
+    }
+
+
 def majority_baseline(train_labels: Any, test_labels: Any) -> dict[str, Any]:
     """Accuracy of always answering the calibration set's most common option on the test set.
 

@@ -47,9 +47,10 @@ from qkscore.estimators.readers import (
 )
 from qkscore.pipeline import estimator_fields, fit_readers, head_fields
 from qkscore.profile import Profile
+from qkscore.progress import Progress
 from qkscore.prompts import Template, get_template
 from qkscore.results import stamp
-from qkscore.run import _progress, hidden_layer_choice
+from qkscore.run import hidden_layer_choice
 
 __all__ = ["StepFeatures", "calibrate_steps", "step_features"]
 
@@ -94,7 +95,7 @@ def step_features(
     if hidden_layers:
         hidden = np.full((n, len(hidden_layers), 2, lm.d_model), np.nan, dtype=np.float16)
     chains = steps.chains()
-    with _progress(progress, "steps", len(chains), 0, unit="chains") as advance:
+    with Progress(progress, "steps", len(chains), 0, unit="chains") as advance:
         for idx in chains.values():
             out = score_pairs(
                 lm,

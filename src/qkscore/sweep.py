@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from qkscore.dtypes import SCAN_DTYPE
+from qkscore.io import write_json
 from qkscore.pipeline import (
     MIN_CALIBRATION,
     balanced_split,
@@ -32,7 +33,7 @@ from qkscore.pipeline import (
 )
 from qkscore.profile import Profile
 from qkscore.results import Evaluation, read_json
-from qkscore.run import scan, write_json
+from qkscore.scanning import scan
 
 __all__ = ["DEFAULT_GRID", "parse_grid", "sweep"]
 

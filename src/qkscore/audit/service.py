@@ -370,7 +370,10 @@ def _clean(obj: Any) -> Any:
 
 
 def _profile_view(judge: Judge) -> dict[str, Any]:
-    """The profile as the dashboard needs it: figures and heatmap arrays, no item ids."""
+    """The profile as the dashboard needs it: figures and heatmap arrays, no item ids; the
+    reader's own figures and map in ``reader_view``, the single head's beside them."""
+    from qkscore.audit.dashboard import reader_view
+
     data = judge.profile.data
     sel = data["selector"]
     ens = data.get("ensemble") or None
@@ -391,6 +394,7 @@ def _profile_view(judge: Judge) -> dict[str, Any]:
                 "sign": sel.get("sign"),
             },
             "ranking": (data.get("ranking") or [])[:20],
+            "reader_view": reader_view(judge),
             "ensemble": None
             if ens is None
             else {"k": ens.get("k"), "heads": ens.get("heads"), "method": ens["params"]["method"]},
@@ -424,10 +428,11 @@ def create_app(
     ``model_load_seconds``: reported by ``/metrics`` (the caller timed the judge's loading).
     """
     from qkscore._version import __version__
-    from qkscore.audit.dashboard import DASHBOARD_HTML
+    from qkscore.audit.dashboard import DASHBOARD_HTML, check_figures
     from qkscore.audit.metrics import ServiceMetrics
 
     limits = limits or ServeLimits()
+    figures = check_figures(judge)  # whose verdict /v1/check gives, and whose qk_scores
     counter = _counter_for(judge.lm.tokenizer)
     if isinstance(db_path, AuditStore):
         store = db_path
@@ -627,7 +632,7 @@ def create_app(
                 verdict=verdict,
                 dtype=dtype_name(),
             )
-            return {**verdict, "audit_id": audit_id}
+            return {**verdict, **figures, "audit_id": audit_id}
 
         out = await judged(work)
         metrics.verdicts.labels("check", out["verdict"]).inc()

@@ -50,7 +50,7 @@ class CommandError(Exception):
 # The project's own error types that are not ValueErrors, by module: looked up only in modules
 # already imported (an error of a module never imported cannot have been raised).
 _NAMED_ERRORS = {
-    "qkscore.run": ("RunMismatchError", "RunFolderError"),
+    "qkscore.io": ("FolderMismatchError", "FolderError"),
     "qkscore.profile": ("ProfileMismatchError",),
     "qkscore.models.aliases": ("ModelNotAvailableError",),
     "sqlite3": ("Error",),

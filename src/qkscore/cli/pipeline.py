@@ -81,7 +81,7 @@ def scan(
 ) -> None:
     """Score every head on every item into a resumable run folder."""
     console = _console(stderr=as_json)
-    from qkscore.run import scan as run_scan
+    from qkscore.scanning import scan as run_scan
 
     run = run_scan(
         model,
@@ -505,7 +505,7 @@ def demo(
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
     from qkscore.report.html import write_report
-    from qkscore.run import scan as run_scan
+    from qkscore.scanning import scan as run_scan
 
     console.rule(f"qkscore demo: {model} on {data}")
     run = run_scan(

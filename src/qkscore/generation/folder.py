@@ -26,9 +26,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qkscore.generation.jsonl import JsonlScan, append_jsonl, jsonl_bytes, read_jsonl, scan_jsonl
 from qkscore.generation.problems import Problem
-from qkscore.run import RunFolderError, _atomic_write_bytes, write_json
+from qkscore.io import (
+    FolderError,
+    JsonlScan,
+    ResumableFolder,
+    append_jsonl,
+    jsonl_bytes,
+    read_jsonl,
+    scan_jsonl,
+    write_bytes,
+)
 
 __all__ = ["GenFolder", "problems_sha256"]
 
@@ -41,15 +49,11 @@ def problems_sha256(problems: Iterable[Problem]) -> str:
     return digest.hexdigest()
 
 
-class GenFolder:
+class GenFolder(ResumableFolder):
     """Read and write one generation folder; see the module docstring for its layout."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "run.json"
+    JOB = "generate run"
+    KIND = "a generation folder's run.json"
 
     @property
     def problems_path(self) -> Path:
@@ -59,48 +63,38 @@ class GenFolder:
     def generations_path(self) -> Path:
         return self.path / "generations.jsonl"
 
-    def exists(self) -> bool:
-        return self.meta_path.exists()
-
     def is_one(self) -> bool:
         """Whether run.json says this is a generation folder (damaged or not): the commands that
         take either kind of folder choose by it, and a damaged one then gets :meth:`meta`'s
         error instead of being read as the other kind."""
         try:
             return self._raw_meta().get("kind") == "generations"
-        except (FileNotFoundError, RunFolderError):
+        except (FileNotFoundError, FolderError):
             return False
 
     def _raw_meta(self) -> dict[str, Any]:
         if not self.exists():
             raise FileNotFoundError(f"{self.path} is not a generation folder (no run.json)")
-        try:
-            meta = json.loads(self.meta_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RunFolderError(f"{self.meta_path} is unreadable ({err})") from err
-        if not isinstance(meta, dict):
-            raise RunFolderError(f"{self.meta_path} is not a generation folder's run.json")
-        return meta
+        return self.read_settings()
 
     def meta(self) -> dict[str, Any]:
         meta = self._raw_meta()
         if meta.get("kind") != "generations":
-            raise RunFolderError(f"{self.meta_path} is not a generation folder's run.json")
+            raise FolderError(f"{self.meta_path} is not {self.KIND}")
         for field in ("n_problems", "samples"):
             value = meta.get(field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise RunFolderError(
+                raise FolderError(
                     f"{self.meta_path}: field '{field}' is {value!r}, not a positive integer: "
                     "a damaged generation folder (run the same `qkscore generate` again)"
                 )
         return meta
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
-        write_json(self.meta_path, dict(meta))
+        self.write_settings(meta)
 
     def write_problems(self, problems: Sequence[Problem]) -> None:
-        data = jsonl_bytes(p.to_dict() for p in problems)
-        _atomic_write_bytes(self.problems_path, lambda fh: fh.write(data))
+        write_bytes(self.problems_path, jsonl_bytes(p.to_dict() for p in problems))
 
     def problems(self) -> list[Problem]:
         lines = self.problems_path.read_text().splitlines()
@@ -111,8 +105,7 @@ class GenFolder:
         append_jsonl(self.generations_path, records)
 
     def rewrite(self, records: Sequence[Mapping[str, Any]]) -> None:
-        data = jsonl_bytes(records)
-        _atomic_write_bytes(self.generations_path, lambda fh: fh.write(data))
+        write_bytes(self.generations_path, jsonl_bytes(records))
 
     def raw_records(self) -> list[dict[str, Any]]:
         """Every record of generations.jsonl; a torn last line (a kill mid-write) is left out,
@@ -176,17 +169,17 @@ class GenFolder:
 
     def records(self) -> list[dict[str, Any]]:
         """The chains of a finished folder, in problem then sample order; a folder whose file
-        lacks a chain, or holds one twice, raises :class:`RunFolderError` saying which."""
+        lacks a chain, or holds one twice, raises :class:`~qkscore.io.FolderError` saying which."""
         meta = self.meta()
         if not meta.get("complete"):
-            raise RunFolderError(
+            raise FolderError(
                 f"{self.path} is not complete: run the same `qkscore generate` command again "
                 "to finish it"
             )
         records = self.raw_records()
         issues = self.pair_problems(records, meta)
         if issues:
-            raise RunFolderError(
+            raise FolderError(
                 f"{self.generations_path} does not hold every chain run.json promises "
                 f"({meta.get('n_problems')} problems x {meta.get('samples')} samples): "
                 + "; ".join(issues)

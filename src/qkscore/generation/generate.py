@@ -46,7 +46,8 @@ from qkscore.generation.problems import (
     problems_from_items,
     render_prompt,
 )
-from qkscore.run import RunFolderError, _progress, _refuse_differences
+from qkscore.io import FolderError
+from qkscore.progress import Progress
 
 __all__ = ["SAMPLER_VERSION", "generate", "row_seed"]
 
@@ -64,7 +65,7 @@ def row_seed(seed: int, problem_id: str, sample: int) -> int:
 
 
 def _fingerprint_before_loading(model: Any) -> str | None:
-    """The model's fingerprint when it is known without loading it (see run.py's scan)."""
+    """The model's fingerprint when it is known without loading it (see qkscore.scanning's scan)."""
     from qkscore.models import LoadedModel, model_fingerprint
 
     return model.fingerprint if isinstance(model, LoadedModel) else model_fingerprint(str(model))
@@ -109,7 +110,7 @@ def generate(
 
     ``data`` is a data spec of True/False items or a list of :class:`Problem`. Running the same
     call again resumes an interrupted run and leaves a finished one alone; a folder made with
-    other settings is refused (:class:`qkscore.run.RunMismatchError`). ``temperature=0`` is
+    other settings is refused (:class:`qkscore.io.FolderMismatchError`). ``temperature=0`` is
     greedy decoding. ``chat_template=None`` uses the tokenizer's chat template when it has one
     (instruct models: Qwen2.5-Coder-0.5B-Instruct answered at once, with no reasoning, unless
     the assistant's turn was opened for it, and reached its answer line more often inside
@@ -148,11 +149,11 @@ def generate(
         was = {"sampler_version": 1, **old}  # folders made before the sampler was recorded
         if old.get("complete") and not issues:
             was["sampler_version"] = SAMPLER_VERSION  # nothing will be sampled
-        _refuse_differences(folder, was, request)  # type: ignore[arg-type]
+        folder.refuse_differences(was, request)
         fingerprint = _fingerprint_before_loading(model)
         if fingerprint and fingerprint != (old.get("model") or {}).get("fingerprint"):
             was = {"model": (old.get("model") or {}).get("fingerprint")}
-            _refuse_differences(folder, was, {"model": fingerprint})  # type: ignore[arg-type]
+            folder.refuse_differences(was, {"model": fingerprint})
         if old.get("complete"):
             if not issues:
                 log(f"{folder.path} is complete: nothing to do")
@@ -173,8 +174,7 @@ def generate(
     request["chat_template"] = chat_template
     if old is not None:  # the same weights in the same dtype, by whatever name
         was = old.get("model") or {}
-        _refuse_differences(
-            folder,  # type: ignore[arg-type]
+        folder.refuse_differences(
             {
                 "model": was.get("fingerprint"),
                 "dtype": was.get("dtype"),
@@ -238,7 +238,7 @@ def generate(
     jobs = [((p, s), prompts[p], row_seed(seed, problems[p].id, s)) for p, s in todo]
     base_times, base_steps = dict(stats.get("time_s") or {}), int(stats.get("decode_steps", 0))
     total = len(pairs)
-    bar = _progress(progress, "generate", total, total - len(todo), unit="chains", extra=rate)
+    bar = Progress(progress, "generate", total, total - len(todo), unit="chains", extra=rate)
     # closed on the way out, so the model's attention is restored even after an interrupt
     with bar as advance, closing(decoder.run(jobs)) as chains:
         for (p, s), text, n, finish in chains:
@@ -260,7 +260,7 @@ def generate(
             advance(1)
     issues = folder.pair_problems(folder.raw_records(), meta)
     if issues:  # never marked complete unless every chain is in the file exactly once
-        raise RunFolderError(f"{folder.generations_path}: " + "; ".join(issues))
+        raise FolderError(f"{folder.generations_path}: " + "; ".join(issues))
     meta["complete"] = True
     folder.write_meta(meta)
     return folder

@@ -28,16 +28,31 @@ from typing import Any
 
 import numpy as np
 
+from qkscore._version import __version__
 from qkscore.audit.chain import step_pairs
 from qkscore.dtypes import VERDICT_DTYPE
 from qkscore.generation.folder import GenFolder
 from qkscore.generation.label import parse_coverage
 from qkscore.generation.rank_cache import RankCache, chain_key, rank_settings
 from qkscore.generation.solution import CONFIDENCE, SolutionScores, score_solutions
-from qkscore.run import _atomic_write_bytes, _progress, save_array, write_json
-from qkscore.stats import accuracy, auroc, bootstrap_ci, mcnemar, paired_bootstrap
+from qkscore.io import save_array, write_bytes, write_json
+from qkscore.progress import Progress
+from qkscore.results import RankSummary
+from qkscore.stats import (
+    accuracy,
+    auroc,
+    bootstrap_ci,
+    mcnemar_record,
+    outcome,
+    paired_bootstrap,
+)
 
-__all__ = ["STEP_SCORERS", "cross_fit_solution", "rank", "select"]
+__all__ = ["RANK_SUMMARY_VERSION", "STEP_SCORERS", "cross_fit_solution", "rank", "select"]
+
+#: summary.json's layout: 2 keys every comparison as a record (``a``, ``b``, ``difference``,
+#: ``pvalue``, ``outcome``: better, worse or no_difference) where 1 stored prose ("is beaten
+#: by") and keyed pairs by "a vs b". Its JSON Schema: docs/schemas/rank-summary.schema.json.
+RANK_SUMMARY_VERSION = 2
 
 #: Step scorers, higher = more likely valid: the profile's reader margin and its single
 #: head's margin; the model's own log-odds of "True" for the step (the fair baseline); the
@@ -127,7 +142,7 @@ def _solution_scores(
     batch is cached as it finishes), then every chain's scores in ``records`` order."""
     done = cache.solutions()
     todo = [r for r in records if chain_key(r) not in done]
-    with _progress(
+    with Progress(
         progress, "solutions", len(records), len(records) - len(todo), unit="chains"
     ) as advance:
         for start in range(0, len(todo), batch_size):
@@ -320,7 +335,7 @@ def rank(
     cache = RankCache(Path(out), settings, log)
     done = cache.steps()
     cached = sum(chain_key(r) in done for r in keep)
-    with _progress(progress, "steps", len(keep), cached, unit="chains") as advance:
+    with Progress(progress, "steps", len(keep), cached, unit="chains") as advance:
         for r in keep:
             if chain_key(r) not in done:
                 context = problems[r["problem"]].context
@@ -393,21 +408,12 @@ def _aggregate(values: Sequence[float], how: str) -> float:
     return float({"min": min, "mean": np.mean, "last": lambda a: a[-1]}[how](xs))
 
 
-def _compare(best: str, selected: Mapping[str, np.ndarray], others: Sequence[str]) -> dict:
-    """McNemar of selector ``best`` against each of ``others``; "beats" only at p < 0.05."""
-    out = {}
-    for other in others:
-        test = mcnemar(selected[best], selected[other])
-        diff = float(selected[best].mean() - selected[other].mean())
-        verdict = _verdict(test.pvalue, diff)
-        out[other] = {
-            "selector": best,
-            "accuracy_difference": diff,
-            "mcnemar_statistic": test.statistic,
-            "pvalue": test.pvalue,
-            "verdict": verdict,
-        }
-    return out
+def _compare(
+    best: str, selected: Mapping[str, np.ndarray], others: Sequence[str]
+) -> list[dict[str, Any]]:
+    """McNemar records of selector ``best`` against each of ``others`` (``difference``: the
+    accuracy difference; ``outcome`` better or worse only at p < 0.05)."""
+    return [mcnemar_record(best, other, selected[best], selected[other]) for other in others]
 
 
 def _best_qk(best_of_n: Mapping[str, Mapping[str, Any]]) -> str:
@@ -547,17 +553,17 @@ def _summary(records, steps, scorers, chain_scores, selected, correct, *, n_boot
         for h in sorted(set(hops.tolist())):
             e["by_hops"][str(h) if h >= 0 else "unknown"] = entry(s, hops == h)
         step_level[name] = e
-    paired = {}
-    for a, b in STEP_PAIRS:
-        if a in values and b in values:
-            paired[f"{a} vs {b}"] = {
-                key: _paired_entry(values[a], values[b], valid, problem, mask, n_boot)
-                for key, mask in (
-                    ("overall", every),
-                    ("derived_only", subsets["derived_only"]),
-                    ("grounded_only", subsets["grounded_only"]),
-                )
-            }
+    paired = [
+        {"a": a, "b": b, "subset": key}
+        | _paired_entry(values[a], values[b], valid, problem, mask, n_boot)
+        for a, b in STEP_PAIRS
+        if a in values and b in values
+        for key, mask in (
+            ("overall", every),
+            ("derived_only", subsets["derived_only"]),
+            ("grounded_only", subsets["grounded_only"]),
+        )
+    ]
     depths: dict[str, int] = {}
     for _, lab, _, _ in step_rows:
         if lab["label"] == "valid":
@@ -571,6 +577,8 @@ def _summary(records, steps, scorers, chain_scores, selected, correct, *, n_boot
     best_qk = _best_qk(best_of_n)
     comparisons = _compare(best_qk, selected, ("majority_vote", "logprob_mean"))
     return {
+        "format_version": RANK_SUMMARY_VERSION,
+        "qkscore_version": __version__,
         "parse_coverage": parse_coverage(labels),
         "valid_steps_by_depth": dict(sorted(depths.items())),
         "chains_correct": float(correct.mean()),
@@ -590,38 +598,36 @@ def _paired_entry(a, b, valid, problem, mask, n_boot) -> dict[str, Any]:
     """Paired bootstrap of AUROC(a) - AUROC(b) on the same steps, resampling problems."""
     ok = mask & np.isfinite(a) & np.isfinite(b)
     y = valid[ok]
+    entry: dict[str, Any] = {"test": "paired_bootstrap", "n": int(ok.sum())}
     if y.all() or not y.any():
-        return {"n": int(ok.sum()), "difference": None, "ci": None, "pvalue": None}
+        return {**entry, "difference": None, "ci": None, "pvalue": None, "outcome": None}
     test = paired_bootstrap(auroc, a[ok], b[ok], y, groups=problem[ok], n_boot=n_boot)
     return {
-        "n": int(ok.sum()),
+        **entry,
         "difference": test.difference,
         "ci": [test.low, test.high],
         "pvalue": test.pvalue,
-        "verdict": _verdict(test.pvalue, test.difference, READS_STEPS),
+        "outcome": outcome(test.pvalue, test.difference),
     }
 
 
-#: How a comparison reads: better, worse, no difference at p < 0.05.
-BEATS = ("beats", "is beaten by", "does not beat")
-READS_STEPS = ("reads steps better than", "reads steps worse than", "is no different from")
+#: How summary.md says each outcome (the summary stores the machine key, never these words).
+BEATS = {"better": "beats", "worse": "is beaten by", "no_difference": "does not beat"}
+READS_STEPS = {
+    "better": "reads steps better than",
+    "worse": "reads steps worse than",
+    "no_difference": "is no different from",
+}
 
 
-def _verdict(pvalue: float, difference: float, words: Sequence[str] = BEATS) -> str:
-    """The better or worse word only at p < 0.05; else the no-difference one."""
-    better, worse, same = words
-    if not np.isfinite(pvalue) or pvalue >= 0.05:
-        return same
-    return better if difference > 0 else worse
-
-
-def _step_reader_vs_majority(selected: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _step_reader_vs_majority(selected: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     """Each per-chain selector of the step reader (min, mean) against majority vote."""
-    return {
-        name: _compare(name, selected, ("majority_vote",))["majority_vote"]
+    return [
+        record
         for name in STEP_READER_SELECTORS
         if name in selected
-    }
+        for record in _compare(name, selected, ("majority_vote",))
+    ]
 
 
 def _fmt(entry: Mapping[str, Any], key: str) -> str:
@@ -679,16 +685,12 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     for name, entry in summary["best_of_n"].items():
         lines.append(f"| {name} | {_fmt(entry, 'accuracy')} |")
     lines += [""]
-    for other, c in summary["comparisons"].items():
-        lines.append(
-            f"- Best QK selector `{c['selector']}` {c['verdict']} `{other}` "
-            f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g})."
-        )
+    lines += _best_qk_lines(summary["comparisons"])
     lines.append(
         "- The best QK selector is picked among the QK selectors by its accuracy on these same "
         "problems, so its figure is optimistic; the others are not picked."
     )
-    lines += _step_reader_lines(summary.get("step_reader_vs_majority", {}))
+    lines += _step_reader_lines(summary.get("step_reader_vs_majority", []))
     lines += ["", "## Chain level: AUROC for a correct final answer", ""]
     lines += ["| scorer | AUROC | chains |", "|---|---|---|"]
     for name, entry in summary["chain_level"].items():
@@ -700,11 +702,19 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _step_reader_lines(comparisons: Mapping[str, Any]) -> list[str]:
+def _best_qk_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
     return [
-        f"- Step reader selector `{name}` {c['verdict']} majority vote "
-        f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g}; not picked)."
-        for name, c in comparisons.items()
+        f"- Best QK selector `{c['a']}` {BEATS[c['outcome']]} `{c['b']}` "
+        f"(difference {c['difference']:+.3f}, McNemar p = {c['pvalue']:.3g})."
+        for c in comparisons
+    ]
+
+
+def _step_reader_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [
+        f"- Step reader selector `{c['a']}` {BEATS[c['outcome']]} majority vote "
+        f"(difference {c['difference']:+.3f}, McNemar p = {c['pvalue']:.3g}; not picked)."
+        for c in comparisons
     ]
 
 
@@ -732,16 +742,15 @@ def _step_level_markdown(summary: Mapping[str, Any]) -> list[str]:
         )
     words = {"overall": "all", "derived_only": "derived", "grounded_only": "grounded"}
     lines.append("")
-    for key, c in summary.get("step_paired", {}).items():
-        for subset, e in c.items():
-            if e.get("difference") is None:
-                continue
-            a, b = key.split(" vs ")
-            lines.append(
-                f"- `{a}` {e['verdict']} `{b}` on {words.get(subset, subset)} steps: AUROC "
-                f"difference {e['difference']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}], "
-                f"paired bootstrap by problem p = {e['pvalue']:.3g}."
-            )
+    for e in summary.get("step_paired", []):
+        if e.get("difference") is None:
+            continue
+        lines.append(
+            f"- `{e['a']}` {READS_STEPS[e['outcome']]} `{e['b']}` on "
+            f"{words.get(e['subset'], e['subset'])} steps: AUROC difference "
+            f"{e['difference']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}], paired bootstrap by "
+            f"problem p = {e['pvalue']:.3g}."
+        )
     depths = sorted({d for e in level.values() for d in e.get("by_depth", {})}, key=int)
     if depths:
         lines += [
@@ -799,12 +808,8 @@ def _answer_control_markdown(control: Mapping[str, Any]) -> list[str]:
     for name, entry in control["best_of_n_among_answered"].items():
         lines.append(f"| {name} | {_fmt(entry, 'accuracy')} |")
     lines.append("")
-    for other, c in control["comparisons_among_answered"].items():
-        lines.append(
-            f"- Best QK selector `{c['selector']}` {c['verdict']} `{other}` "
-            f"(difference {c['accuracy_difference']:+.3f}, McNemar p = {c['pvalue']:.3g})."
-        )
-    lines += _step_reader_lines(control.get("step_reader_vs_majority_among_answered", {}))
+    lines += _best_qk_lines(control["comparisons_among_answered"])
+    lines += _step_reader_lines(control.get("step_reader_vs_majority_among_answered", []))
     return lines
 
 
@@ -821,8 +826,7 @@ def _write(out: Path, records, steps, chain_scores, qk, summary) -> None:
             {"text": t, **lab, **v} for t, lab, v in zip(r["steps"], r["labels"], verdicts)
         ]
         lines.append(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-    _atomic_write_bytes(out / "ranked.jsonl", lambda fh: fh.write(b"".join(lines)))
+    write_bytes(out / "ranked.jsonl", b"".join(lines))
     save_array(out / "solution_qk.npy", qk)
-    write_json(out / "summary.json", summary)
-    text = summary_markdown(summary).encode()
-    _atomic_write_bytes(out / "summary.md", lambda fh: fh.write(text))
+    write_json(out / "summary.json", RankSummary.checked(summary, out / "summary.json"))
+    write_bytes(out / "summary.md", summary_markdown(summary).encode())

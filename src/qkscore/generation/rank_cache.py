@@ -23,15 +23,13 @@ the rounding of different batch shapes in the solution pass.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qkscore.generation.jsonl import append_jsonl, drop_torn_tail, read_jsonl
-from qkscore.run import write_json
+from qkscore.io import FolderError, ResumableFolder, append_jsonl, drop_torn_tail, read_jsonl
 
 __all__ = ["RankCache", "chain_key", "rank_settings"]
 
@@ -67,33 +65,28 @@ def rank_settings(
     }
 
 
-class RankCache:
+class RankCache(ResumableFolder):
     """Per-chain scores of one ``rank`` output folder; see the module docstring."""
+
+    SETTINGS = "settings.json"
+    JOB = "rank"
 
     def __init__(
         self, out: Path, settings: Mapping[str, Any], log: Callable[[str], None] = print
     ) -> None:
-        self.path = Path(out) / "cache"
-        settings_path = self.path / "settings.json"
-        if settings_path.exists():
+        super().__init__(Path(out) / "cache")
+        if self.exists():
             try:
-                old = json.loads(settings_path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                old = self.read_settings()
+            except FolderError:
                 old = None
-            if old != json.loads(json.dumps(dict(settings))):
-                stale = self._stale_name()
-                self.path.rename(stale)
-                log(f"{settings_path} was made with other settings: set aside as {stale}")
+            if not self.same(old, settings):
+                stale = self.move_aside(self.path, lambda k: f"cache.stale-{k + 1}")
+                log(f"{self.meta_path} was made with other settings: set aside as {stale}")
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(settings_path, dict(settings))
+        self.write_settings(settings)
         for path in (self.steps_path, self.solutions_path):
             drop_torn_tail(path)
-
-    def _stale_name(self) -> Path:
-        n = 1
-        while (self.path.parent / f"cache.stale-{n}").exists():
-            n += 1
-        return self.path.parent / f"cache.stale-{n}"
 
     @property
     def steps_path(self) -> Path:

@@ -158,7 +158,7 @@ class QKScoreLM(LM):
         calibration prompts are remembered, and a document showing one is refused later.
         """
         from qkscore.pipeline import balanced_split, calibrate
-        from qkscore.run import scan
+        from qkscore.scanning import scan
 
         splits = packaged_task(source)
         if splits is not None:

@@ -35,7 +35,7 @@ from qkscore.report import plots
 from qkscore.report.summary import finite as _finite
 from qkscore.report.summary import number as _num
 from qkscore.report.summary import verdict as _verdict
-from qkscore.results import Evaluation
+from qkscore.results import Evaluation, find_comparison
 from qkscore.run import MAIN, RunFolder
 
 __all__ = ["write_report", "render_report"]
@@ -349,7 +349,7 @@ def _distribution_section(run: RunFolder, prof: Profile) -> dict[str, Any]:
 
 def _methods_section(ev: Mapping[str, Any]) -> dict[str, Any]:
     methods = ev.get("methods") or {}
-    tests = ev.get("mcnemar") or {}
+    tests = ev.get("mcnemar")
     chosen = _chosen_method(ev)
     rows = []
     for name, m in methods.items():
@@ -362,7 +362,8 @@ def _methods_section(ev: Mapping[str, Any]) -> dict[str, Any]:
                 "accuracy": m.get("accuracy"),
                 "balanced_accuracy": m.get("balanced_accuracy"),
                 "auroc": m.get("auroc"),
-                "test": tests.get(f"{name} vs model_margin") or tests.get(f"{name} vs model"),
+                "test": find_comparison(tests, name, "model_margin")
+                or find_comparison(tests, name, "model"),
             }
         )
     missing = [k for k in ("model_answer", "attention", "ensemble") if k not in methods]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qkscore.results import comparison_records, find_comparison
+
 
 def finite(value: Any) -> bool:
     """A real number that can be printed as one (not None, a bool, NaN or infinite)."""
@@ -83,8 +85,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         )
     if report.get("mcnemar"):
         lines += ["", "McNemar (exact for few discordant pairs):"]
-        for name, t in report["mcnemar"].items():
-            lines.append(f"- {name}: p = {t['pvalue']:.3g}")
+        for t in comparison_records(report["mcnemar"]):
+            lines.append(f"- {t['a']} vs {t['b']}: p = {t['pvalue']:.3g}")
     controls = report.get("controls") or {}
     if controls:
         methods = list(dict.fromkeys(k for c in controls.values() for k in c.get("accuracy", {})))
@@ -114,7 +116,7 @@ ALPHA = 0.05
 def _compare(report: dict[str, Any], chosen: str, other: str) -> tuple[int, float | None]:
     """+1 if the chosen reader is significantly better than ``other``, -1 if worse, else 0."""
     methods = report["methods"]
-    test = (report.get("mcnemar") or {}).get(f"{chosen} vs {other}")
+    test = find_comparison(report.get("mcnemar"), chosen, other)
     a, b = _acc(methods.get(chosen)), _acc(methods.get(other))
     if test is None or a is None or b is None:
         return 0, None
