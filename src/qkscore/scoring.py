@@ -51,6 +51,7 @@ def score_prompts(
     on_batch: Callable[[int], None] | None = None,
     owners: Sequence[int] | None = None,
     one_pass: bool = False,
+    max_padding: float | None = None,
 ) -> ScoredPrompts:
     """Run every prompt part once; ``on_batch(n_items_finished)`` drives a progress bar.
 
@@ -63,6 +64,9 @@ def score_prompts(
     owner, so each owner's prompts are computed as they would be alone. ``one_pass`` runs the
     parts without a shared prefix as one padded batch (``batch_size`` ignored) and the parts of
     every prefix group together, their prefixes in one padded pass (``encode_prefixes``).
+    With ``max_padding`` the parts without a prefix are cut, shortest first, into passes whose
+    padded tokens stay within that many times their real tokens (where compute grows with
+    padding, as on a CPU, a padded pass of mixed lengths can cost more than its parts alone).
     """
     if share_prefix and not prefix_supported(rope, attention_weights):
         raise ValueError("share_prefix supports pre-rotary scores only (rope=False)")
@@ -101,7 +105,11 @@ def score_prompts(
         )
     else:
         runs += [(m, [0] * len(m), [(m[0], length)]) for m, length in groups]
-    runs += [(alone[s : s + batch_size], [], []) for s in range(0, len(alone), batch_size)]
+    if one_pass:
+        lengths = [len(parts[j][1].input_ids) for j in alone]
+        runs += [(alone[a:b], [], []) for a, b in _padding_cuts(lengths, max_padding)]
+    else:
+        runs += [(alone[s : s + batch_size], [], []) for s in range(0, len(alone), batch_size)]
     for members, rows, prefixes in runs:
         seqs = [parts[first][1].input_ids[:length] for first, length in prefixes]
         shared = [prefixes[r][1] for r in rows] if prefixes else [0] * len(members)
@@ -127,6 +135,22 @@ def score_prompts(
                 if finished:
                     on_batch(finished)
     return ScoredPrompts(scores=scores, baseline=base, attention=attention, hidden=hidden)
+
+
+def _padding_cuts(lengths: Sequence[int], max_padding: float | None) -> list[tuple[int, int]]:
+    """Spans of ``lengths`` (ascending) whose padded size, rows x longest, stays within
+    ``max_padding`` x their sum (one span for all when None)."""
+    if not lengths:
+        return []
+    if max_padding is None:
+        return [(0, len(lengths))]
+    cuts, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * n > max_padding * (total + n):
+            cuts.append((start, i))
+            start, total = i, 0
+        total += n
+    return [*cuts, (start, len(lengths))]
 
 
 def _owned_prefix_groups(

@@ -265,6 +265,7 @@ class Judge:
         self,
         requests: Sequence[tuple[str, str | Sequence[str]]],
         model_answer: bool | None = None,
+        max_padding: float | None = None,
     ) -> list[Verdict | ChainResult]:
         """Judge several requests in one padded pass, as a server batches waiting requests:
         ``(context, statement)`` gives a :class:`Verdict` as :meth:`check` does, ``(context,
@@ -273,6 +274,8 @@ class Judge:
         Each request's prompts are computed as they would be alone (a chain's steps share its
         context; nothing is shared across requests), so in float32 the verdicts equal the
         one-at-a-time ones up to the rounding of padding. ``latency_ms`` is the whole pass.
+        ``max_padding`` splits requests of very different lengths into passes of similar
+        lengths (see :func:`~qkscore.scoring.score_prompts`; None: one pass).
         """
         pairs: list[tuple[str, str]] = []
         owners: list[int] = []
@@ -287,7 +290,7 @@ class Judge:
             return []
         want_model = self.model_answer if model_answer is None else model_answer
         want_model = want_model or self.reader_needs_model
-        out, seconds = self._score(pairs, want_model, owners=owners)
+        out, seconds = self._score(pairs, want_model, owners=owners, max_padding=max_padding)
         verdicts = self.verdicts(out, fast=not want_model, latency_ms=seconds * 1000)
         results: list[Verdict | ChainResult] = []
         for start, end, chain in spans:
@@ -314,6 +317,7 @@ class Judge:
         want_model: bool,
         hidden_layers: Sequence[int] | None = None,
         owners: Sequence[int] | None = None,
+        max_padding: float | None = None,
     ) -> tuple[Any, float]:
         """One batched pass (stopped after the reader's deepest layer unless the model's answer
         is wanted) and the seconds it took, lock waits excluded. ``owners`` (the request of
@@ -347,6 +351,7 @@ class Judge:
                 hidden_layers=hidden_layers,
                 owners=owners,
                 one_pass=owners is not None,
+                max_padding=max_padding,
             )
             return out, time.perf_counter() - start
 
