@@ -15,7 +15,8 @@ The model is float32 (``--dtype``). Without ``--profile`` it builds the small pr
 use on ``--model`` (a scan of 120 generated items and a calibration: about a minute for
 SmolLM2 on the CPU). ``--random-init`` builds the model from its config with random weights
 (``--model`` may be a folder holding only config and tokenizer files, as on a lent GPU
-machine: Qwen2.5-1.5B shapes, same speed), saves it in a temporary folder and serves that.
+machine: Qwen2.5-1.5B shapes, same speed), saves it in a temporary folder and serves that;
+give it ``--no-fast``, since the fast path stops at the random profile's head, wherever that is.
 Without ``--pg-url`` it starts a throwaway PostgreSQL (``initdb`` in a temporary folder, a Unix
 socket only, as the tests do) and stops it at the end; ``--backends sqlite`` skips it.
 
@@ -31,6 +32,7 @@ import asyncio
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -282,6 +284,7 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for key in sorted(set(before) & set(after)):
             print(f"| {key[0]} | {key[1]} | {key[2]} | {after[key] / before[key]:.2f}x |")
+    shutil.rmtree(tmp, ignore_errors=True)  # a saved random model is gigabytes
 
 
 if __name__ == "__main__":
