@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from qkscore.extraction import CAPTURE_EAGER, CAPTURE_SDPA, encode_prefix, extract, qk_scores
+from qkscore.extraction import (
+    CAPTURE_EAGER,
+    CAPTURE_SDPA,
+    encode_prefix,
+    encode_prefixes,
+    extract,
+    qk_scores,
+)
 from qkscore.models.adapters import layer_modules
 from tiny_models import (
     DEVICE,
@@ -259,6 +266,42 @@ def test_shared_prefix_cache_equals_full_prompts(family):
     ids, mask, _ = pad_batch(suffixes, "left")
     with pytest.raises(ValueError, match="pad the batch on the right"):
         extract(lm, ids, mask, suffix_pairs, prefix=encode_prefix(lm, prefix))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_several_prefixes_in_one_pass_equal_full_prompts(family):
+    """Prefixes of different lengths run in one left-padded pass, and rows continuing any of
+    them in one batch, give the scores and log-probs of the whole prompts (a server's batch of
+    several chains, each sharing its own context)."""
+    lm = build_tiny(family)
+    prefixes = [PROMPTS[0][:6], PROMPTS[2][:9], PROMPTS[1][:7]]  # past the window of 5
+    rows = [0, 1, 0, 2, 1]
+    suffixes = [PROMPTS[1][:5], PROMPTS[2][:3], PROMPTS[0][2:6], PROMPTS[0][:4], PROMPTS[1][1:7]]
+    suffix_pairs = [[(4, 0), (4, 4)], [(2, 0), (2, 2), (1, 1)], [(3, 1), (1, 0)], [(3, 3)],
+                    [(5, 0), (5, 4)]]  # fmt: skip
+    logit_pos = [3, 2, 3, 3, 5]
+    full = [prefixes[r] + s for r, s in zip(rows, suffixes)]
+    shift = [len(prefixes[r]) for r in rows]
+    ids, mask, _ = pad_batch(full, "left")
+    want = extract(
+        lm,
+        ids,
+        mask,
+        [[(q + n, k + n) for q, k in row] for row, n in zip(suffix_pairs, shift)],
+        logit_positions=[p + n for p, n in zip(logit_pos, shift)],
+        candidate_ids=[5, 17],
+    )
+    ids, mask, _ = pad_batch(suffixes, "right")
+    prefix = encode_prefixes(lm, prefixes)
+    got = extract(lm, ids, mask, suffix_pairs, logit_positions=logit_pos, candidate_ids=[5, 17],
+                  prefix=prefix, prefix_rows=rows)  # fmt: skip
+    assert_rel_close(got.scores, want.scores, what=f"{family} several prefixes, scores")
+    assert_rel_close(got.candidate_logprobs, want.candidate_logprobs, what=f"{family} log-probs")
+    early = extract(lm, ids, mask, suffix_pairs, max_layer=1, prefix_rows=rows,
+                    prefix=encode_prefixes(lm, prefixes, max_layer=1))  # fmt: skip
+    assert_rel_close(early.scores, want.scores[:, :2], what=f"{family} prefixes, stopped early")
+    with pytest.raises(ValueError, match="prefix_rows"):
+        extract(lm, ids, mask, suffix_pairs, prefix=prefix)
 
 
 def test_gpt2_without_rotary_gives_same_scores_for_both_settings():

@@ -12,7 +12,7 @@ import pytest
 
 from audit_fixtures import CONTEXT, STATEMENTS, live_server, run
 from audit_fixtures import asgi_client as _client
-from qkscore.audit.service import ServeLimits, create_app
+from qkscore.audit.service import ServeSettings, create_app
 from qkscore.audit.store import AuditStore, input_hash, parse_time
 from tiny_models import few_threads
 
@@ -300,7 +300,7 @@ def test_fifty_concurrent_requests(judge, tmp_path):
     statements = [distinct[i % len(distinct)] for i in range(50)]  # each sent 5 times
     expected = {s: judge.check(CONTEXT, s, model_answer=False) for s in distinct}
     # 49 wait at once: room for them all, and time on a busy machine
-    limits = ServeLimits(max_queue=64, request_timeout=300)
+    limits = ServeSettings(max_queue=64, request_timeout=300)
     app = create_app(judge, tmp_path / "audit.db", raise_unexpected=True, limits=limits)
 
     async def go(base):
@@ -360,8 +360,11 @@ def test_serve_command_wiring(judge, tmp_path, monkeypatch):
     assert seen.pop("model_load_seconds") >= 0  # timed for /metrics
     assert isinstance(store, AuditStore) and store.path == db and store.store_text is False
     store.close()
+    limits = seen.pop("limits")
     assert seen == {"judge": judge, "host": "127.0.0.1", "port": 8123, "store_text": False,
-                    "api_key": "k1", "hash_key": None, "limits": service.ServeLimits()}  # fmt: skip
+                    "api_key": "k1", "hash_key": None}  # fmt: skip
+    assert limits == service.ServeSettings(profile=profile, db=str(db), port=8123,
+                                           store_text=False)  # fmt: skip
     flat = " ".join(res.output.split())
     assert "API key required" in flat and "http://127.0.0.1:8123/" in flat
     assert "input hashes are unkeyed" in flat

@@ -18,7 +18,7 @@ import pytest
 
 from audit_fixtures import CONTEXT, STATEMENTS, live_server, run
 from audit_fixtures import asgi_client as _client
-from qkscore.audit.service import LIMITS, ServeLimits, create_app, request_cost
+from qkscore.audit.service import LIMITS, ServeSettings, create_app, request_cost
 from qkscore.audit.store import MAX_INT64, MIN_INT64, AuditStore, AuditStoreError
 from tiny_models import few_threads
 
@@ -37,7 +37,7 @@ def _tokens(judge, text: str) -> int:
 
 
 def test_over_budget_requests_get_413_naming_budget_and_cost(judge, tmp_path):
-    limits = ServeLimits(max_tokens_per_request=600)
+    limits = ServeSettings(max_tokens_per_request=600)
     app = create_app(judge, tmp_path / "audit.db", raise_unexpected=True, limits=limits)
     context = " ".join([CONTEXT] * 12)
     steps = ["Max is a wumpus.", "Max is a jompus.", "Max is red."]
@@ -202,7 +202,7 @@ FAST = {"context": CONTEXT, "statement": STATEMENTS[0], "model_answer": False}
 
 
 def test_full_queue_answers_503_with_retry_after_at_once(judge, tmp_path):
-    app = create_app(judge, tmp_path / "audit.db", limits=ServeLimits(max_queue=0))
+    app = create_app(judge, tmp_path / "audit.db", limits=ServeSettings(max_queue=0))
 
     async def go():
         async with _client(app) as c:
@@ -226,7 +226,7 @@ def test_full_queue_answers_503_with_retry_after_at_once(judge, tmp_path):
 
 
 def test_request_that_waits_too_long_gets_503(judge, tmp_path):
-    limits = ServeLimits(max_queue=1, request_timeout=0.5)
+    limits = ServeSettings(max_queue=1, request_timeout=0.5)
     app = create_app(judge, tmp_path / "audit.db", limits=limits)
 
     async def go():
@@ -312,13 +312,13 @@ def test_healthz_shows_details_only_with_the_key_and_head_answers(judge, tmp_pat
     assert details["model"] == judge.lm.name and details["fingerprint"] == judge.fingerprint
     assert details["profile"] == judge.profile.digest and details["head"] == judge.head
     assert details["dtype"] == "float32" and details["busy"] is False and details["queue"] == 0
-    assert details["limits"] == ServeLimits().describe()
+    assert details["limits"] == ServeSettings().describe()
     assert details["limits"]["max_tokens_per_request"] == 32_768
     assert heads == [200, 200]
 
 
 def test_profile_documents_limits_and_dtype(judge, tmp_path):
-    limits = ServeLimits(max_tokens_per_request=5000, request_timeout=2.5, max_queue=3)
+    limits = ServeSettings(max_tokens_per_request=5000, request_timeout=2.5, max_queue=3)
     app = create_app(judge, tmp_path / "audit.db", limits=limits)
 
     async def go():
@@ -331,6 +331,10 @@ def test_profile_documents_limits_and_dtype(judge, tmp_path):
         "max_tokens_per_request": 5000,
         "request_timeout": 2.5,
         "max_queue": 3,
+        "max_batch_tokens": 4096,
+        "max_batch": 32,
+        "max_padding": None,
+        "batch_window_ms": 5.0,
         "context_chars": 20_000,
         "statement_chars": 2_000,
         "chain_steps": 64,
@@ -559,7 +563,12 @@ def test_commands_default_to_float32_and_serve_passes_limits(judge, tmp_path, mo
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert dtypes == ["float32"] * 3
-    assert seen["limits"] == ServeLimits(5000, 2.5, 3)
+    limits = seen["limits"]
+    assert (limits.max_tokens_per_request, limits.request_timeout, limits.max_queue) == (
+        5000,
+        2.5,
+        3,
+    )
     assert "5,000 tokens a request, 3 queued, 2.5 s wait" in " ".join(res.output.split())
     seen["db"].close()
     res = runner.invoke(app, ["check", "-p", profile, "-s", "\u200b\x00"])

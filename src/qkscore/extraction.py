@@ -65,6 +65,21 @@ class Prefix:
 
     cache: Any
     length: int
+    #: several prefixes (``encode_prefixes``): ``[prefixes, length]`` left-padding mask; None
+    #: for one prefix, which every row of a batch continues
+    mask: torch.Tensor | None = None
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
+    """Pad token lists into ``input_ids`` and ``attention_mask`` tensors."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
 
 
 def prefix_supported(rope: bool, attention_weights: bool = False) -> bool:
@@ -77,19 +92,38 @@ def prefix_supported(rope: bool, attention_weights: bool = False) -> bool:
 def encode_prefix(lm: LoadedModel, ids: Sequence[int], max_layer: int | None = None) -> Prefix:
     """Run shared leading tokens once and keep their cache (batch 1); with ``max_layer`` only
     the layers up to it, all that passes stopping there will read."""
+    cache = _run_prefix(lm, torch.as_tensor([list(ids)]), None, max_layer)
+    return Prefix(cache, len(ids))
+
+
+def encode_prefixes(
+    lm: LoadedModel, seqs: Sequence[Sequence[int]], max_layer: int | None = None, pad_id: int = 0
+) -> Prefix:
+    """Several prefixes in one left-padded pass: rows of a later ``extract`` continue the one
+    its ``prefix_rows`` names (several contexts, each with its own statements, in one pass)."""
+    ids, mask = pad_batch(seqs, pad_id, "left")
+    return Prefix(_run_prefix(lm, ids, mask, max_layer), ids.shape[1], mask)
+
+
+def _run_prefix(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor | None, max_layer):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=lm.model.config)
+    padded = {}
+    if mask is not None:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        padded = {"attention_mask": mask.to(lm.device), "position_ids": positions.to(lm.device)}
     with torch.inference_mode(), ExitStack() as stack:
         if max_layer is not None and max_layer < lm.n_layers - 1:
             stack.enter_context(_stop_after(layer_modules(lm.model, lm.adapter)[max_layer]))
         with suppress(_StopForward):
             lm.model.base_model(
-                input_ids=torch.as_tensor([list(ids)], device=lm.device),
+                input_ids=ids.to(lm.device),
                 use_cache=True,
+                **padded,
                 **{_cache_argument(lm.model): cache},
             )
-    return Prefix(cache, len(ids))
+    return cache
 
 
 @functools.cache
@@ -133,6 +167,7 @@ def extract(
     attention_weights: bool = False,
     max_layer: int | None = None,
     prefix: Prefix | None = None,
+    prefix_rows: Sequence[int] | None = None,
     hidden_layers: Sequence[int] | None = None,
     token_spans: Sequence[tuple[int, int]] | None = None,
 ) -> Extraction:
@@ -145,7 +180,8 @@ def extract(
 
     With ``prefix`` every row continues the prefix's tokens: ``input_ids`` hold only what
     follows it, padded on the right, and pairs and logit positions count from the first token
-    after it (both positions of a pair must lie there). Pre-rotary scores only.
+    after it (both positions of a pair must lie there). Pre-rotary scores only. A prefix of
+    several (``encode_prefixes``) needs ``prefix_rows``: the prefix each row continues.
 
     ``hidden_layers`` also keeps the residual stream at each pair's query position after those
     layers (the hidden-state probe's input), from the same pass: one more hook per layer.
@@ -196,8 +232,16 @@ def extract(
             # attention counts as positions
             raise ValueError("with a shared prefix, pad the batch on the right")
         past = copy.deepcopy(prefix.cache)
-        past.batch_repeat_interleave(batch)
-        full_mask = torch.cat([attention_mask.new_ones(batch, prefix.length), attention_mask], 1)
+        if prefix.mask is None:
+            past.batch_repeat_interleave(batch)
+            before = attention_mask.new_ones(batch, prefix.length)
+        else:
+            if prefix_rows is None or len(prefix_rows) != batch:
+                raise ValueError("several prefixes need prefix_rows: one prefix per row")
+            rows = torch.as_tensor(list(prefix_rows), dtype=torch.long)
+            past.reorder_cache(rows)
+            before = prefix.mask[rows].to(attention_mask)
+        full_mask = torch.cat([before, attention_mask], 1)
     position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, full_mask.shape[1] - seq :]
     with torch.inference_mode(), ExitStack() as stack:
         if rope or attention_weights:

@@ -19,6 +19,7 @@ from typing import Any
 
 from qkscore.data import Item, load_items, parse_spec
 from qkscore.data.controls import control_items, get_control
+from qkscore.dtypes import dtype_name
 from qkscore.io import jsonable
 from qkscore.progress import Progress
 from qkscore.prompts import Prompt, Template, get_template, with_fewshot
@@ -386,12 +387,12 @@ def _request_before_loading(
     }
     if isinstance(model, LoadedModel):
         request["model"] = model.fingerprint
-        request["dtype"] = str(model.dtype).removeprefix("torch.")
+        request["dtype"] = dtype_name(model.dtype)
     else:
         fingerprint = model_fingerprint(str(model))
         if fingerprint:
             request["model"] = fingerprint
-        request["dtype"] = str(resolve_dtype(dtype, resolve_device("auto"))).removeprefix("torch.")
+        request["dtype"] = dtype_name(resolve_dtype(dtype, resolve_device("auto")))
     # "auto" depends on the layer count: the folder's, if the model is the same (else the model
     # differs and is refused once loaded)
     with contextlib.suppress(KeyError, TypeError, ValueError):

@@ -11,10 +11,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from qkscore.data.items import Item
-from qkscore.extraction import encode_prefix, extract, prefix_supported
+from qkscore.extraction import (
+    encode_prefix,
+    encode_prefixes,
+    extract,
+    pad_batch,
+    prefix_supported,
+)
 from qkscore.models.loading import LoadedModel
 from qkscore.prompts import Prompt, PromptPart, Template
 
@@ -31,18 +36,6 @@ class ScoredPrompts:
     hidden: np.ndarray | None = None
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
-    """Pad token lists into ``input_ids`` and ``attention_mask`` tensors."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-        ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
-
-
 def score_prompts(
     lm: LoadedModel,
     prompts: Sequence[Prompt],
@@ -56,6 +49,9 @@ def score_prompts(
     share_prefix: bool = False,
     hidden_layers: Sequence[int] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    owners: Sequence[int] | None = None,
+    one_pass: bool = False,
+    max_padding: float | None = None,
 ) -> ScoredPrompts:
     """Run every prompt part once; ``on_batch(n_items_finished)`` drives a progress bar.
 
@@ -63,6 +59,14 @@ def score_prompts(
     ``baseline=False``, since the model's own answer needs the whole pass. ``share_prefix``
     runs the leading tokens that several parts share (one context, many statements) once and
     the rest of each part on their cache (pre-rotary scores only; see ``prefix_groups``).
+
+    ``owners`` (one per prompt: the request it belongs to) keeps prefix groups within an
+    owner, so each owner's prompts are computed as they would be alone. ``one_pass`` runs the
+    parts without a shared prefix as one padded batch (``batch_size`` ignored) and the parts of
+    every prefix group together, their prefixes in one padded pass (``encode_prefixes``).
+    With ``max_padding`` the parts without a prefix are cut, shortest first, into passes whose
+    padded tokens stay within that many times their real tokens (where compute grows with
+    padding, as on a CPU, a padded pass of mixed lengths can cost more than its parts alone).
     """
     if share_prefix and not prefix_supported(rope, attention_weights):
         raise ValueError("share_prefix supports pre-rotary scores only (rope=False)")
@@ -79,25 +83,48 @@ def score_prompts(
     parts = [(i, part) for i, p in enumerate(prompts) for part in p.parts]
     remaining = [len(p.parts) for p in prompts]
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer is not None else 0
-    jobs: list[tuple[list[int], int]] = []  # (part indices, shared prefix length)
+    groups: list[tuple[list[int], int]] = []  # (part indices, shared prefix length)
     alone = list(range(len(parts)))
     if share_prefix:
-        groups = prefix_groups([part for _, part in parts])
-        jobs = [(members, length) for members, length in groups if length]
-        grouped = {j for members, _ in jobs for j in members}
+        part_owners = None if owners is None else [owners[i] for i, _ in parts]
+        groups = [g for g in _owned_prefix_groups([p for _, p in parts], part_owners) if g[1]]
+        grouped = {j for members, _ in groups for j in members}
         alone = [j for j in alone if j not in grouped]
     alone.sort(key=lambda j: len(parts[j][1].input_ids))
-    jobs += [(alone[s : s + batch_size], 0) for s in range(0, len(alone), batch_size)]
-    for members, shared in jobs:
+    if one_pass:
+        batch_size = max(1, len(parts))
+    # runs: (part indices, the prefix each continues, prefixes as (first part, length))
+    runs: list[tuple[list[int], list[int], list[tuple[int, int]]]] = []
+    if one_pass and len(groups) > 1:
+        runs.append(
+            (
+                [j for members, _ in groups for j in members],
+                [g for g, (members, _) in enumerate(groups) for _ in members],
+                [(members[0], length) for members, length in groups],
+            )
+        )
+    else:
+        runs += [(m, [0] * len(m), [(m[0], length)]) for m, length in groups]
+    if one_pass:
+        lengths = [len(parts[j][1].input_ids) for j in alone]
+        runs += [(alone[a:b], [], []) for a, b in _padding_cuts(lengths, max_padding)]
+    else:
+        runs += [(alone[s : s + batch_size], [], []) for s in range(0, len(alone), batch_size)]
+    for members, rows, prefixes in runs:
+        seqs = [parts[first][1].input_ids[:length] for first, length in prefixes]
+        shared = [prefixes[r][1] for r in rows] if prefixes else [0] * len(members)
         prefix = None
-        if shared:
-            prefix = encode_prefix(lm, parts[members[0]][1].input_ids[:shared], max_layer)
+        if len(seqs) == 1:
+            prefix = encode_prefix(lm, seqs[0], max_layer)
+        elif seqs:
+            prefix = encode_prefixes(lm, seqs, max_layer, pad_id or 0)
         for start in range(0, len(members), batch_size):
-            batch = [parts[j] for j in members[start : start + batch_size]]
+            span = slice(start, start + batch_size)
+            batch = [parts[j] for j in members[span]]
             out, with_cands = _run_batch(
-                lm, batch, shared, prefix, pad_id, n_opt, want_baseline,
-                rope=rope, attention_weights=attention_weights, max_layer=max_layer,
-                hidden_layers=hidden_layers,
+                lm, batch, shared[span], prefix, rows[span] if len(seqs) > 1 else None, pad_id,
+                n_opt, want_baseline, rope=rope, attention_weights=attention_weights,
+                max_layer=max_layer, hidden_layers=hidden_layers,
             )  # fmt: skip
             _scatter(out, batch, with_cands, scores, attention, base, hidden)
             if on_batch is not None:
@@ -108,6 +135,38 @@ def score_prompts(
                 if finished:
                     on_batch(finished)
     return ScoredPrompts(scores=scores, baseline=base, attention=attention, hidden=hidden)
+
+
+def _padding_cuts(lengths: Sequence[int], max_padding: float | None) -> list[tuple[int, int]]:
+    """Spans of ``lengths`` (ascending) whose padded size, rows x longest, stays within
+    ``max_padding`` x their sum (one span for all when None)."""
+    if not lengths:
+        return []
+    if max_padding is None:
+        return [(0, len(lengths))]
+    cuts, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * n > max_padding * (total + n):
+            cuts.append((start, i))
+            start, total = i, 0
+        total += n
+    return [*cuts, (start, len(lengths))]
+
+
+def _owned_prefix_groups(
+    parts: Sequence[PromptPart], owners: Sequence[int] | None
+) -> list[tuple[list[int], int]]:
+    """``prefix_groups`` within each owner's parts (all parts when ``owners`` is None)."""
+    if owners is None:
+        return prefix_groups(parts)
+    by_owner: dict[int, list[int]] = {}
+    for j, owner in enumerate(owners):
+        by_owner.setdefault(owner, []).append(j)
+    out: list[tuple[list[int], int]] = []
+    for index in by_owner.values():
+        found = prefix_groups([parts[j] for j in index])
+        out += [([index[i] for i in members], length) for members, length in found]
+    return out
 
 
 def score_pairs(
@@ -152,11 +211,13 @@ def _scatter(out, batch, with_cands: bool, scores, attention, base, hidden=None)
             base[item, :k] = out.candidate_logprobs[row, :k]
 
 
-def _run_batch(lm, batch, shared, prefix, pad_id, n_opt, want_baseline, **kwargs):
-    """One extraction over parts that all start with the same ``shared`` tokens (0: none);
-    positions shift by ``shared`` since only what follows the prefix is passed."""
-    side = "right" if shared else "left"  # after a prefix, padding must not leave holes
-    ids, mask = pad_batch([part.input_ids[shared:] for _, part in batch], pad_id or 0, side)
+def _run_batch(lm, batch, shared, prefix, prefix_rows, pad_id, n_opt, want_baseline, **kwargs):
+    """One extraction over parts that start with ``shared[row]`` tokens of their prefix (0:
+    none; ``prefix_rows``: which of several prefixes); positions shift by a row's ``shared``
+    since only what follows its prefix is passed."""
+    side = "right" if prefix is not None else "left"  # after a prefix, padding leaves no holes
+    rest = [part.input_ids[n:] for (_, part), n in zip(batch, shared)]
+    ids, mask = pad_batch(rest, pad_id or 0, side)
     with_cands = want_baseline and any(part.candidate_ids for _, part in batch)
     cand = None
     if with_cands:
@@ -166,10 +227,13 @@ def _run_batch(lm, batch, shared, prefix, pad_id, n_opt, want_baseline, **kwargs
         lm,
         ids,
         mask,
-        [[(q - shared, k - shared) for q, k in part.pairs] for _, part in batch],
-        logit_positions=[part.logit_pos - shared for _, part in batch] if with_cands else None,
+        [[(q - n, k - n) for q, k in part.pairs] for (_, part), n in zip(batch, shared)],
+        logit_positions=[p.logit_pos - n for (_, p), n in zip(batch, shared)]
+        if with_cands
+        else None,
         candidate_ids=cand,
         prefix=prefix,
+        prefix_rows=prefix_rows,
         **kwargs,
     )
     return out, with_cands

@@ -259,14 +259,67 @@ class Judge:
         with the same model and template may read the same pass."""
         return self._score(pairs, True, hidden_layers)[0]
 
+    def judge_together(
+        self,
+        requests: Sequence[tuple[str, str | Sequence[str]]],
+        model_answer: bool | None = None,
+        max_padding: float | None = None,
+    ) -> list[Verdict | ChainResult]:
+        """Judge several requests in one padded pass, as a server batches waiting requests:
+        ``(context, statement)`` gives a :class:`Verdict` as :meth:`check` does, ``(context,
+        [steps])`` a :class:`ChainResult` as :meth:`verify_chain` does.
+
+        Each request's prompts are computed as they would be alone (a chain's steps share its
+        context; nothing is shared across requests), so in float32 the verdicts equal the
+        one-at-a-time ones up to the rounding of padding. ``latency_ms`` is the whole pass.
+        ``max_padding`` splits requests of very different lengths into passes of similar
+        lengths (see :func:`~qkscore.scoring.score_prompts`; None: one pass).
+        """
+        pairs: list[tuple[str, str]] = []
+        owners: list[int] = []
+        spans: list[tuple[int, int, list[str] | None]] = []
+        for n, (context, what) in enumerate(requests):
+            chain = None if isinstance(what, str) else _chain_steps(what)
+            new = [(context, what)] if chain is None else step_pairs(context, chain)
+            spans.append((len(pairs), len(pairs) + len(new), chain))
+            pairs += new
+            owners += [n] * len(new)
+        if not pairs:
+            return []
+        want_model = self.model_answer if model_answer is None else model_answer
+        want_model = want_model or self.reader_needs_model
+        out, seconds = self._score(pairs, want_model, owners=owners, max_padding=max_padding)
+        verdicts = self.verdicts(out, fast=not want_model, latency_ms=seconds * 1000)
+        results: list[Verdict | ChainResult] = []
+        for start, end, chain in spans:
+            if chain is None:
+                results.append(verdicts[start])
+            else:
+                results.append(self._chain_result(chain, verdicts[start:end], seconds))
+        return results
+
+    def _chain_result(self, chain: list[str], verdicts: list[Verdict], seconds: float):
+        return assemble_chain(
+            chain,
+            verdicts,
+            head=self.head,
+            fast=verdicts[0].fast,
+            latency_ms=seconds * 1000,
+            profile_unit=self.unit,
+            warning=self.step_warning,
+        )
+
     def _score(
         self,
         pairs: Sequence[tuple[str, str]],
         want_model: bool,
         hidden_layers: Sequence[int] | None = None,
+        owners: Sequence[int] | None = None,
+        max_padding: float | None = None,
     ) -> tuple[Any, float]:
         """One batched pass (stopped after the reader's deepest layer unless the model's answer
-        is wanted) and the seconds it took, lock waits excluded."""
+        is wanted) and the seconds it took, lock waits excluded. ``owners`` (the request of
+        each pair) makes it one padded pass whose prefix groups stay within a request."""
         from qkscore.scoring import score_pairs
 
         for context, statement in pairs:
@@ -294,6 +347,9 @@ class Judge:
                 baseline=want_model,
                 share_prefix=self.share_prefix,
                 hidden_layers=hidden_layers,
+                owners=owners,
+                one_pass=owners is not None,
+                max_padding=max_padding,
             )
             return out, time.perf_counter() - start
 
@@ -368,20 +424,20 @@ class Judge:
 
         ``steps`` is a list of steps or text, split into sentences (see ``split_steps``).
         """
-        chain = split_steps(steps) if isinstance(steps, str) else [str(s).strip() for s in steps]
+        chain = split_steps(steps) if isinstance(steps, str) else _chain_steps(steps)
         if not chain:
             raise ValueError("the chain has no steps")
-        for i, step in enumerate(chain):
-            if not step:
-                raise ValueError(f"step {i} of the chain is empty")
         start = time.perf_counter()
         verdicts = self.check_many(step_pairs(context, chain), model_answer)
-        return assemble_chain(
-            chain,
-            verdicts,
-            head=self.head,
-            fast=verdicts[0].fast,
-            latency_ms=(time.perf_counter() - start) * 1000,
-            profile_unit=self.unit,
-            warning=self.step_warning,
-        )
+        return self._chain_result(chain, verdicts, time.perf_counter() - start)
+
+
+def _chain_steps(steps: Sequence[str]) -> list[str]:
+    """A chain's steps, stripped; an empty chain or step is refused."""
+    chain = [str(s).strip() for s in steps]
+    if not chain:
+        raise ValueError("the chain has no steps")
+    for i, step in enumerate(chain):
+        if not step:
+            raise ValueError(f"step {i} of the chain is empty")
+    return chain

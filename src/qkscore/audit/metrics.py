@@ -6,7 +6,9 @@
 * ``qkscore_request_duration_seconds{route}``: a latency histogram;
 * ``qkscore_queue_length``: requests waiting for the model (the one running not counted);
 * ``qkscore_verdicts_total{kind, verdict}``: logged decisions (check / chain, valid / invalid);
-* ``qkscore_model_load_seconds``: how long loading the model took at start-up.
+* ``qkscore_model_load_seconds``: how long loading the model took at start-up;
+* ``qkscore_batch_size``: a histogram of how many requests each pass of the model judged
+  together (``_count`` is the number of passes, ``_sum`` the requests they judged).
 
 Each app gets its own registry (tests build many apps in one process). Under ``serve
 --workers N`` the CLI sets ``PROMETHEUS_MULTIPROC_DIR``: every worker then writes its values to
@@ -19,9 +21,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["ServiceMetrics", "LATENCY_BUCKETS"]
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "ServiceMetrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServiceMetrics:
@@ -54,6 +57,12 @@ class ServiceMetrics:
             "qkscore_verdicts",
             "Logged decisions by kind (check, chain) and verdict (valid, invalid).",
             ("kind", "verdict"),
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "qkscore_batch_size",
+            "Requests judged together in one pass of the model.",
+            buckets=BATCH_BUCKETS,
             registry=reg,
         )
         self.model_load = Gauge(

@@ -18,11 +18,18 @@ dashboard shell ``/``, which holds no data, never do)::
 ``HEAD`` on ``/`` and ``/healthz`` answers as ``GET`` does.
 
 One model serves every request. Judging runs in a worker thread so the event loop keeps
-answering (health checks, the dashboard, the audit log) while the model works; a capacity
-limiter of one lets queued requests wait in the event loop instead of occupying threads, and
-the judge's own lock keeps the model safe from any other caller. Bad input gets a 4xx with a
-message naming the field; a failure inside the model gets a 503 with its reason, never a bare
-500.
+answering (health checks, the dashboard, the audit log) while the model works; requests wait
+in the event loop (:class:`Batcher`), not in threads, and the judge's own lock keeps the model
+safe from any other caller. Bad input gets a 4xx with a message naming the field; a failure
+inside the model gets a 503 with its reason, never a bare 500.
+
+Waiting requests are batched (dynamic batching, as serving engines do): when the model is
+free it takes the first waiting request, waits up to ``batch_window_ms`` for others, and
+judges those that fit (``max_batch`` requests, ``max_batch_tokens`` of cost; checks and
+chains alike, those asking for the model's answer apart from the fast ones) in one padded
+pass (:meth:`Judge.judge_together`). Each request gets its own answer and its own audit row,
+and its verdict is the one it gets alone. A batch that fails is judged again one request at a
+time, so a request the model cannot take fails alone.
 
 Before any route reads the body, a guard answers 401 to a ``/v1`` or ``/metrics`` request
 without the key and 413 to a body over ``Limits.body_bytes`` (by its Content-Length, or as it
@@ -38,10 +45,14 @@ Three limits keep one request from holding the model for everyone (``serve`` opt
   with ``Retry-After`` (the recent mean model time per request times the queue ahead);
 * ``request_timeout``: a request that waited that long for the model gets 503 (with
   ``Retry-After``). A running pass is not interrupted: the budget bounds it instead.
+
+The settings (limits, batching, the model, the log) are :class:`ServeSettings`
+(``qkscore.audit.settings``): ``serve`` options and ``QKSCORE_SERVE_*`` variables alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -50,8 +61,8 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,14 +76,17 @@ from starlette.datastructures import Headers
 
 from qkscore.audit.chain import split_steps
 from qkscore.audit.check import Judge
+from qkscore.audit.settings import LIMITS, Limits, ServeSettings, env_name
 from qkscore.audit.store import MAX_INT64, MIN_INT64, AuditStore
 from qkscore.audit.text import require_text
+from qkscore.dtypes import dtype_name
 
 __all__ = [
     "ENV",
     "Limits",
     "RequestGuard",
     "ServeLimits",
+    "ServeSettings",
     "TokenCounter",
     "app_from_env",
     "create_app",
@@ -83,50 +97,8 @@ __all__ = [
 log = logging.getLogger("qkscore.serve")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Request limits: long texts cost model time and memory for everyone behind them.
-
-    ``body_bytes`` bounds the request body read before any parsing: the largest valid request
-    (a 20,000-character context and 64 steps of 2,000) is 148,000 characters, at most 12 bytes
-    each as JSON (an astral character as two ``\\u`` escapes), under 1.8 MB."""
-
-    context_chars: int = 20_000
-    statement_chars: int = 2_000
-    chain_steps: int = 64
-    chain_chars: int = 40_000
-    body_bytes: int = 2 * 1024 * 1024
-
-
-LIMITS = Limits()
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may cost and how long it may wait (``qkscore serve`` options).
-
-    The default budget takes a check at the longest context (20,000 characters are 5,000 to
-    7,500 SmolLM2 tokens) or a chain of 8 short steps on a 4,000-token context: on one CPU
-    thread SmolLM2-135M judges 600-1,400 budget tokens a second, so a full budget holds the
-    model for under a minute there; raise it on a GPU.
-    """
-
-    max_tokens_per_request: int = 32_768
-    request_timeout: float = 60.0
-    max_queue: int = 64
-
-    def __post_init__(self) -> None:
-        if self.max_tokens_per_request < 1:
-            raise ValueError(
-                f"max_tokens_per_request must be >= 1, got {self.max_tokens_per_request}"
-            )
-        if not self.request_timeout > 0:
-            raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
-        if self.max_queue < 0:
-            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
-
-    def describe(self) -> dict[str, Any]:
-        return {**asdict(self), **asdict(LIMITS)}
+#: the older name of :class:`ServeSettings` (the limits were a class of their own)
+ServeLimits = ServeSettings
 
 
 class CheckRequest(BaseModel):
@@ -255,6 +227,165 @@ def request_cost(context_tokens: int, step_tokens: Sequence[int]) -> int:
     context plus steps ``0..i-1``, so each step counts once for itself and once per later step."""
     n = len(step_tokens)
     return n * context_tokens + sum(t * (n - i) for i, t in enumerate(step_tokens))
+
+
+@dataclass(eq=False)
+class Job:
+    """One request waiting for the model: a check (``what`` is the statement) or a chain
+    (``what`` is the list of steps); ``model_answer`` is resolved (requests that want the
+    model's answer run the whole pass, so they batch apart from fast ones)."""
+
+    context: str
+    what: str | list[str]
+    model_answer: bool
+    cost: int
+    future: asyncio.Future = field(repr=False)
+    taken: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return "check" if isinstance(self.what, str) else "chain"
+
+
+class Batcher:
+    """The queue in front of the model: requests wait here, and one dispatcher task per event
+    loop hands them to ``run`` (in a worker thread) in batches.
+
+    ``run(jobs)`` returns one outcome per job: its result, or the exception it failed with.
+    The queue limits stay per request: with a pass running, a request finding ``max_queue``
+    others waiting is refused at once (503 + Retry-After), and one not taken into a batch
+    within ``request_timeout`` gets 503.
+    """
+
+    def __init__(self, settings: ServeSettings, run: Callable[[list[Job]], list[Any]],
+                 metrics: Any) -> None:  # fmt: skip
+        self.settings = settings
+        self.run = run
+        self.metrics = metrics
+        self.pending: list[Job] = []
+        self.running = False  # a pass is on the model
+        self.mean_model_s = 1.0  # moving mean of model time per request, for Retry-After
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def waiting(self) -> int:
+        return len(self.pending)
+
+    def retry_after(self) -> int:
+        """Seconds until a retry may find room: mean model time per request x queue ahead."""
+        return max(1, min(3600, math.ceil(self.mean_model_s * (self.waiting + 1))))
+
+    async def submit(self, job: Job) -> Any:
+        """Wait for the job's batch and return its result (or raise what it failed with)."""
+        limits = self.settings
+        if self.running and self.waiting >= limits.max_queue:
+            log.warning("queue full: %d waiting; answered 503", self.waiting)
+            raise ServiceError(
+                503,
+                f"busy: {self.waiting} requests are waiting for the model, the most "
+                f"this server queues (max_queue {limits.max_queue}); retry later",
+                self.retry_after(),
+            )
+        self._ensure_dispatcher()
+        self.pending.append(job)
+        self.metrics.queue.inc()
+        self._wake.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.taken.wait(), limits.request_timeout)
+        finally:
+            if not job.taken.is_set():  # timed out, or the client left
+                self.pending.remove(job)
+                self.metrics.queue.dec()
+        if not job.taken.is_set():
+            log.warning("waited %gs for the model; answered 503", limits.request_timeout)
+            raise ServiceError(
+                503,
+                f"timed out: waited {limits.request_timeout:g} s for the model "
+                "(request_timeout); retry later",
+                self.retry_after(),
+            )
+        return await job.future
+
+    def _ensure_dispatcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            return
+        if self._task is not None and self._task.get_loop() is not loop:
+            # a new event loop (tests run one per call): what waited in the old one is gone
+            for _ in self.pending:
+                self.metrics.queue.dec()
+            self.pending.clear()
+            self.running = False
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._dispatch(), name="qkscore-batcher")
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def plan(self) -> tuple[list[Job], bool]:
+        """The next batch from the waiting jobs (the first, then those after it with the same
+        ``model_answer`` while the batch has room), and whether it is full."""
+        limits = self.settings
+        first = self.pending[0]
+        batch, tokens = [first], first.cost
+        for job in self.pending[1:]:
+            if len(batch) >= limits.max_batch:
+                break
+            if job.model_answer != first.model_answer:
+                continue
+            if tokens + job.cost > limits.max_batch_tokens:
+                return batch, True
+            batch.append(job)
+            tokens += job.cost
+        full = len(batch) >= limits.max_batch or tokens >= limits.max_batch_tokens
+        return batch, full
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        window = self.settings.batch_window_ms / 1000
+        while True:
+            while not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+            if window > 0 and self.settings.batching:
+                deadline = loop.time() + window
+                while self.pending and not self.plan()[1] and loop.time() < deadline:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+                if not self.pending:  # all timed out or left meanwhile
+                    continue
+            batch = self.plan()[0]
+            for job in batch:
+                self.pending.remove(job)
+                self.metrics.queue.dec()
+                job.taken.set()
+            self.running = True
+            start = time.perf_counter()
+            try:
+                outcomes = await anyio.to_thread.run_sync(self.run, batch)
+            except Exception as err:  # run returns every request's error: a bug
+                outcomes = [err] * len(batch)
+            except BaseException:  # shut down while the batch ran: answer its requests
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(ServiceError(503, "the server is stopping"))
+                raise
+            finally:
+                self.running = False
+                spent = (time.perf_counter() - start) / len(batch)
+                self.mean_model_s = 0.8 * self.mean_model_s + 0.2 * spent
+                self.metrics.batch_size.observe(len(batch))
+            for job, outcome in zip(batch, outcomes):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -410,7 +541,7 @@ def create_app(
     *,
     hash_key: bytes | None = None,
     raise_unexpected: bool = False,
-    limits: ServeLimits | None = None,
+    limits: ServeSettings | None = None,
     model_load_seconds: float | None = None,
 ) -> FastAPI:
     """The service around one loaded :class:`Judge`, logging to the audit store ``db_path``
@@ -419,7 +550,8 @@ def create_app(
     ``db_path`` may be an open :class:`AuditStore` (the CLI opens it before loading the model,
     so a bad ``--db`` fails first); the app closes it on shutdown. A path that cannot hold the
     log raises :class:`~qkscore.audit.store.AuditStoreError`. ``limits``: the compute budget,
-    queue length and queue timeout (:class:`ServeLimits`; its defaults when None).
+    queue length and timeout and the batching (:class:`ServeSettings`, its defaults when None;
+    its other fields are the caller's to apply).
 
     ``api_key`` (the CLI reads ``QKSCORE_API_KEY``) protects every ``/v1`` route; clients send
     ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. ``raise_unexpected`` re-raises errors
@@ -431,7 +563,7 @@ def create_app(
     from qkscore.audit.dashboard import DASHBOARD_HTML, check_figures
     from qkscore.audit.metrics import ServiceMetrics
 
-    limits = limits or ServeLimits()
+    limits = limits or ServeSettings()
     figures = check_figures(judge)  # whose verdict /v1/check gives, and whose qk_scores
     counter = _counter_for(judge.lm.tokenizer)
     if isinstance(db_path, AuditStore):
@@ -439,14 +571,58 @@ def create_app(
         store.store_text, store.hash_key = store_text, hash_key
     else:
         store = AuditStore(db_path, store_text=store_text, hash_key=hash_key)
-    model_limiter = anyio.CapacityLimiter(1)
     metrics = ServiceMetrics()
     if model_load_seconds is not None:
         metrics.model_load.set(model_load_seconds)
 
+    def lm_dtype() -> str:
+        return dtype_name(judge.lm.dtype)
+
+    def log_row(job: Job, result: Any) -> dict[str, Any]:
+        """Append the request's own audit row; its answer with the row's id."""
+        out = result.to_dict()
+        common = dict(profile=judge.profile.digest, fingerprint=judge.fingerprint,
+                      context=job.context, dtype=lm_dtype())  # fmt: skip
+        if job.kind == "check":
+            audit_id = store.append_check(statement=job.what, verdict=out, **common)
+            return {**out, **figures, "audit_id": audit_id}
+        audit_id = store.append_chain(steps=job.what, chain=out, **common)
+        return {**out, "audit_id": audit_id}
+
+    def alone(job: Job) -> dict[str, Any]:
+        if job.kind == "check":
+            return log_row(job, judge.check(job.context, job.what, job.model_answer))
+        return log_row(job, judge.verify_chain(job.context, job.what, job.model_answer))
+
+    def outcome(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as err:
+            return err
+
+    max_padding = limits.max_padding
+    if max_padding is None and getattr(judge.lm.device, "type", "cpu") == "cpu":
+        max_padding = 1.25  # a CPU's compute grows with padding; a GPU's barely
+
+    def run_batch(jobs: list[Job]) -> list[Any]:
+        """In a worker thread: each job's answer (its audit row written) or its error. A batch
+        whose pass fails is judged again one request at a time, so an error stays its own."""
+        if len(jobs) > 1:
+            try:
+                results = judge.judge_together([(j.context, j.what) for j in jobs],
+                                               jobs[0].model_answer, max_padding)  # fmt: skip
+            except Exception as err:
+                log.warning("a batch of %d failed (%r); judging one at a time", len(jobs), err)
+            else:
+                return [outcome(lambda j=j, r=r: log_row(j, r)) for j, r in zip(jobs, results)]
+        return [outcome(lambda j=j: alone(j)) for j in jobs]
+
+    batcher = Batcher(limits, run_batch, metrics)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
+        batcher.close()
         store.close()
 
     # No /docs or /redoc: they load their scripts from a CDN, useless offline. The OpenAPI
@@ -462,8 +638,7 @@ def create_app(
     )
     app.state.judge = judge
     app.state.store = store
-    app.state.waiting = 0  # requests queued for the model (the one running not counted)
-    app.state.mean_model_s = 1.0  # moving mean of model time per request, for Retry-After
+    app.state.batcher = batcher  # the queue: requests waiting for the model
     app.state.unexpected_errors = []
     app.state.metrics = metrics
     # added first, so it runs inside _count, which then counts its 401s and 413s too
@@ -530,14 +705,6 @@ def create_app(
 
     # ---- limits and judging ---------------------------------------------------------------
 
-    def dtype_name() -> str:
-        return str(judge.lm.dtype).removeprefix("torch.")
-
-    def retry_after() -> int:
-        """Seconds until a retry may find room: mean model time per request x queue ahead."""
-        ahead = app.state.waiting + 1
-        return max(1, min(3600, math.ceil(app.state.mean_model_s * ahead)))
-
     async def within_budget(context: str, statements: list[str], what: str) -> int:
         """The request's cost in tokens (see ``request_cost``), refused over the budget."""
         counts = await anyio.to_thread.run_sync(counter.count, [context, *statements])
@@ -559,82 +726,35 @@ def create_app(
             )
         return cost
 
-    @contextlib.asynccontextmanager
-    async def model_slot() -> AsyncIterator[None]:
-        """Hold the model: at once when free, else in a queue of at most ``max_queue``
-        requests for at most ``request_timeout`` seconds; 503 with Retry-After otherwise."""
+    async def judged(job: Job) -> dict[str, Any]:
+        """Queue the request for the model and map its failure to 400 or 503."""
         try:
-            model_limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            if app.state.waiting >= limits.max_queue:
-                log.warning("queue full: %d waiting; answered 503", app.state.waiting)
-                raise ServiceError(
-                    503,
-                    f"busy: {app.state.waiting} requests are waiting for the model, the most "
-                    f"this server queues (max_queue {limits.max_queue}); retry later",
-                    retry_after(),
-                ) from None
-            app.state.waiting += 1
-            metrics.queue.inc()
-            try:
-                with anyio.move_on_after(limits.request_timeout) as scope:
-                    await model_limiter.acquire()
-            finally:
-                app.state.waiting -= 1
-                metrics.queue.dec()
-            if scope.cancelled_caught:
-                log.warning("waited %gs for the model; answered 503", limits.request_timeout)
-                raise ServiceError(
-                    503,
-                    f"timed out: waited {limits.request_timeout:g} s for the model "
-                    "(request_timeout); retry later",
-                    retry_after(),
-                ) from None
-        try:
-            yield
-        finally:
-            model_limiter.release()
+            return await batcher.submit(job)
+        except ServiceError:
+            raise
+        except ValueError as err:  # input the template or the model cannot take
+            raise ServiceError(400, str(err)) from err
+        except Exception as err:
+            log.error("judging failed", exc_info=err)
+            app.state.unexpected_errors.append(repr(err))
+            if raise_unexpected:
+                raise
+            raise ServiceError(
+                503, f"the model could not judge this request: {type(err).__name__}: {err}"
+            ) from err
 
-    async def judged(work) -> Any:
-        """Run ``work`` on the model in a worker thread, one at a time, mapping failures."""
-        async with model_slot():
-            start = time.perf_counter()
-            try:
-                return await anyio.to_thread.run_sync(work)
-            except ValueError as err:  # input the template or the model cannot take
-                raise ServiceError(400, str(err)) from err
-            except Exception as err:
-                log.exception("judging failed")
-                app.state.unexpected_errors.append(repr(err))
-                if raise_unexpected:
-                    raise
-                raise ServiceError(
-                    503, f"the model could not judge this request: {type(err).__name__}: {err}"
-                ) from err
-            finally:
-                spent = time.perf_counter() - start
-                app.state.mean_model_s = 0.8 * app.state.mean_model_s + 0.2 * spent
+    def job(context: str, what: str | list[str], model_answer: bool | None, cost: int) -> Job:
+        want = judge.model_answer if model_answer is None else model_answer
+        future = asyncio.get_running_loop().create_future()
+        return Job(context, what, bool(want), cost, future)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
     @v1.post("/check")
     async def check(req: CheckRequest) -> dict[str, Any]:
         """Judge whether the statement follows from the context."""
-        await within_budget(req.context, [req.statement], "check")
-
-        def work() -> dict[str, Any]:
-            verdict = judge.check(req.context, req.statement, req.model_answer).to_dict()
-            audit_id = store.append_check(
-                profile=judge.profile.digest,
-                fingerprint=judge.fingerprint,
-                context=req.context,
-                statement=req.statement,
-                verdict=verdict,
-                dtype=dtype_name(),
-            )
-            return {**verdict, **figures, "audit_id": audit_id}
-
-        out = await judged(work)
+        cost = await within_budget(req.context, [req.statement], "check")
+        out = await judged(job(req.context, req.statement, req.model_answer, cost))
         metrics.verdicts.labels("check", out["verdict"]).inc()
         return _clean(out)
 
@@ -642,21 +762,8 @@ def create_app(
     async def verify_chain(req: ChainRequest) -> dict[str, Any]:
         """Judge each step against the context plus the steps before it."""
         steps = req.step_list()
-        await within_budget(req.context, steps, "chain")
-
-        def work() -> dict[str, Any]:
-            result = judge.verify_chain(req.context, steps, req.model_answer).to_dict()
-            audit_id = store.append_chain(
-                profile=judge.profile.digest,
-                fingerprint=judge.fingerprint,
-                context=req.context,
-                steps=steps,
-                chain=result,
-                dtype=dtype_name(),
-            )
-            return {**result, "audit_id": audit_id}
-
-        out = await judged(work)
+        cost = await within_budget(req.context, steps, "chain")
+        out = await judged(job(req.context, steps, req.model_answer, cost))
         verdict = "valid" if out.get("first_failure") is None else "invalid"
         metrics.verdicts.labels("chain", verdict).inc()
         return _clean(out)
@@ -665,7 +772,7 @@ def create_app(
     async def profile() -> dict[str, Any]:
         """The profile: head, threshold, calibration figures and the head heatmap arrays, with
         the dtype the model runs in and the request limits."""
-        return {**_profile_view(judge), "dtype": dtype_name(), "limits": limits.describe()}
+        return {**_profile_view(judge), "dtype": lm_dtype(), "limits": limits.describe()}
 
     @v1.get("/audit")
     def audit(
@@ -714,9 +821,9 @@ def create_app(
             "fingerprint": judge.fingerprint,
             "profile": judge.profile.digest,
             "head": judge.head,
-            "dtype": dtype_name(),
-            "busy": model_limiter.borrowed_tokens > 0,
-            "queue": app.state.waiting,
+            "dtype": lm_dtype(),
+            "busy": batcher.running,
+            "queue": batcher.waiting,
             "limits": limits.describe(),
             "auth": bool(api_key),
             "store_text": store_text,
@@ -741,7 +848,7 @@ def serve(
     store_text: bool = True,
     api_key: str | None = None,
     hash_key: bytes | None = None,
-    limits: ServeLimits | None = None,
+    limits: ServeSettings | None = None,
     model_load_seconds: float | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted."""
@@ -761,52 +868,33 @@ def serve(
 
 # ---- several workers: the app built from environment variables --------------------------------
 
-# What ``app_from_env`` reads (``qkscore serve --workers N`` sets them; uvicorn's workers
-# re-import the app, so its settings cannot travel as arguments). QKSCORE_API_KEY and
-# QKSCORE_AUDIT_HASH_KEY are read as in one process.
-ENV = {
-    "profile": "QKSCORE_SERVE_PROFILE",
-    "db": "QKSCORE_SERVE_DB",
-    "model": "QKSCORE_SERVE_MODEL",
-    "dtype": "QKSCORE_SERVE_DTYPE",
-    "fast": "QKSCORE_SERVE_FAST",
-    "store_text": "QKSCORE_SERVE_STORE_TEXT",
-    "threads": "QKSCORE_SERVE_THREADS",
-    "max_tokens_per_request": "QKSCORE_SERVE_MAX_TOKENS",
-    "request_timeout": "QKSCORE_SERVE_REQUEST_TIMEOUT",
-    "max_queue": "QKSCORE_SERVE_MAX_QUEUE",
-}
+# What ``app_from_env`` reads: every :class:`ServeSettings` field as a ``QKSCORE_SERVE_*``
+# variable (``qkscore serve --workers N`` sets them; uvicorn's workers re-import the app, so
+# its settings cannot travel as arguments). QKSCORE_API_KEY and QKSCORE_AUDIT_HASH_KEY are
+# read as in one process.
+ENV = {name: env_name(name) for name in ServeSettings.model_fields}
 
 
 def app_from_env() -> FastAPI:
     """The service as ``qkscore serve`` builds it, from the ``QKSCORE_SERVE_*`` variables
-    (:data:`ENV`): the factory each uvicorn worker calls (``--factory``). Loads its own copy of
-    the model and opens its own connection(s) to the shared audit store."""
-    env = os.environ
-    profile = env.get(ENV["profile"])
-    if not profile:
+    (:class:`ServeSettings`): the factory each uvicorn worker calls (``--factory``). Loads its
+    own copy of the model and opens its own connection(s) to the shared audit store."""
+    settings = ServeSettings()
+    if settings.profile is None:
         raise RuntimeError(f"{ENV['profile']} is not set: the profile to serve")
-    threads = int(env.get(ENV["threads"], "0") or 0)
-    if threads:
+    if settings.threads:
         import torch
 
-        torch.set_num_threads(threads)
-    defaults = ServeLimits()
-    limits = ServeLimits(
-        int(env.get(ENV["max_tokens_per_request"]) or defaults.max_tokens_per_request),
-        float(env.get(ENV["request_timeout"]) or defaults.request_timeout),
-        int(env.get(ENV["max_queue"]) or defaults.max_queue),
-    )
-    store_text = env.get(ENV["store_text"], "1") != "0"
-    hash_key = env.get("QKSCORE_AUDIT_HASH_KEY", "").encode() or None
-    store = AuditStore(env.get(ENV["db"]) or "qkscore-audit.db", store_text, hash_key)
+        torch.set_num_threads(settings.threads)
+    hash_key = os.environ.get("QKSCORE_AUDIT_HASH_KEY", "").encode() or None
+    store = AuditStore(settings.db, settings.store_text, hash_key)
     try:
         start = time.perf_counter()
         judge = Judge(
-            profile,
-            model=env.get(ENV["model"]) or None,
-            dtype=env.get(ENV["dtype"]) or "float32",
-            model_answer=env.get(ENV["fast"], "0") != "1",
+            settings.profile,
+            model=settings.model,
+            dtype=settings.dtype,
+            model_answer=not settings.fast,
         )
         load_s = time.perf_counter() - start
     except BaseException:
@@ -816,10 +904,10 @@ def app_from_env() -> FastAPI:
     return create_app(
         judge,
         store,
-        store_text=store_text,
-        api_key=env.get("QKSCORE_API_KEY") or None,
+        store_text=settings.store_text,
+        api_key=os.environ.get("QKSCORE_API_KEY") or None,
         hash_key=hash_key,
-        limits=limits,
+        limits=settings,
         model_load_seconds=load_s,
     )
 

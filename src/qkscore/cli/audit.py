@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import sys
@@ -13,19 +15,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from qkscore.audit.settings import FAST_HELP, FLAGS, ServeSettings, env_name  # pydantic only
 from qkscore.cli._shared import console as _console
 from qkscore.cli._shared import fail as _fail
+from qkscore.dtypes import dtype_name
 
-PROFILE_HELP = "Profile JSON from `qkscore calibrate`."
-MODEL_HELP = "Model to load instead of the one the profile names (must have its fingerprint)."
-FAST_HELP = (
-    "Skip the model's own answer and stop the pass after the deepest layer the profile's "
-    "reader reads (a hybrid reader always runs the whole pass)."
-)
-DTYPE_HELP = (
-    "float32 (the default: verdicts reproduce), bfloat16, float16, or auto (bfloat16; faster, "
-    "but batching can flip borderline verdicts)."
-)
+PROFILE_HELP = ServeSettings.model_fields["profile"].description
+MODEL_HELP = ServeSettings.model_fields["model"].description
+DTYPE_HELP = ServeSettings.model_fields["dtype"].description
 
 
 def _text(value: str | None, file: Path | None, what: str, required: bool) -> str:
@@ -183,51 +180,69 @@ def verify_chain(
     out.print(f"{result.latency_ms:.0f} ms for {result.n_steps} steps")
 
 
-def serve(
-    profile: Path = typer.Option(..., "--profile", "-p", help=PROFILE_HELP),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on (1-65535)."),
-    db: str = typer.Option(
-        "qkscore-audit.db",
-        "--db",
-        help="Audit log: an SQLite file (WAL) or a postgresql://user@host/db URL.",
-    ),
-    no_store_text: bool = typer.Option(
-        False, "--no-store-text", help="Log input hashes, scores and verdicts but not the texts."
-    ),
-    fast: bool = typer.Option(False, "--fast", help=FAST_HELP + " (per-request default)"),
-    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    dtype: str = typer.Option("float32", help=DTYPE_HELP),
-    threads: int = typer.Option(
-        0, help="torch CPU threads (0: torch's default; 1 is faster on a busy small machine)."
-    ),
-    max_tokens_per_request: int = typer.Option(
-        32_768,
-        min=1,
-        help="Compute budget of one request in tokens: context + statement for a check; for a "
-        "chain, steps x context plus each step once per step it precedes or is. Over it: 413.",
-    ),
-    request_timeout: float = typer.Option(
-        60.0, min=0.001, help="Seconds a request may wait for the model before a 503."
-    ),
-    max_queue: int = typer.Option(
-        64, min=0, help="Requests that may wait for the model; the next gets 503 + Retry-After."
-    ),
-    workers: int = typer.Option(
-        1,
-        min=1,
-        help="Worker processes (uvicorn), each with its own copy of the model (memory: model "
-        "size x workers), all logging to the one --db; max_queue is per worker.",
-    ),
-) -> None:
+def _serve_command(fn):
+    """The ``serve`` command with one option per :class:`ServeSettings` field (flag, type,
+    help, default and env variable all from the field: the settings are declared once). An
+    option not given is None and leaves the field to its ``QKSCORE_SERVE_*`` variable or its
+    default; ``fn`` gets the validated settings. A yes/no setting is a pair of flags
+    (``--fast/--no-fast``, ``--store-text/--no-store-text``)."""
+    params = []
+    for name, field in ServeSettings.model_fields.items():
+        flag = FLAGS[name]
+        if field.annotation is bool:
+            flag = "--{0}/--no-{0}".format(name.replace("_", "-"))
+        short = {"profile": ("-p",), "model": ("-m",)}.get(name, ())
+        default = "none" if field.default is None else field.default
+        text = f"{field.description} (default {default}; env {env_name(name)})"
+        # bounds click checks itself ("Invalid value for '--port'"); the rest pydantic does
+        bounds = {}
+        for m in field.metadata:
+            bounds |= (
+                {"min": m.ge} if hasattr(m, "ge") else {"max": m.le} if hasattr(m, "le") else {}
+            )
+        option = typer.Option(None, flag, *short, help=text, show_default=False, **bounds)
+        annotation = field.annotation | None  # None: not given
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=annotation))  # fmt: skip
+
+    @functools.wraps(fn)
+    def command(**given: Any) -> None:
+        from pydantic import ValidationError
+
+        try:
+            settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+        except ValidationError as err:
+            raise _fail(f"serve: {_settings_problems(err)}") from None
+        fn(settings)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    del command.__wrapped__  # typer reads the signature above, not fn's
+    return command
+
+
+def _settings_problems(err: Any) -> str:
+    """A settings ValidationError in one line, naming each option and its variable."""
+    by_env = {env_name(name): name for name in FLAGS}
+    parts = []
+    for e in err.errors():
+        name = str(e["loc"][0]) if e["loc"] else ""
+        name = by_env.get(name, name)
+        where = f"{FLAGS[name]} ({env_name(name)})" if name in FLAGS else name or "settings"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+@_serve_command
+def serve(settings) -> None:
     """Serve /v1/check, /v1/verify-chain, /v1/audit and the dashboard at /.
 
-    Set QKSCORE_API_KEY to require that key (X-API-Key or Authorization: Bearer) on /v1 routes,
+    Every option is also a QKSCORE_SERVE_* variable (an option given wins). Set
+    QKSCORE_API_KEY to require that key (X-API-Key or Authorization: Bearer) on /v1 routes,
     and QKSCORE_AUDIT_HASH_KEY to key the logged input hashes (HMAC), so that with
     --no-store-text the texts cannot be guessed back from them.
     """
     try:
-        from qkscore.audit.service import ServeLimits
         from qkscore.audit.service import serve as run_server
     except ImportError as err:
         raise _fail(f"serving needs the serve extra: pip install 'qkscore[serve]' ({err})") from (
@@ -235,39 +250,39 @@ def serve(
         )
     from qkscore.audit.store import AuditStore, AuditStoreError
 
-    limits = ServeLimits(max_tokens_per_request, request_timeout, max_queue)
+    if settings.profile is None:
+        raise _fail("give --profile PROFILE (or set QKSCORE_SERVE_PROFILE)")
     hash_key = os.environ.get("QKSCORE_AUDIT_HASH_KEY", "").encode() or None
     # the log is opened (and checked: a folder, not SQLite, unwritable) before the model loads
     try:
-        store = AuditStore(db, store_text=not no_store_text, hash_key=hash_key)
+        store = AuditStore(settings.db, store_text=settings.store_text, hash_key=hash_key)
     except AuditStoreError as err:
         raise _fail(f"--db: {err}") from None
-    if workers > 1:
+    if settings.workers > 1:
         store.close()
-        _serve_workers(profile, db, model, dtype, fast, no_store_text, threads, limits,
-                       host, port, workers)  # fmt: skip
+        _serve_workers(settings)
         return
-    if threads:
+    if settings.threads:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(settings.threads)
     try:
         start = time.perf_counter()
-        judge = _judge(profile, model, dtype, not fast)
+        judge = _judge(settings.profile, settings.model, settings.dtype, not settings.fast)
         load_s = time.perf_counter() - start
     except BaseException:
         store.close()
         raise
     api_key = os.environ.get("QKSCORE_API_KEY") or None
     out = _console()
-    model_dtype = str(judge.lm.dtype).removeprefix("torch.")
+    model_dtype = dtype_name(judge.lm.dtype)
     out.print(
         f"judging with reader {judge.reader_name} of {judge.profile.data['model'].get('name')} "
         f"({model_dtype}; profile {judge.profile.digest}); audit log {store.url}"
-        f"{' without texts' if no_store_text else ''}; "
+        f"{'' if settings.store_text else ' without texts'}; "
         f"{'API key required' if api_key else '[yellow]no API key[/] (QKSCORE_API_KEY unset)'}"
     )
-    if no_store_text and not hash_key:
+    if not settings.store_text and not hash_key:
         out.print(
             "[yellow]input hashes are unkeyed[/]: short texts can be guessed back from them; "
             "set QKSCORE_AUDIT_HASH_KEY to a secret to key them"
@@ -277,59 +292,55 @@ def serve(
             f"[yellow]{model_dtype}[/]: a borderline verdict can depend on what it is batched "
             "with; for audits that must reproduce, serve in float32 (the default)"
         )
-    out.print(
-        f"limits: {limits.max_tokens_per_request:,} tokens a request, {limits.max_queue} "
-        f"queued, {limits.request_timeout:g} s wait"
-    )
-    out.print(f"dashboard: http://{host}:{port}/")
+    out.print(_limits_line(settings))
+    out.print(f"dashboard: http://{settings.host}:{settings.port}/")
     run_server(
         judge,
         store,
-        host=host,
-        port=port,
-        store_text=not no_store_text,
+        host=settings.host,
+        port=settings.port,
+        store_text=settings.store_text,
         api_key=api_key,
         hash_key=hash_key,
-        limits=limits,
+        limits=settings,
         model_load_seconds=load_s,
     )
 
 
-def _serve_workers(profile, db, model, dtype, fast, no_store_text, threads, limits, host, port,
-                   workers) -> None:  # fmt: skip
+def _limits_line(settings) -> str:
+    batching = (
+        f"batches of up to {settings.max_batch} requests and {settings.max_batch_tokens:,} "
+        f"tokens, gathered for {settings.batch_window_ms:g} ms"
+        if settings.batching
+        else "one request at a time"
+    )
+    return (
+        f"limits: {settings.max_tokens_per_request:,} tokens a request, {settings.max_queue} "
+        f"queued, {settings.request_timeout:g} s wait; {batching}"
+    )
+
+
+def _serve_workers(settings) -> None:
     """``serve --workers N``: the settings go to the workers as environment variables (uvicorn
     re-imports the app in each); the profile is checked here, the model loads in each worker."""
-    from qkscore.audit.service import ENV, serve_workers
+    from qkscore.audit.service import serve_workers
+    from qkscore.audit.store import _redact
     from qkscore.profile import Profile
 
     try:
-        Profile.load(profile)
+        Profile.load(settings.profile)
     except OSError as err:
-        raise _fail(f"cannot read --profile {profile}: {err.strerror}") from None
-    values = {
-        "profile": str(Path(profile).resolve()),
-        "db": db,
-        "model": model or "",
-        "dtype": dtype,
-        "fast": "1" if fast else "0",
-        "store_text": "0" if no_store_text else "1",
-        "threads": str(threads),
-        "max_tokens_per_request": str(limits.max_tokens_per_request),
-        "request_timeout": repr(limits.request_timeout),
-        "max_queue": str(limits.max_queue),
-    }
-    for key, value in values.items():
-        os.environ[ENV[key]] = value
-    from qkscore.audit.store import _redact
-
+        raise _fail(f"cannot read --profile {settings.profile}: {err.strerror}") from None
+    os.environ.update(settings.to_env())
     out = _console()
     out.print(
-        f"{workers} workers, each loading its own copy of the model (memory: model size x "
-        f"{workers}); audit log {_redact(db)}; "
+        f"{settings.workers} workers, each loading its own copy of the model (memory: model "
+        f"size x {settings.workers}); audit log {_redact(settings.db)}; "
         f"{'API key required' if os.environ.get('QKSCORE_API_KEY') else '[yellow]no API key[/]'}"
     )
-    out.print(f"dashboard: http://{host}:{port}/")
-    serve_workers(host=host, port=port, workers=workers)
+    out.print(_limits_line(settings))
+    out.print(f"dashboard: http://{settings.host}:{settings.port}/")
+    serve_workers(host=settings.host, port=settings.port, workers=settings.workers)
 
 
 # ---- qkscore audit verify | export -----------------------------------------------------------
