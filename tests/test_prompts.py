@@ -502,3 +502,22 @@ def test_errors(pronto):
         Template(name="x", scheme="middle-token")
     with pytest.raises(ValueError, match="whitespace"):
         get_template("answer-statement", answer_cue="Answer: ")
+
+
+def test_template_settings_are_declared_once():
+    """The recorded settings are the template's own fields plus the two derived ones, and
+    ``describe()`` is that model's dump (what run.json and profile.json hold)."""
+    import dataclasses
+
+    from qkscore.prompts import TemplateSettings, template_from_description
+    from qkscore.results import RunMeta
+
+    own = {f.name for f in dataclasses.fields(Template)}
+    assert set(TemplateSettings.model_fields) == own | {"format_version", "k"}
+    assert RunMeta.model_fields["template"].annotation is TemplateSettings
+    tmpl = get_template("last-option", swap_options=(1, 0), instruction="Decide.")
+    assert tmpl.describe() == tmpl.settings().model_dump(mode="json")
+    assert TemplateSettings.model_validate(tmpl.describe()) == tmpl.settings()
+    broken = {**tmpl.describe(), "answer_cue": 3}
+    with pytest.raises(ValueError, match="answer_cue"):
+        template_from_description(broken)

@@ -53,6 +53,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from qkscore.data import Item
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "Prompt",
     "PromptPart",
     "Template",
+    "TemplateSettings",
     "available_templates",
     "find_listed_options",
     "get_template",
@@ -312,6 +315,45 @@ def _encode(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[list[i
 # the template
 
 
+class ShotRecord(BaseModel):
+    """A k-shot example as a template's settings record it: its id and gold label (its text
+    lives in the data split it came from)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    label: str
+
+
+class TemplateSettings(BaseModel):
+    """Every setting of a :class:`Template`, declared once: what ``Template.describe()`` dumps,
+    what run.json, profile.json and evaluation.json record (so a number can be traced to the
+    exact prompt that produced it) and what :func:`template_from_description` validates.
+
+    The fields are the template's own (see :class:`Template`) plus ``format_version`` (the
+    rendering rules, :data:`FORMAT_VERSION`) and ``k`` (the number of shots, recorded by id and
+    label in ``k_shot``); ``baseline_tokens`` is recorded resolved (never ``"auto"``). Keys a
+    newer qkscore adds are kept when a file is read (``extra="allow"``); rebuilding a template
+    refuses them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    scheme: str
+    format_version: int
+    instruction: str
+    option_style: str
+    answer_cue: str
+    statement_prefix: str | None
+    swap_options: bool | list[int]
+    k: int
+    k_shot: list[ShotRecord]
+    use_chat_template: bool
+    baseline_tokens: str
+    statement_anchor: str
+    option_anchor: str
+
+
 @dataclass(frozen=True)
 class Template:
     """How an item becomes a prompt and which (query, key) pairs are read.
@@ -414,29 +456,21 @@ class Template:
             return "letters" if self.option_style == "letters" else "words"
         return self.baseline_tokens
 
-    def describe(self) -> dict[str, Any]:
-        """All settings as plain JSON-able values, so a run folder records exactly this template.
+    def settings(self) -> TemplateSettings:
+        """Every setting, as run folders and profiles record it (:class:`TemplateSettings`)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values.update(
+            format_version=FORMAT_VERSION,
+            k=len(self.k_shot),
+            k_shot=[{"id": s.id, "label": s.label} for s in self.k_shot],
+            baseline_tokens=self.resolved_baseline_tokens,
+        )
+        return TemplateSettings.model_validate(values)
 
-        Shots are recorded by id and gold label (their text lives in the data split they came
-        from).
-        """
-        swap = self.swap_options
-        return {
-            "name": self.name,
-            "scheme": self.scheme,
-            "format_version": FORMAT_VERSION,
-            "instruction": self.instruction,
-            "option_style": self.option_style,
-            "answer_cue": self.answer_cue,
-            "statement_prefix": self.statement_prefix,
-            "swap_options": swap if isinstance(swap, bool) else list(swap),
-            "k": len(self.k_shot),
-            "k_shot": [{"id": s.id, "label": s.label} for s in self.k_shot],
-            "use_chat_template": self.use_chat_template,
-            "baseline_tokens": self.resolved_baseline_tokens,
-            "statement_anchor": self.statement_anchor,
-            "option_anchor": self.option_anchor,
-        }
+    def describe(self) -> dict[str, Any]:
+        """All settings as plain JSON-able values (:meth:`settings` dumped), so a run folder
+        records exactly this template."""
+        return self.settings().model_dump(mode="json")
 
     def option_order(self, n_options: int, item_id: str = "?") -> list[int]:
         """Item option index shown at each display position."""
@@ -787,50 +821,40 @@ def render_batch(
 
 
 def template_from_description(description: Mapping[str, Any]) -> Template:
-    """Rebuild the :class:`Template` whose :meth:`Template.describe` gave ``description``.
+    """Rebuild the :class:`Template` whose :meth:`Template.describe` gave ``description``:
+    validate it as :class:`TemplateSettings` and build the template from its fields.
 
     A profile stores its template only as that description; judging new text with the profile
     needs the very same template back, so the result is checked to describe itself identically.
     Templates with k-shot examples cannot be rebuilt: the description keeps only the shots' ids,
     not their text.
     """
-    d = dict(description)
-    name = d.get("name", "?")
-    if d.get("k") or d.get("k_shot"):
+    name = description.get("name", "?") if isinstance(description, Mapping) else "?"
+    try:
+        settings = TemplateSettings.model_validate(description)
+    except ValidationError as err:
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in err.errors()})
         raise ValueError(
-            f"template {name!r} used {d.get('k') or len(d.get('k_shot') or [])} k-shot "
+            f"template description of {name!r} is not valid (fields {fields}): "
+            f"{err.errors()[0]['msg']}"
+        ) from None
+    if settings.k or settings.k_shot:
+        raise ValueError(
+            f"template {name!r} used {settings.k or len(settings.k_shot)} k-shot "
             "example(s), whose text the description does not keep: it cannot be rebuilt. "
             "Calibrate a profile with a 0-shot template to judge new text."
         )
-    if d.get("format_version") != FORMAT_VERSION:
+    if settings.format_version != FORMAT_VERSION:
         raise ValueError(
             f"template {name!r} was described by prompt format version "
-            f"{d.get('format_version')!r}; this qkscore renders version {FORMAT_VERSION}, so its "
+            f"{settings.format_version!r}; this qkscore renders version {FORMAT_VERSION}, so its "
             "positions would differ. Recalibrate with this version."
         )
-    if "scheme" not in d:
-        raise ValueError(f"template description {d!r} has no 'scheme'")
-    swap = d.get("swap_options", False)
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "scheme": d["scheme"],
-        "swap_options": swap if isinstance(swap, bool) else tuple(swap),
-    }
-    for key in (
-        "instruction",
-        "option_style",
-        "answer_cue",
-        "statement_prefix",
-        "use_chat_template",
-        "baseline_tokens",
-        "statement_anchor",
-        "option_anchor",
-    ):
-        if key in d:
-            kwargs[key] = d[key]
-    template = Template(**kwargs)
+    own = {f.name for f in dataclasses.fields(Template)} - {"k_shot"}
+    template = Template(**{key: getattr(settings, key) for key in own})
     rebuilt = template.describe()
-    diff = sorted(k for k in set(rebuilt) | set(d) if rebuilt.get(k) != d.get(k))
+    given = settings.model_dump(mode="json")
+    diff = sorted(k for k in set(rebuilt) | set(given) if rebuilt.get(k) != given.get(k))
     if diff:
         raise ValueError(
             f"template {name!r} could not be rebuilt exactly from its description (settings "

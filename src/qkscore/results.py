@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qkscore._version import __version__
+from qkscore.prompts import TemplateSettings  # every template setting, declared once there
 
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -90,16 +91,6 @@ class ModelInfo(_Open):
     dtype: str | None = None
     n_layers: int | None = None
     n_heads: int | None = None
-
-
-class TemplateSettings(_Open):
-    """Every setting of the prompt template (``Template.describe()``), so a number can be
-    traced to the exact prompt that produced it."""
-
-    name: str
-    scheme: str | None = None
-    format_version: int | None = None
-    use_chat_template: bool | None = None
 
 
 class Output(_Open):
