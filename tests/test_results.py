@@ -183,3 +183,15 @@ def test_without_pandas_the_error_names_the_extra(evaluated, monkeypatch):
         _ = load_run(root).predictions
     # the JSON files need no pandas
     assert load_run(root).evaluation.n_eval == 200
+
+
+def test_a_profile_has_one_digest_whatever_its_formatting(evaluated, tmp_path):
+    from qkscore.io import ResumableFolder, json_digest
+
+    root, _ = evaluated
+    profile = Profile.load(root / "profile.json")
+    data = json.loads((root / "profile.json").read_text())
+    (tmp_path / "profile.json").write_text(json.dumps(dict(reversed(data.items())), indent=4))
+    again = Profile.load(tmp_path / "profile.json")
+    assert again.digest == profile.digest == json_digest(data) == ResumableFolder.digest(data)
+    assert len(profile.digest) == 16

@@ -46,6 +46,7 @@ __all__ = [
     "append_jsonl",
     "atomic_write",
     "drop_torn_tail",
+    "json_digest",
     "jsonable",
     "jsonl_bytes",
     "read_jsonl",
@@ -94,6 +95,14 @@ def save_array(path: Path, array: np.ndarray) -> None:
 def jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists, other objects their str)."""
     return json.loads(json.dumps(obj, default=str))
+
+
+def json_digest(obj: Mapping[str, Any]) -> str:
+    """A short digest (sha256, 16 hex) of ``obj``'s content as canonical JSON: key order and
+    formatting do not matter. A profile's digest (``Profile.digest``, what audit rows, the
+    service and lm-eval results name it by) and a resumable folder's request stamp are this."""
+    text = json.dumps(dict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---- JSON lines ------------------------------------------------------------------------------
@@ -255,8 +264,7 @@ class ResumableFolder:
     def digest(settings: Mapping[str, Any]) -> str:
         """A short digest of a request's settings (key order does not matter), stamped on the
         pieces it writes so a piece of another request is told apart."""
-        text = json.dumps(dict(settings), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json_digest(settings)
 
     @staticmethod
     def same(recorded: Mapping[str, Any] | None, request: Mapping[str, Any]) -> bool:

@@ -11,7 +11,6 @@ profile refuse such a mismatch with a clear error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from qkscore.estimators.ensemble import TopKEnsemble
 from qkscore.estimators.heads import HeadSelector, parse_head_name
 from qkscore.estimators.probe import HiddenStateProbe
 from qkscore.estimators.protocol import Reader, SavedFieldError, reader_from_dict
+from qkscore.io import json_digest
 from qkscore.results import ProfileModel
 
 #: How each saved baseline is restored (``baselines.NAME`` in the file).
@@ -206,9 +206,10 @@ class Profile:
 
     @property
     def digest(self) -> str:
-        """Hash of the profile's content, for audit logs."""
-        blob = json.dumps(self.data, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """The profile's digest: its content as canonical JSON, hashed
+        (:func:`qkscore.io.json_digest`); audit rows, the service, lm-eval results and the
+        report name the profile by it."""
+        return json_digest(self.data)
 
     def selector(self) -> HeadSelector:
         """The saved single head (field ``selector``): its ranking and geometry."""
