@@ -1,4 +1,4 @@
-"""``qkscore data inspect|formats|audit`` through typer's CliRunner."""
+"""``qkscore data inspect|formats|shortcuts`` through typer's CliRunner."""
 
 from __future__ import annotations
 
@@ -97,10 +97,10 @@ class _FakeReport:
         return self.payload
 
 
-def _fake_audit(monkeypatch, flagged: bool) -> list[int]:
+def _fake_shortcuts(monkeypatch, flagged: bool) -> list[int]:
     seen: list[int] = []
 
-    def audit_items(items):
+    def find_shortcuts(items):
         seen.append(len(list(items)))
         return _FakeReport(
             flagged,
@@ -114,35 +114,35 @@ def _fake_audit(monkeypatch, flagged: bool) -> list[int]:
         )
 
     module = types.ModuleType("qkscore.data.shortcuts")
-    module.audit_items = audit_items
+    module.find_shortcuts = find_shortcuts
     monkeypatch.setitem(sys.modules, "qkscore.data.shortcuts", module)
     return seen
 
 
-def test_audit_renders_report(shared_data: Path, monkeypatch) -> None:
-    seen = _fake_audit(monkeypatch, flagged=True)
+def test_shortcuts_renders_report(shared_data: Path, monkeypatch) -> None:
+    seen = _fake_shortcuts(monkeypatch, flagged=True)
     spec = _proofwriter(shared_data) + "?limit=50"
-    result = runner.invoke(app, ["data", "audit", spec])
+    result = runner.invoke(app, ["data", "shortcuts", spec])
     assert result.exit_code == 0, result.output
     assert seen == [50]
     out = result.stdout
     assert _has(out, "FLAGGED", "label_counts", "[red]", "1.5")
-    result = runner.invoke(app, ["data", "audit", spec, "--json"])
+    result = runner.invoke(app, ["data", "shortcuts", spec, "--json"])
     assert json.loads(result.stdout)["cues"][0] == ["not", "False", 1.5]
-    assert runner.invoke(app, ["data", "audit", spec, "--strict"]).exit_code == 1
+    assert runner.invoke(app, ["data", "shortcuts", spec, "--strict"]).exit_code == 1
 
 
-def test_audit_strict_passes_when_not_flagged(shared_data: Path, monkeypatch) -> None:
-    _fake_audit(monkeypatch, flagged=False)
-    result = runner.invoke(app, ["data", "audit", _proofwriter(shared_data), "--strict"])
+def test_shortcuts_strict_passes_when_not_flagged(shared_data: Path, monkeypatch) -> None:
+    _fake_shortcuts(monkeypatch, flagged=False)
+    result = runner.invoke(app, ["data", "shortcuts", _proofwriter(shared_data), "--strict"])
     assert result.exit_code == 0 and _has(result.stdout, "no shortcut found")
 
 
-def test_audit_with_the_real_module(shared_data: Path) -> None:
+def test_shortcuts_with_the_real_module(shared_data: Path) -> None:
     pytest.importorskip("qkscore.data.shortcuts")
     pytest.importorskip("sklearn")
     result = runner.invoke(
-        app, ["data", "audit", _proofwriter(shared_data) + "?limit=200", "--json"]
+        app, ["data", "shortcuts", _proofwriter(shared_data) + "?limit=200", "--json"]
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -224,7 +224,7 @@ def test_scan_into_a_folder_another_scan_holds_is_refused(tmp_path: Path) -> Non
     _one_error(result, f"{out} is being scanned by process", str(out / LOCK_NAME))
 
 
-# ---- serve, check, verify-chain, data, probe ------------------------------------------------
+# ---- serve, check, verify-chain, data, heads ------------------------------------------------
 
 
 def test_serve_db_naming_a_folder(runs, tmp_path: Path) -> None:
@@ -255,8 +255,24 @@ def test_data_inspect_bad_line(bad_jsonl: Path) -> None:
     _one_error(_run("data", "inspect", f"jsonl:{bad_jsonl}"), f"{bad_jsonl}:2")
 
 
-def test_probe_unknown_model() -> None:
-    _one_error(_run("probe", "-m", "smollm-135m"), "did you mean smollm2-135m?")
+def test_heads_unknown_model() -> None:
+    _one_error(_run("heads", "-m", "smollm-135m"), "did you mean smollm2-135m?")
+
+
+def test_an_old_command_name_still_runs_with_one_deprecation_line() -> None:
+    """`qkscore probe` (now `heads`) and `qkscore data audit` (now `data shortcuts`) keep
+    working one release, hidden from --help, saying so on stderr first."""
+    result = _run("probe", "-m", "smollm-135m")
+    assert result.exit_code == 2 and "did you mean smollm2-135m?" in result.stderr
+    assert result.stderr.splitlines()[0] == (
+        "`qkscore probe` is deprecated: use `qkscore heads` (same options); the old name goes "
+        "in the next release"
+    )
+    result = _run("data", "audit", "nosuchformat:x")
+    assert result.stderr.startswith("`qkscore data audit` is deprecated: use `qkscore data ")
+    assert result.exit_code == 2
+    assert "probe" not in _run("--help").stdout and "heads" in _run("--help").stdout
+    assert " audit " not in _run("data", "--help").stdout
 
 
 def test_hub_id_offline_is_one_clear_line(monkeypatch) -> None:
@@ -271,7 +287,7 @@ def test_hub_id_offline_is_one_clear_line(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     name = "qkscore-tests/no-such-model-anywhere"
-    result = _run("probe", "-m", name)
+    result = _run("heads", "-m", name)
     _one_error(result, f"'{name}'", "HF_HUB_OFFLINE is set", "smollm2-135m")
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from qkscore.cli import app
 from qkscore.models import ALIASES
-from qkscore.results import Evaluation, RunMeta
+from qkscore.schemas import Evaluation, RunMeta
 from synthetic_runs import make_run
 
 runner = CliRunner()

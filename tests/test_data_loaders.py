@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from qkscore.data import formats
-from qkscore.data.inspect import summarize
 from qkscore.data.items import TRUE_FALSE, TRUE_FALSE_UNKNOWN, DataError, Item
 from qkscore.data.negation import negate
+from qkscore.data.overview import summarize
 from qkscore.data.spec import available_formats, load_items
 
 EXPECTED_FORMATS = {

@@ -13,7 +13,7 @@ from qkscore.generation import GenFolder, generate, parse_answer
 from qkscore.generation.byo import import_chains
 from qkscore.generation.label import label_steps, parse_coverage
 from qkscore.generation.problems import Problem, chain_steps
-from qkscore.results import RankSummary
+from qkscore.schemas import RankSummary
 from schema_check import SCHEMAS, validate
 from tiny_models import few_threads
 

@@ -36,7 +36,7 @@ from qkscore.data.logic import (
     prove,
     singularize,
 )
-from qkscore.data.shortcuts import audit_items
+from qkscore.data.shortcuts import find_shortcuts
 
 # ------------------------------------------------------------------------------------ prover
 
@@ -268,7 +268,7 @@ def test_generator_error_is_a_logic_error() -> None:
 
 def test_generated_set_passes_the_shortcut_audit() -> None:
     items = generate_items(n=500, depth="1-5", seed=0)
-    report = audit_items(items)
+    report = find_shortcuts(items)
     assert report.statement_only_accuracy is not None
     assert report.statement_only_accuracy < 0.65 and not report.flagged
     assert report.negation_gap == 0.0

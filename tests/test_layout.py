@@ -107,7 +107,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("qkscore.extraction", "qkscore.scoring"),
     ("qkscore.stats",),
     ("qkscore.estimators",),
-    ("qkscore.results", "qkscore.run", "qkscore.outputs", "qkscore.profile"),
+    ("qkscore.schemas", "qkscore.results", "qkscore.run", "qkscore.outputs", "qkscore.profile"),
     ("qkscore.scanning",),
     ("qkscore.pipeline", "qkscore.step_calibration", "qkscore.sweep"),
     ("qkscore.audit", "qkscore.report"),

@@ -9,7 +9,7 @@ import pytest
 
 from qkscore.data.formats.helpers import make_item
 from qkscore.data.negation import has_negation, lower_first, negate, upper_first
-from qkscore.data.shortcuts import audit_items
+from qkscore.data.shortcuts import find_shortcuts
 
 PROVE = "Prove: "
 
@@ -132,5 +132,5 @@ def test_meta_negated_and_the_shortcut_audit_split_agree() -> None:
     ]
     flags = [item.meta["negated"] for item in items]
     assert flags == [False, True, True, True, False, True, True, False]
-    assert audit_items(items, folds=2).negated["n"] == sum(flags)
-    assert audit_items(items, folds=2).plain["n"] == len(flags) - sum(flags)
+    assert find_shortcuts(items, folds=2).negated["n"] == sum(flags)
+    assert find_shortcuts(items, folds=2).plain["n"] == len(flags) - sum(flags)

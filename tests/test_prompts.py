@@ -510,7 +510,7 @@ def test_template_settings_are_declared_once():
     import dataclasses
 
     from qkscore.prompts import TemplateSettings, template_from_description
-    from qkscore.results import RunMeta
+    from qkscore.schemas import RunMeta
 
     own = {f.name for f in dataclasses.fields(Template)}
     assert set(TemplateSettings.model_fields) == own | {"format_version", "k"}

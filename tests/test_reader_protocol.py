@@ -27,7 +27,7 @@ from qkscore.estimators.protocol import (
     register_reader,
 )
 from qkscore.profile import Profile
-from qkscore.results import method_keys
+from qkscore.schemas import method_keys
 from tiny_models import few_threads
 
 NAME = "mean-margin"

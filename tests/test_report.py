@@ -160,7 +160,7 @@ def test_report_real_tiny_scan(tmp_path, smollm2):
 
 
 def test_mcnemar_records_and_the_string_keys_of_older_evaluations_read_alike():
-    from qkscore.results import comparison_records, find_comparison
+    from qkscore.schemas import comparison_records, find_comparison
 
     old = {"head vs model_margin": {"statistic": 3.0, "pvalue": 0.04}}
     new = [{"a": "head", "b": "model_margin", "statistic": 3.0, "pvalue": 0.04}]

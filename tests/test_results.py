@@ -15,7 +15,8 @@ import pytest
 from qkscore import load_run
 from qkscore.pipeline import calibrate, evaluate
 from qkscore.profile import Profile
-from qkscore.results import (
+from qkscore.run import RunFolder, RunFolderError
+from qkscore.schemas import (
     METHOD_KEYS,
     SCHEMA_DIR,
     SCHEMA_VERSION,
@@ -26,7 +27,6 @@ from qkscore.results import (
     schema_texts,
     versions,
 )
-from qkscore.run import RunFolder, RunFolderError
 from synthetic_runs import make_run
 
 FINDINGS = Path(__file__).resolve().parents[1].parent / "main" / "runs" / "findings"
@@ -34,7 +34,7 @@ FINDING_FOLDERS = sorted(p.parent for p in FINDINGS.glob("*/*/evaluation.json"))
 
 
 def test_committed_schemas_match_the_models():
-    """Regenerate with ``python -m qkscore.results`` after changing a model."""
+    """Regenerate with ``python -m qkscore.schemas`` after changing a model."""
     texts = schema_texts()
     committed = {p.name for p in SCHEMA_DIR.glob("*.schema.json")}
     assert committed == set(texts)
@@ -195,3 +195,14 @@ def test_a_profile_has_one_digest_whatever_its_formatting(evaluated, tmp_path):
     again = Profile.load(tmp_path / "profile.json")
     assert again.digest == profile.digest == json_digest(data) == ResumableFolder.digest(data)
     assert len(profile.digest) == 16
+
+
+def test_the_old_module_name_warns_and_reads_through():
+    """``qkscore.results`` is ``qkscore.schemas`` now; the old name stays one release."""
+    import importlib
+
+    sys.modules.pop("qkscore.results", None)
+    with pytest.warns(DeprecationWarning, match="renamed qkscore.schemas"):
+        old = importlib.import_module("qkscore.results")
+    assert old.RunMeta is RunMeta and old.METHOD_KEYS == METHOD_KEYS
+    assert old.TemplateSettings.__module__ == "qkscore.prompts"

@@ -34,7 +34,7 @@ _LAZY = {
     "evaluate": "qkscore.pipeline",
     "Profile": "qkscore.profile",
     "load_run": "qkscore.outputs",
-    "Evaluation": "qkscore.results",
+    "Evaluation": "qkscore.schemas",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,7 +1,7 @@
 """Write an evaluation with its per-item predictions, and load any qkscore output for analysis.
 
 An evaluation folder holds ``evaluation.json`` (the metrics) and, beside it, one row per
-evaluated item: ``predictions.jsonl`` always (:class:`qkscore.results.PredictionRow`) and
+evaluated item: ``predictions.jsonl`` always (:class:`qkscore.schemas.PredictionRow`) and
 ``predictions.parquet`` (the same rows, nested fields flattened to ``meta.depth``,
 ``head.prediction``, ...) when pyarrow is installed. :func:`load_run` reads a run folder, an
 evaluation folder or an ``evaluation.json`` and hands back DataFrames (pandas: the ``data``
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from qkscore.io import atomic_write, write_json
-from qkscore.results import (
+from qkscore.run import MAIN, RunFolder
+from qkscore.schemas import (
     Evaluation,
     PredictionRow,
     ProfileModel,
@@ -28,7 +29,6 @@ from qkscore.results import (
     RunMeta,
     require_pandas,
 )
-from qkscore.run import MAIN, RunFolder
 
 PREDICTIONS_JSONL = "predictions.jsonl"
 PREDICTIONS_PARQUET = "predictions.parquet"
@@ -210,7 +210,7 @@ def load_run(path: str | Path) -> RunResults:
     """Open a scan folder (``run.json``), an evaluation folder (``evaluation.json``, with its
     run in ``run/`` or where the evaluation says) or an ``evaluation.json`` file.
 
-    Every file found is validated through :mod:`qkscore.results`; DataFrames (``items``,
+    Every file found is validated through :mod:`qkscore.schemas`; DataFrames (``items``,
     ``predictions``, ``methods``, ``heads``) need pandas (``pip install 'qkscore[data]'``).
     """
     p = Path(path)

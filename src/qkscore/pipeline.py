@@ -32,8 +32,8 @@ from qkscore.estimators.readers import (
 )
 from qkscore.outputs import prediction_rows, write_evaluation
 from qkscore.profile import Profile
-from qkscore.results import stamp
 from qkscore.run import MAIN, RunFolder
+from qkscore.schemas import stamp
 
 MIN_CALIBRATION = 400
 #: The profile's per-item lists of the calibration split, left out of reports.
@@ -359,12 +359,12 @@ def evaluate(
 
     Methods are keyed by stable machine names (each registered reader's name, then the
     baselines ``model_answer``, ``model_margin``, ``attention``, ``hidden_probe``,
-    ``shallow``, ``majority``: :func:`qkscore.results.method_keys`); each carries a display
+    ``shallow``, ``majority``: :func:`qkscore.schemas.method_keys`); each carries a display
     ``label`` (the reader's :meth:`~qkscore.estimators.protocol.Reader.label`). Every
     reader is also scored under each control scan the run holds.
 
     ``out`` (an ``evaluation.json`` path) writes the report, validated
-    (:class:`qkscore.results.Evaluation`), and beside it the per-item verdicts of every method:
+    (:class:`qkscore.schemas.Evaluation`), and beside it the per-item verdicts of every method:
     ``predictions.jsonl`` always, ``predictions.parquet`` when pyarrow is installed.
     """
     report, rows = _evaluate(run_path, profile, n_boot, seed)

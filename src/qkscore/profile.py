@@ -1,6 +1,6 @@
 """Profiles: what calibration chose, stored as JSON that any later step can trust.
 
-The file's layout is :class:`qkscore.results.ProfileModel` (``docs/schemas/profile.schema.json``):
+The file's layout is :class:`qkscore.schemas.ProfileModel` (``docs/schemas/profile.schema.json``):
 saving and loading validate through it. ``Profile.data`` stays the plain dict (the readers,
 the service and the report read it by key).
 
@@ -23,7 +23,7 @@ from qkscore.estimators.heads import HeadSelector, parse_head_name
 from qkscore.estimators.probe import HiddenStateProbe
 from qkscore.estimators.protocol import Reader, SavedFieldError, reader_from_dict
 from qkscore.io import json_digest
-from qkscore.results import ProfileModel
+from qkscore.schemas import ProfileModel
 
 #: How each saved baseline is restored (``baselines.NAME`` in the file).
 BASELINES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -46,7 +46,7 @@ def _restore(field: str, saved: Mapping[str, Any], load: Callable[[Mapping[str, 
 
 class Profile:
     """A profile, checked and built once: ``Profile(data)`` (or :meth:`load`) validates the
-    layout (:class:`~qkscore.results.ProfileModel`, kept as ``layout``), restores every saved
+    layout (:class:`~qkscore.schemas.ProfileModel`, kept as ``layout``), restores every saved
     reader and baseline and checks that they agree with each other, or refuses the profile
     naming the file and the field. ``data`` stays the plain dict (the service and the report
     read it by key); the readers are built here and nowhere else."""

@@ -68,7 +68,7 @@ from qkscore.io import (
     write_bytes,
     write_json,
 )
-from qkscore.results import ResultFileError, RunMeta
+from qkscore.schemas import ResultFileError, RunMeta
 
 MAIN = "main"
 DEFAULT_CHUNK = 64
@@ -168,7 +168,7 @@ class RunFolder(ResumableFolder):
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """Write run.json, validated (:class:`qkscore.results.RunMeta`)."""
+        """Write run.json, validated (:class:`qkscore.schemas.RunMeta`)."""
         write_json(self.meta_path, RunMeta.checked(meta, self.meta_path))
 
     def recorded_identity(self, meta: Mapping[str, Any]) -> dict[str, Any]:

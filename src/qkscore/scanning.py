@@ -23,7 +23,6 @@ from qkscore.dtypes import dtype_name
 from qkscore.io import jsonable
 from qkscore.progress import Progress
 from qkscore.prompts import Prompt, Template, get_template, with_fewshot
-from qkscore.results import stamp
 from qkscore.run import (
     DEFAULT_CHUNK,
     MAIN,
@@ -34,6 +33,7 @@ from qkscore.run import (
     items_sha256,
     scan_identity,
 )
+from qkscore.schemas import stamp
 
 __all__ = ["LOCK_NAME", "ScanLockedError", "process_state", "scan", "scan_lock"]
 

@@ -49,8 +49,8 @@ from qkscore.pipeline import estimator_fields, fit_readers, head_fields
 from qkscore.profile import Profile
 from qkscore.progress import Progress
 from qkscore.prompts import Template, get_template
-from qkscore.results import stamp
 from qkscore.run import hidden_layer_choice
+from qkscore.schemas import stamp
 
 __all__ = ["StepFeatures", "calibrate_steps", "step_features"]
 

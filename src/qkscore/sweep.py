@@ -32,8 +32,8 @@ from qkscore.pipeline import (
     evaluate,
 )
 from qkscore.profile import Profile
-from qkscore.results import Evaluation, read_json
 from qkscore.scanning import scan
+from qkscore.schemas import Evaluation, read_json
 
 __all__ = ["DEFAULT_GRID", "parse_grid", "sweep"]
 

@@ -17,6 +17,7 @@ from qkscore.cli import lm_eval as _lm_eval
 from qkscore.cli import models as _models
 from qkscore.cli import pipeline as _pipeline
 from qkscore.cli._errors import DEBUG_ENV, ErrorHandlingGroup
+from qkscore.cli._shared import deprecated_alias
 
 app = typer.Typer(
     name="qkscore",
@@ -36,7 +37,7 @@ for _command in (
     _pipeline.transfer,
     _pipeline.sweep,
     _pipeline.report,
-    _pipeline.probe,
+    _pipeline.heads,
     _audit.check,
     _audit.verify_chain,
     _audit.serve,
@@ -45,6 +46,7 @@ for _command in (
 ):
     app.command(_command.__name__.replace("_", "-"))(_command)
 app.command("lm-eval", context_settings=_lm_eval.CONTEXT)(_lm_eval.lm_eval)
+deprecated_alias(app, "qkscore probe", "qkscore heads", _pipeline.heads)
 
 
 @app.callback()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import typer
 from rich.console import Console
 
 from qkscore.cli._errors import CommandError
@@ -17,3 +22,20 @@ def fail(message: str) -> CommandError:
     """A mistake the command found itself: ``raise fail(...)`` prints ``error: message`` on
     stderr and exits with status 2, through the one error path (:mod:`qkscore.cli._errors`)."""
     return CommandError(message)
+
+
+def deprecated_alias(app: typer.Typer, old: str, new: str, command: Callable[..., Any]) -> None:
+    """Keep ``command`` under its old name for one release: ``old`` and ``new`` are whole
+    command lines (``"qkscore probe"``, ``"qkscore heads"``). The old name takes the same
+    options, is hidden from ``--help`` and prints one deprecation line on stderr first."""
+
+    @functools.wraps(command)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        typer.echo(
+            f"`{old}` is deprecated: use `{new}` (same options); the old name goes in the "
+            "next release",
+            err=True,
+        )
+        return command(*args, **kwargs)
+
+    app.command(old.split()[-1], hidden=True)(alias)

@@ -1,9 +1,10 @@
-"""``qkscore data ...``: inspect and audit data specs.
+"""``qkscore data ...``: inspect data specs and check them for shortcuts.
 
-Only argument parsing and rendering live here; counting is :func:`qkscore.data.inspect.summarize`
-and auditing is :func:`qkscore.data.shortcuts.audit_items`. Bad data exits with status 2 and the
-located :class:`DataError` message (file:line field) on stderr, never a traceback: the one error
-path of every command (:mod:`qkscore.cli._errors`) prints it.
+Only argument parsing and rendering live here; counting is
+:func:`qkscore.data.overview.summarize` and the shortcut check is
+:func:`qkscore.data.shortcuts.find_shortcuts`. Bad data exits with status 2 and the located
+:class:`DataError` message (file:line field) on stderr, never a traceback: the one error path of
+every command (:mod:`qkscore.cli._errors`) prints it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from rich.table import Table
 from rich.tree import Tree
 
 from qkscore.cli._shared import console as _console
+from qkscore.cli._shared import deprecated_alias
 from qkscore.cli._shared import fail as _fail
 from qkscore.data.items import Item
 
-app = typer.Typer(help="Inspect and audit reasoning data specs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect reasoning data specs and check them for shortcuts.", no_args_is_help=True
+)
 
 SPEC_HELP = "Data spec FORMAT:PATH?key=value&... (see `qkscore data formats`)."
 JSON_HELP = "Print JSON instead of tables."
@@ -99,7 +103,7 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Count items and show label balance overall and per depth/rule/logic/... ."""
-    from qkscore.data.inspect import summarize
+    from qkscore.data.overview import summarize
 
     items, report = _load(spec)
     summary = summarize(items, report=report)
@@ -135,7 +139,7 @@ def formats_command(as_json: bool = typer.Option(False, "--json", help=JSON_HELP
     _console().print(table)
 
 
-# --------------------------------------------------------------------------------------- audit
+# ----------------------------------------------------------------------------------- shortcuts
 
 
 def _is_scalar(value: Any) -> bool:
@@ -188,33 +192,36 @@ def _add_node(tree: Tree, key: str, value: Any) -> None:
             _add_node(branch, str(i), v)
 
 
-def _render_audit(spec: str, data: Mapping[str, Any], flagged: bool) -> None:
+def _render_shortcuts(spec: str, data: Mapping[str, Any], flagged: bool) -> None:
     verdict = "[red]FLAGGED[/red]" if flagged else "[green]no shortcut found[/green]"
-    tree = Tree(f"[bold]audit[/bold] {escape(spec)}: {verdict}")
+    tree = Tree(f"[bold]shortcuts[/bold] {escape(spec)}: {verdict}")
     for key, value in data.items():
         _add_node(tree, escape(str(key)), value)
     _console().print(tree)
 
 
-@app.command("audit")
-def audit_command(
+@app.command("shortcuts")
+def shortcuts_command(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when flagged."),
 ) -> None:
     """Look for shortcuts (surface cues that predict the label) before trusting a score."""
     try:
-        from qkscore.data.shortcuts import audit_items
+        from qkscore.data.shortcuts import find_shortcuts
     except ImportError as err:
-        raise _fail(f"the data audit is not available: {err}") from None
+        raise _fail(f"the shortcut check is not available: {err}") from None
 
     items, _ = _load(spec)
-    report = audit_items(items)
+    report = find_shortcuts(items)
     data = report.to_dict()
     flagged = bool(report.flagged)
     if as_json:
         _print_json(data)
     else:
-        _render_audit(spec, data, flagged)
+        _render_shortcuts(spec, data, flagged)
     if strict and flagged:
         raise typer.Exit(code=1)
+
+
+deprecated_alias(app, "qkscore data audit", "qkscore data shortcuts", shortcuts_command)

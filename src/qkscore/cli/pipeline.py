@@ -439,7 +439,7 @@ def report(
     console.print(f"[green]report written to {out}[/]")
 
 
-def probe(
+def heads(
     model: str = typer.Option(DEMO_MODEL, "--model", "-m"),
     context: str = typer.Option(
         "Every wumpus is a jompus. Every jompus is bitter. Max is a wumpus.", "--context", "-c"
@@ -449,7 +449,8 @@ def probe(
     top: int = typer.Option(10, help="Heads to show."),
     rope: bool = typer.Option(False),
 ) -> None:
-    """Score one item with every head and show the heads with the widest True/False margin."""
+    """Score one item with every head and show the heads with the widest True/False margin
+    (before calibration: which heads separate the options at all)."""
     console = _console()
     import numpy as np
 
@@ -459,7 +460,7 @@ def probe(
     from qkscore.scoring import score_prompts
 
     lm = load_model(model)
-    item = Item(id="probe", context=context, statement=statement, label="True")
+    item = Item(id="heads", context=context, statement=statement, label="True")
     prompt = get_template(template).render(item, lm.tokenizer)
     result = score_prompts(lm, [prompt], rope=rope)
     scores, base = result.scores[0], result.baseline[0]

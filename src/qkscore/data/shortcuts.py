@@ -1,4 +1,4 @@
-"""Shortcut audit: can a set be answered without reading the context?
+"""Shortcut check: can a set be answered without reading the context?
 
 Why: a head whose query-key alignment "predicts" the label is only evidence of reasoning when
 the label cannot be read off the statement itself. Raw PARARULE-Plus fails this badly (every
@@ -27,12 +27,12 @@ from typing import Any
 from qkscore.data.items import Item
 from qkscore.data.negation import has_negation
 
-__all__ = ["AuditReport", "audit_items"]
+__all__ = ["AuditReport", "ShortcutReport", "audit_items", "find_shortcuts"]
 
 
 @dataclass
-class AuditReport:
-    """Result of :func:`audit_items`. ``flagged`` means "answerable without reasoning"."""
+class ShortcutReport:
+    """Result of :func:`find_shortcuts`. ``flagged`` means "answerable without reasoning"."""
 
     count: int
     label_counts: dict[str, int]
@@ -101,7 +101,7 @@ def _rates(labels: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def audit_items(
+def find_shortcuts(
     items: Iterable[Item],
     folds: int = 5,
     seed: int = 0,
@@ -110,8 +110,8 @@ def audit_items(
     top_k: int = 10,
     include_options: bool = True,
     group_by_context: bool = True,
-) -> AuditReport:
-    """Audit a set for statement-only shortcuts; see the module docstring for why.
+) -> ShortcutReport:
+    """Look for statement-only shortcuts in a set; see the module docstring for why.
 
     ``folds``-fold stratified cross-validation (shuffled with ``seed``; grouped by context when
     ``group_by_context`` and there are enough distinct contexts) of CountVectorizer +
@@ -148,14 +148,14 @@ def audit_items(
     grouped = False
 
     if n == 0:
-        notes.append("no items to audit")
+        notes.append("no items to check")
     elif len(classes) == 1:
         accuracy = 1.0
         notes.append(f"every item has label {classes[0]!r}: a constant answer is always right")
     elif n < folds:
         notes.append(
             f"only {n} items, fewer than folds={folds}: too few to cross-validate a "
-            "statement-only classifier (audit needs at least as many items as folds)"
+            "statement-only classifier (the check needs at least as many items as folds)"
         )
     else:
         smallest = min(counts.values())
@@ -216,7 +216,7 @@ def audit_items(
             f"label rates differ by {gap:.2f} between statements with and without negation"
         )
 
-    return AuditReport(
+    return ShortcutReport(
         count=n,
         label_counts={c: counts[c] for c in classes},
         majority_label=majority_label,
@@ -241,7 +241,7 @@ def audit_items(
 
 
 def _splits(y: Any, folds: int, seed: int, groups: Sequence[str] | None):
-    """The audit's folds: stratified, grouped by context when groups are given."""
+    """The check's folds: stratified, grouped by context when groups are given."""
     import numpy as np
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -327,3 +327,8 @@ def _cross_validate(
             label = lr.classes_[int(np.argmax(lr.coef_[:, i]))]
             cues.append((str(vocab[i]), str(label), round(float(best[i]), 4)))
     return accs, top, cues
+
+
+#: The names from before the shortcut check was told apart from the audit log (one release).
+AuditReport = ShortcutReport
+audit_items = find_shortcuts

@@ -37,7 +37,7 @@ from qkscore.generation.rank_cache import RankCache, chain_key, rank_settings
 from qkscore.generation.solution import CONFIDENCE, SolutionScores, score_solutions
 from qkscore.io import save_array, write_bytes, write_json
 from qkscore.progress import Progress
-from qkscore.results import RankSummary
+from qkscore.schemas import RankSummary
 from qkscore.stats import (
     accuracy,
     auroc,

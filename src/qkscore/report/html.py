@@ -35,8 +35,8 @@ from qkscore.report import plots
 from qkscore.report.summary import finite as _finite
 from qkscore.report.summary import number as _num
 from qkscore.report.summary import verdict as _verdict
-from qkscore.results import Evaluation, find_comparison
 from qkscore.run import MAIN, RunFolder
+from qkscore.schemas import Evaluation, find_comparison
 
 __all__ = ["write_report", "render_report"]
 
@@ -503,7 +503,7 @@ def render_report(
     run_path: str | Path, profile: Profile | str | Path, evaluation: Mapping[str, Any]
 ) -> str:
     """The report as one HTML string (see ``write_report``); ``evaluation`` is validated
-    (:class:`qkscore.results.Evaluation`) before anything is drawn."""
+    (:class:`qkscore.schemas.Evaluation`) before anything is drawn."""
     run = RunFolder(run_path)
     meta = run.meta()
     prof = _load_profile(profile)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qkscore.results import comparison_records, find_comparison
+from qkscore.schemas import comparison_records, find_comparison
 
 
 def finite(value: Any) -> bool:
