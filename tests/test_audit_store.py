@@ -1,8 +1,8 @@
 """The audit store's interface on both backends: SQLite (a file) and PostgreSQL (a throwaway
 server, see ``pg_fixtures``; those cases skip, saying why, when it cannot start).
 
-Schema creation and version, appends, the hash chain (intact, tampering named at the right
-row, removed rows, the chain head), append-only triggers, concurrent writers, the ``qkscore
+Schema creation and version, appends, the hash-linked ledger (intact, tampering named at the right
+row, removed rows, its head row), append-only triggers, concurrent writers, the ``qkscore
 audit verify`` and ``export`` commands, and the migration of an old SQLite log.
 """
 
@@ -113,7 +113,7 @@ def test_appends_chain_and_verify(url):
     assert page.total == 2 and page.items[0]["first_failure"] == 0
     assert page.items[0]["steps"] == ["a."]
     report = store.verify()
-    assert report.ok and report.count == 6 and report.line() == "chain intact: 6 rows"
+    assert report.ok and report.count == 6 and report.line() == "ledger intact: 6 rows"
     store.close()
     store = AuditStore(url)  # a reopened store continues the chain
     assert store.append_check(profile="p", fingerprint="f", context="", statement="x.",
@@ -205,7 +205,7 @@ def test_verify_and_export_commands(url, tmp_path):
     rows = list(store.iter_rows(raw=True))
     store.close()
     res = _cli("audit", "verify", "--db", url)
-    assert res.exit_code == 0 and res.output == "chain intact: 4 rows\n"
+    assert res.exit_code == 0 and res.output == "ledger intact: 4 rows\n"
     res = _cli("audit", "export", "--db", url)
     assert res.exit_code == 0
     lines = [json.loads(x) for x in res.output.splitlines()]
@@ -227,7 +227,7 @@ def test_verify_and_export_commands(url, tmp_path):
     res = _cli("audit", "verify", "--db", url)
     assert res.exit_code == 2
     assert res.output.splitlines() == [
-        "error: chain broken at row 2: its contents do not match its row_hash (changed)"
+        "error: ledger broken at row 2: its contents do not match its row_hash (changed)"
     ]
 
 
@@ -248,11 +248,11 @@ def _evidence(raw: Raw) -> tuple[list[tuple], ...]:
 @pytest.mark.parametrize(
     "n, tamper, left, line",
     [
-        (3, [], 3, "chain broken at the chain head: it is missing while 3 rows carry hashes "
+        (3, [], 3, "ledger broken at its head row: it is missing while 3 rows carry hashes "
          "(removed)"),
         # issue 22, finding 2: row 5 edited, row 7 deleted, the chain head deleted
         (8, ["UPDATE audit SET verdict = 'valid' WHERE id = 5", "DELETE FROM audit WHERE id = 7"],
-         7, "chain broken at row 5: its contents do not match its row_hash (changed)"),
+         7, "ledger broken at row 5: its contents do not match its row_hash (changed)"),
     ],
     ids=["head-removed", "issue-22"],
 )  # fmt: skip
@@ -274,7 +274,9 @@ def test_a_removed_chain_head_is_reported_and_nothing_rewrites_the_rows(url, n, 
     assert _evidence(raw) == before
     assert _cli("audit", "export", "--db", url).exit_code == 0
     assert _evidence(raw) == before
-    with pytest.raises(AuditStoreError, match=f"chain head is missing while {left} rows carry"):
+    with pytest.raises(
+        AuditStoreError, match=f"ledger head row is missing while {left} rows carry"
+    ):
         AuditStore(url)
     assert _evidence(raw) == before
     raw.close()
@@ -305,9 +307,9 @@ def test_rows_with_ids_below_one_break_the_chain_and_are_exported(url, rid):
     raw.close()
     report = store.verify()
     assert (report.ok, report.count, report.bad_id) == (False, 1, rid - 1), report
-    assert report.reason == "its id is below 1, where the chain starts (inserted outside it)"
+    assert report.reason == "its id is below 1, where the ledger starts (inserted outside it)"
     res = _cli("audit", "verify", "--db", url)
-    assert res.exit_code == 2 and f"chain broken at row {rid - 1}: its id is below 1" in res.output
+    assert res.exit_code == 2 and f"ledger broken at row {rid - 1}: its id is below 1" in res.output
     res = _cli("audit", "export", "--db", url)
     exported = [json.loads(x)["id"] for x in res.output.splitlines()]
     assert exported == [rid - 1, rid, 1, 2, 3]
@@ -394,11 +396,11 @@ def test_an_old_sqlite_log_is_migrated_into_the_chain(tmp_path):
                               verdict=VERDICT) == 4  # fmt: skip
     report = store.verify()
     assert report.ok and report.count == 3
-    assert "2 rows (ids up to 3) existed before the hash chain" in report.note
+    assert "2 rows (ids up to 3) existed before the hash-linked ledger" in report.note
     assert [r["statement"] for r in store.query().items] == ["new.", "three.", "one."]
     store.close()
     res = _cli("audit", "verify", "--db", str(db))
-    assert res.exit_code == 0 and res.output.startswith("chain intact: 3 rows (2 rows (ids up")
+    assert res.exit_code == 0 and res.output.startswith("ledger intact: 3 rows (2 rows (ids up")
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [
         ("3",)
@@ -417,8 +419,8 @@ def test_verify_reports_an_old_log_as_needing_migration_and_leaves_it(tmp_path):
     before = _evidence(raw)
     res = _cli("audit", "verify", "--db", str(db))
     assert res.exit_code == 2 and res.output.splitlines() == [
-        "error: needs migration: the log is from before the hash chain (schema 2); opening it "
-        "with `qkscore serve` chains its rows as they are now"
+        "error: needs migration: the log is from before the hash-linked ledger (schema 2); "
+        "opening it with `qkscore serve` links its rows as they are now"
     ]
     res = _cli("audit", "export", "--db", str(db))
     assert res.exit_code == 0 and [json.loads(x)["statement"] for x in res.output.splitlines()
@@ -439,9 +441,9 @@ def test_a_dropped_chain_head_table_is_not_an_old_log(tmp_path):
     before = _evidence(raw)
     res = _cli("audit", "verify", "--db", str(db))
     assert res.exit_code == 2 and res.output.splitlines() == [
-        "error: chain broken at the chain head: it is missing while 2 rows carry hashes (removed)"
+        "error: ledger broken at its head row: it is missing while 2 rows carry hashes (removed)"
     ]
-    with pytest.raises(AuditStoreError, match="chain head is missing"):
+    with pytest.raises(AuditStoreError, match="ledger head row is missing"):
         AuditStore(db)
     assert _evidence(raw) == before
     raw.close()

@@ -456,7 +456,7 @@ def test_an_old_log_without_dtype_opens_and_gains_the_column(judge, tmp_path):
     conn = sqlite3.connect(db)
     assert "dtype" in [r[1] for r in conn.execute("PRAGMA table_info(audit)")]
     version = "SELECT value FROM meta WHERE key = 'schema_version'"
-    assert conn.execute(version).fetchall() == [("3",)]  # 3: the hash chain
+    assert conn.execute(version).fetchall() == [("3",)]  # 3: the hash-linked ledger
     conn.close()
     AuditStore(db).close()  # opening a migrated log again changes nothing
 

@@ -1,6 +1,6 @@
 """``GET /metrics`` and ``serve --workers N``: Prometheus metrics of one app, and two worker
 processes (each with its own SmolLM2) writing to one store, SQLite and PostgreSQL, under 50
-concurrent checks: 50 answers, 50 rows, the chain intact, the metrics pooled."""
+concurrent checks: 50 answers, 50 rows, the ledger intact, the metrics pooled."""
 
 from __future__ import annotations
 

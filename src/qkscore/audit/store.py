@@ -14,24 +14,26 @@ the schema version). SQLite runs in WAL mode: the dashboard reads while requests
 crash loses at most the row being written; one connection guarded by a lock serves all threads
 of a process, and several processes share the file.
 
-**Append-only, with a hash chain.** Nothing in the service updates or deletes a row (database
-triggers refuse both). Every row stores the previous row's hash (``prev_hash``) and its own
-(``row_hash``: SHA-256 of ``prev_hash`` and the row's canonical JSON, id included); a
-one-row ``chain_head`` table holds the last id and hash, so removing the newest rows shows too.
-An append is serialised across processes (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT
-... FOR UPDATE`` on the chain head), so concurrent writers never fork the chain. Ids follow
-the chain head (``last_id + 1``): contiguous from 1, so a missing row is named, and so is a row
-inserted below 1. :meth:`verify` walks the chain in one read-only snapshot and never writes:
+**Append-only, a hash-linked ledger.** Nothing in the service updates or deletes a row
+(database triggers refuse both). Every row stores the previous row's hash (``prev_hash``) and
+its own (``row_hash``: SHA-256 of ``prev_hash`` and the row's canonical JSON, id included); the
+ledger's head row (the one-row ``chain_head`` table, named so since schema 3) holds the last id
+and hash, so removing the newest rows shows too. ("Chain" elsewhere in qkscore means a chain of
+thought; the tables and meta keys keep their names so existing logs open unchanged.) An append
+is serialised across processes (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT ... FOR
+UPDATE`` on the head row), so concurrent writers never fork the ledger. Ids follow the head row
+(``last_id + 1``): contiguous from 1, so a missing row is named, and so is a row inserted below
+1. :meth:`verify` walks the hash links in one read-only snapshot and never writes:
 ``AuditStore(url, read_only=True)`` (what ``qkscore audit verify`` and ``export`` open) is an
 SQLite ``mode=ro`` connection or PostgreSQL connections whose transactions are read-only.
 
-A log from before the chain (schema 2 or older: no ``chain_head`` table, rows without hashes)
-is migrated when a writer opens it: the chain is computed over its rows in id order, and
-``meta`` records which rows were chained at migration (their hashes prove nothing about what
+A log from before the ledger (schema 2 or older: no ``chain_head`` table, rows without hashes)
+is migrated when a writer opens it: the hash links are computed over its rows in id order, and
+``meta`` records which rows were linked at migration (their hashes prove nothing about what
 happened to them before). :meth:`verify` reports such a log as needing migration. A log whose
-chain head is gone while it is no such log (its rows carry hashes, its ``chain_head`` table or
-schema version says it was chained) has been tampered with: verify reports it, and a writer
-refuses to open it rather than re-chain the rows and overwrite the evidence.
+head row is gone while it is no such log (its rows carry hashes, its ``chain_head`` table or
+schema version says it was linked) has been tampered with: verify reports it, and a writer
+refuses to open it rather than link the rows again and overwrite the evidence.
 """
 
 from __future__ import annotations
@@ -56,13 +58,14 @@ __all__ = [
     "AuditStoreError",
     "AuditPage",
     "ChainReport",
+    "LedgerReport",
     "PostgresAuditStore",
     "SQLiteAuditStore",
     "input_hash",
     "parse_time",
 ]
 
-# 2: the dtype column; 3: the hash chain (prev_hash, row_hash, chain_head)
+# 2: the dtype column; 3: the hash-linked ledger (prev_hash, row_hash, chain_head)
 SCHEMA_VERSION = 3
 # SQLite integers are signed 64-bit: larger offsets and cursors cannot be bound
 MAX_INT64 = 2**63 - 1
@@ -126,7 +129,7 @@ def input_hash(kind: str, context: str, payload: Any, key: bytes | None = None) 
 
 
 def row_hash(row: Mapping[str, Any]) -> str:
-    """The chain hash of a stored row: SHA-256 of its ``prev_hash`` and canonical JSON."""
+    """The ledger hash of a stored row: SHA-256 of its ``prev_hash`` and canonical JSON."""
     body = json.dumps({c: row.get(c) for c in _HASHED}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{row.get('prev_hash')}\n{body}".encode()).hexdigest()
 
@@ -184,11 +187,11 @@ class AuditPage:
 
 
 @dataclass
-class ChainReport:
+class LedgerReport:
     """What :meth:`AuditStore.verify` found: ``ok``, the rows checked, the first broken row
-    (``bad_id``, None when the break is the chain head) with the reason, and a ``note``
-    (e.g. rows chained at migration). ``needs_migration``: the log is from before the chain
-    (not ok: nothing in it is chained yet)."""
+    (``bad_id``, None when the break is the head row) with the reason, and a ``note``
+    (e.g. rows linked at migration). ``needs_migration``: the log is from before the ledger
+    (not ok: nothing in it is linked yet)."""
 
     ok: bool
     count: int
@@ -199,12 +202,12 @@ class ChainReport:
 
     def line(self) -> str:
         if self.ok:
-            text = f"chain intact: {self.count} rows"
+            text = f"ledger intact: {self.count} rows"
         elif self.needs_migration:
             text = f"needs migration: {self.reason}"
         else:
-            where = f"row {self.bad_id}" if self.bad_id is not None else "the chain head"
-            text = f"chain broken at {where}: {self.reason}"
+            where = f"row {self.bad_id}" if self.bad_id is not None else "its head row"
+            text = f"ledger broken at {where}: {self.reason}"
         return f"{text} ({self.note})" if self.note else text
 
 
@@ -235,7 +238,7 @@ _HASH_COLUMNS = {"prev_hash", "row_hash"}
 
 @dataclass
 class _Headless:
-    """What a log without a chain head holds, to tell an old log from a tampered one."""
+    """What a log without a head row holds, to tell an old log from a tampered one."""
 
     table: bool  # the chain_head table exists (an old log never had one)
     version: int  # meta's schema_version (0 when none)
@@ -256,8 +259,8 @@ class _Headless:
         return cls("chain_head" in tables, version, hashed, rows)
 
     def tampering(self) -> str | None:
-        """Why the missing head was removed; None for a log from before the chain or a new
-        one (nothing to tell it from one: those are chained, or migrated, by a writer)."""
+        """Why the missing head was removed; None for a log from before the ledger or a new
+        one (nothing to tell it from one: those are linked, or migrated, by a writer)."""
         if self.hashed:
             return f"is missing while {self.hashed} rows carry hashes (removed)"
         if self.table:
@@ -267,9 +270,9 @@ class _Headless:
         return None
 
 
-_BEFORE_CHAIN = (
-    "the log is from before the hash chain (schema {version}); opening it with `qkscore serve` "
-    "chains its rows as they are now"
+_BEFORE_LEDGER = (
+    "the log is from before the hash-linked ledger (schema {version}); opening it with "
+    "`qkscore serve` links its rows as they are now"
 )
 
 
@@ -287,17 +290,17 @@ def _schema_error(
 
 
 def _refuse_tampered(problem: str | None, where: Any) -> None:
-    """A writer never starts the chain over rows whose head was removed: that would overwrite
-    the evidence (``qkscore audit verify`` reports it)."""
+    """A writer never starts the ledger over rows whose head was removed: that would
+    overwrite the evidence (``qkscore audit verify`` reports it)."""
     if problem:
         raise AuditStoreError(
-            f"{where}: its chain head {problem}: the log has been tampered with and is not "
-            "re-chained; `qkscore audit verify` reports it"
+            f"{where}: its ledger head row {problem}: the log has been tampered with and is not "
+            "linked again; `qkscore audit verify` reports it"
         )
 
 
 class AuditStore:
-    """The audit log: append judged requests, page through them, verify the chain, export.
+    """The audit log: append judged requests, page through them, verify the ledger, export.
 
     ``AuditStore(url)`` builds the implementation the URL names (a PostgreSQL URL, else an
     SQLite path); raises :class:`AuditStoreError`, with a one-line reason, when it cannot serve.
@@ -321,7 +324,7 @@ class AuditStore:
         raise NotImplementedError
 
     def _append_row(self, row: dict[str, Any]) -> int:
-        """Insert ``row`` (no id, no hashes) as the chain's next row, serialised; its id."""
+        """Insert ``row`` (no id, no hashes) as the ledger's next row, serialised; its id."""
         raise NotImplementedError
 
     def _fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
@@ -333,9 +336,9 @@ class AuditStore:
         raise NotImplementedError
 
     @staticmethod
-    def _chain_meta(fetch: Fetch) -> tuple[dict[str, Any] | None, str, int]:
-        """The chain head row ({last_id, last_hash}), the migration note and the last id
-        chained at migration (0 when none)."""
+    def _ledger_meta(fetch: Fetch) -> tuple[dict[str, Any] | None, str, int]:
+        """The ledger's head row ({last_id, last_hash}), the migration note and the last id
+        linked at migration (0 when none)."""
         head = fetch("SELECT last_id, last_hash FROM chain_head WHERE one = 1", [])
         meta = {
             r["key"]: r["value"]
@@ -391,8 +394,8 @@ class AuditStore:
         chain: Mapping[str, Any],
         dtype: str | None = None,
     ) -> int:
-        """Log one chain verification; its margin and probability are the first failing step's
-        (or the weakest step's when all pass), the step a reviewer reads first."""
+        """Log one chain-of-thought verification; its margin and probability are the first
+        failing step's (or the weakest step's when all pass), the step a reviewer reads first."""
         result = dict(chain)
         per_step = result.get("steps", [])
         if not self.store_text:
@@ -441,7 +444,7 @@ class AuditStore:
         return self._append_row(row)
 
     @staticmethod
-    def _chain(row: dict[str, Any], head: tuple[int, str]) -> list[Any]:
+    def _link(row: dict[str, Any], head: tuple[int, str]) -> list[Any]:
         """Give ``row`` the next id and its hashes; the values in column order."""
         row["id"] = head[0] + 1
         row["prev_hash"] = head[1]
@@ -503,57 +506,57 @@ class AuditStore:
         text, flags as 0/1), as the hash covers them."""
         return _iter_rows(self._fetch, parse_time(since), batch, raw)
 
-    def verify(self) -> ChainReport:
-        """Walk the chain in id order, in one read-only snapshot: each row's ``prev_hash`` is
+    def verify(self) -> LedgerReport:
+        """Walk the hash links in id order, in one read-only snapshot: each row's ``prev_hash`` is
         the previous row's hash, its ``row_hash`` matches its contents, ids run from 1 without
-        a gap, and the last row is the chain head. Names the first broken row. A log from
-        before the chain is reported as needing migration; nothing is written."""
+        a gap, and the last row is the head row's. Names the first broken row. A log from
+        before the ledger is reported as needing migration; nothing is written."""
         with self._snapshot() as fetch:
             tables = {r["name"] for r in fetch(self._TABLES_SQL, [])}
             columns = {r["name"] for r in fetch(self._COLUMNS_SQL, [])}
             head, note, migrated_through = None, "", 0
             if "chain_head" in tables and columns >= _HASH_COLUMNS:
-                head, note, migrated_through = self._chain_meta(fetch)
+                head, note, migrated_through = self._ledger_meta(fetch)
             removed = ""
             if head is None:
                 headless = _Headless.read(fetch, tables, columns)
                 removed = headless.tampering() or ""
                 if not removed:
-                    reason = _BEFORE_CHAIN.format(version=headless.version or "1")
-                    return ChainReport(False, headless.rows, None, reason, needs_migration=True)
+                    reason = _BEFORE_LEDGER.format(version=headless.version or "1")
+                    return LedgerReport(False, headless.rows, None, reason, needs_migration=True)
             return _walk(fetch, head, removed, note, migrated_through)
 
 
 def _walk(
     fetch: Fetch, head: dict[str, Any] | None, removed: str, note: str, migrated_through: int
-) -> ChainReport:
-    """:meth:`AuditStore.verify`'s walk; ``head`` None: the chain head is gone (``removed``
+) -> LedgerReport:
+    """:meth:`AuditStore.verify`'s walk; ``head`` None: the head row is gone (``removed``
     says how), reported after the rows when none of them breaks first."""
     prev_id, prev_hash, n = 0, GENESIS, 0
     for r in _iter_rows(fetch, None, 1000, raw=True):
         rid = int(r["id"])
         n += 1
         if rid < 1:
-            reason = "its id is below 1, where the chain starts (inserted outside it)"
-            return ChainReport(False, n, rid, reason, note)
+            reason = "its id is below 1, where the ledger starts (inserted outside it)"
+            return LedgerReport(False, n, rid, reason, note)
         if r.get("row_hash") is None or r.get("prev_hash") is None:
-            return ChainReport(False, n, rid, "the row has no hash", note)
+            return LedgerReport(False, n, rid, "the row has no hash", note)
         if rid != prev_id + 1 and rid > migrated_through:
             missing = f"row {prev_id + 1}" if rid == prev_id + 2 else f"rows {prev_id + 1}-"
             missing += "" if rid == prev_id + 2 else f"{rid - 1}"
-            return ChainReport(False, n, rid, f"{missing} missing before it", note)
+            return LedgerReport(False, n, rid, f"{missing} missing before it", note)
         if r["prev_hash"] != prev_hash:
-            return ChainReport(False, n, rid, f"its prev_hash is not row {prev_id}'s hash", note)
+            return LedgerReport(False, n, rid, f"its prev_hash is not row {prev_id}'s hash", note)
         if row_hash(r) != r["row_hash"]:
-            return ChainReport(
+            return LedgerReport(
                 False, n, rid, "its contents do not match its row_hash (changed)", note
             )
         prev_id, prev_hash = rid, r["row_hash"]
     if head is None:
-        return ChainReport(False, n, None, f"it {removed}", note)
+        return LedgerReport(False, n, None, f"it {removed}", note)
     head_id, head_hash = int(head["last_id"]), head["last_hash"]
     if (head_id, head_hash) != (prev_id, prev_hash):
-        return ChainReport(
+        return LedgerReport(
             False,
             n,
             None,
@@ -561,7 +564,7 @@ def _walk(
             "(rows removed or the head changed)",
             note,
         )
-    return ChainReport(True, n, note=note)
+    return LedgerReport(True, n, note=note)
 
 
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
@@ -689,7 +692,7 @@ class SQLiteAuditStore(AuditStore):
 
     def _open(self) -> None:
         """WAL mode, the schema (an older log migrated), and a real write: a read-only file or
-        folder fails here, at startup, not on the first judged request. A log whose chain head
+        folder fails here, at startup, not on the first judged request. A log whose head row
         was removed is refused (see the module's docstring), not migrated."""
         conn = self._conn
         conn.execute("PRAGMA busy_timeout=30000")
@@ -712,7 +715,7 @@ class SQLiteAuditStore(AuditStore):
                 columns = {r[0] for r in conn.execute(self._COLUMNS_SQL)}
                 headless = _Headless.read(self._fetch_unlocked, tables, columns)
                 _refuse_tampered(headless.tampering(), self.path)
-                self._migrate_chain()
+                self._migrate_to_ledger()
             for sql in (*_SQLITE_INDEXES, *_SQLITE_TRIGGERS):
                 conn.execute(sql)
             # always writes (never lowers a newer log's version): the writability probe
@@ -728,8 +731,8 @@ class SQLiteAuditStore(AuditStore):
                 conn.execute("ROLLBACK")
             raise
 
-    def _migrate_chain(self) -> None:
-        """Start the chain: over the rows already there (a log from before it), in id order.
+    def _migrate_to_ledger(self) -> None:
+        """Start the ledger: link the rows already there (a log from before it), in id order.
         Runs inside the opening transaction, before the append-only triggers exist."""
         conn = self._conn
         prev, last_id, n = GENESIS, 0, 0
@@ -750,8 +753,8 @@ class SQLiteAuditStore(AuditStore):
             stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('chain_migrated', ?)",
-                (f"{n} rows (ids up to {last_id}) existed before the hash chain and were "
-                 f"chained at migration on {stamp}",),
+                (f"{n} rows (ids up to {last_id}) existed before the hash-linked ledger "
+                 f"and were linked at migration on {stamp}",),
             )  # fmt: skip
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('chain_migrated_through', ?)",
@@ -772,7 +775,7 @@ class SQLiteAuditStore(AuditStore):
                 last_id, last_hash = conn.execute(
                     "SELECT last_id, last_hash FROM chain_head WHERE one = 1"
                 ).fetchone()
-                values = self._chain(row, (int(last_id), last_hash))
+                values = self._link(row, (int(last_id), last_hash))
                 conn.execute(f"INSERT INTO audit ({cols}) VALUES ({marks})", values)
                 conn.execute(
                     "UPDATE chain_head SET last_id = ?, last_hash = ? WHERE one = 1",
@@ -895,7 +898,7 @@ class PostgresAuditStore(AuditStore):
             raise AuditStoreError(f"{self.url}: {_first_line(err)}") from None
 
     def _set_up(self) -> None:
-        """Create the schema, one opener at a time; a new log gets its chain head, a log whose
+        """Create the schema, one opener at a time; a new log gets its head row, a log whose
         head was removed is refused."""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
@@ -911,7 +914,7 @@ class PostgresAuditStore(AuditStore):
             ):
                 headless = _Headless.read(fetch, tables, have)
                 problem = headless.tampering()
-                if problem is None and headless.rows:  # no PostgreSQL log predates the chain
+                if problem is None and headless.rows:  # no PostgreSQL log predates the ledger
                     problem = f"is missing while the log holds {headless.rows} rows"
                 _refuse_tampered(problem, self.url)
             for sql in _PG_SETUP:
@@ -934,7 +937,7 @@ class PostgresAuditStore(AuditStore):
             head = conn.execute(
                 "SELECT last_id, last_hash FROM chain_head WHERE one = 1 FOR UPDATE"
             ).fetchone()
-            values = self._chain(row, (int(head["last_id"]), head["last_hash"]))
+            values = self._link(row, (int(head["last_id"]), head["last_hash"]))
             conn.execute(f"INSERT INTO audit ({cols}) VALUES ({marks})", values)
             conn.execute(
                 "UPDATE chain_head SET last_id = %s, last_hash = %s WHERE one = 1",
@@ -997,3 +1000,7 @@ def _row(r: Mapping[str, Any]) -> dict[str, Any]:
         if d[key] is not None:
             d[key] = bool(d[key])
     return d
+
+
+#: The name from before the audit log's hash links were told apart from chains of thought.
+ChainReport = LedgerReport
