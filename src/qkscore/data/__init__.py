@@ -1,4 +1,4 @@
-"""Reasoning items, the formats for public sets, the generator and the shortcut audit."""
+"""Reasoning items, the formats for public sets, the generator and the shortcut check."""
 
 from qkscore.data import formats  # noqa: F401  (registers the built-in formats)
 from qkscore.data.items import TRUE_FALSE, TRUE_FALSE_UNKNOWN, DataError, Item, normalize_label
