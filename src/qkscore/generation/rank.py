@@ -327,10 +327,10 @@ def rank(
         raise ValueError(f"every problem of {folder.path} is in the profile's calibration split")
     settings = rank_settings(
         folder.meta(),
-        Path(profile),
+        judge.profile.digest,
         judge.lm.name,
         dtype,
-        None if answer_profile is None else Path(answer_profile),
+        None if answer is None else answer.profile.digest,
     )
     cache = RankCache(Path(out), settings, log)
     done = cache.steps()

@@ -22,7 +22,6 @@ the rounding of different batch shapes in the solution pass.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,20 +44,18 @@ CACHE_FORMAT = 2
 
 def rank_settings(
     gen_meta: Mapping[str, Any],
-    profile: Path,
+    profile_digest: str,
     model: str,
     dtype: str,
-    answer_profile: Path | None = None,
+    answer_profile_digest: str | None = None,
 ) -> dict:
-    """The inputs every cached score depends on."""
+    """The inputs every cached score depends on; the profiles by their one digest
+    (:attr:`qkscore.profile.Profile.digest`), so a profile saved again unchanged keeps the
+    cache."""
     return {
         "generations": {k: gen_meta.get(k) for k in ("problems", "created", "source")},
-        "profile_sha256": hashlib.sha256(Path(profile).read_bytes()).hexdigest(),
-        "answer_profile_sha256": (
-            None
-            if answer_profile is None
-            else hashlib.sha256(answer_profile.read_bytes()).hexdigest()
-        ),
+        "profile_digest": profile_digest,
+        "answer_profile_digest": answer_profile_digest,
         "model": model,
         "dtype": dtype,
         "format": CACHE_FORMAT,
