@@ -133,6 +133,7 @@ def _scan_locked(
 
     wanted = [MAIN, *controls]
     shared = share_prefix and prefix_supported(rope, attention_weights)
+    dtype = _resolved_dtype(model, dtype, _scan_device(state))
     old = run.meta() if run.exists() else None
     # items an earlier scan of this folder skipped as too long are not part of it
     skipped: list[dict[str, Any]] = list((old or {}).get("skipped") or [])
@@ -368,16 +369,19 @@ def _request_before_loading(
     shared,
     hidden_layers,
 ) -> dict[str, Any]:
-    """The part of this scan's identity known before the model loads (see
-    :func:`qkscore.run.scan_identity`): everything but what only the loaded model tells, such as
-    its fingerprint when that needs a download or a whole-file hash."""
+    """The part of this scan's identity known before the model loads: the run.json fields
+    such a scan would write, read by :func:`qkscore.run.scan_identity` (the one list of what
+    identifies a scan), less what only the loaded model tells, such as its fingerprint when
+    that needs a download or a whole-file hash. ``dtype`` is already resolved."""
     from qkscore.models import LoadedModel, model_fingerprint
-    from qkscore.models.loading import resolve_device, resolve_dtype
 
-    request: dict[str, Any] = {
+    fingerprint = model.fingerprint if isinstance(model, LoadedModel) else None
+    fingerprint = fingerprint or model_fingerprint(str(model))
+    meta: dict[str, Any] = {
+        "model": {"fingerprint": fingerprint, "dtype": dtype},
         "template": tmpl.describe(),
         "data": spec,
-        "items": items_hash,
+        "items_sha256": items_hash,
         "n_items": len(items),
         "n_options": max(len(item.options) for item in items),
         "chunk_size": chunk_size,
@@ -385,19 +389,25 @@ def _request_before_loading(
         "attention_weights": attention_weights,
         "share_prefix": shared,
     }
-    if isinstance(model, LoadedModel):
-        request["model"] = model.fingerprint
-        request["dtype"] = dtype_name(model.dtype)
-    else:
-        fingerprint = model_fingerprint(str(model))
-        if fingerprint:
-            request["model"] = fingerprint
-        request["dtype"] = dtype_name(resolve_dtype(dtype, resolve_device("auto")))
+    unknown = set() if fingerprint else {"model"}
     # "auto" depends on the layer count: the folder's, if the model is the same (else the model
     # differs and is refused once loaded)
-    with contextlib.suppress(KeyError, TypeError, ValueError):
-        request["hidden_layers"] = hidden_layer_choice(hidden_layers, int(old["n_layers"]))
-    return request
+    try:
+        meta["hidden_layers"] = hidden_layer_choice(hidden_layers, int(old["n_layers"]))
+    except (KeyError, TypeError, ValueError):
+        unknown.add("hidden_layers")
+    return {k: v for k, v in scan_identity(meta).items() if k not in unknown}
+
+
+def _resolved_dtype(model: Any, dtype: str, device: str) -> str:
+    """The one dtype of this scan, resolved once ("auto" becomes a name): what run.json
+    records, what a resumed scan is compared on and what the model is loaded in."""
+    from qkscore.models import LoadedModel
+    from qkscore.models.loading import resolve_device, resolve_dtype
+
+    if isinstance(model, LoadedModel):
+        return dtype_name(model.dtype)
+    return dtype_name(resolve_dtype(dtype, resolve_device(device)))
 
 
 def process_state() -> Any:
