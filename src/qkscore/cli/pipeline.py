@@ -158,7 +158,7 @@ def calibrate(
         "auroc", help="Single-head ranking: auroc, accuracy, balanced_accuracy."
     ),
     cv: int = typer.Option(5, min=2, help="Folds for choosing the reader and its settings."),
-    no_ensemble: bool = typer.Option(False, help="Skip the top-k ensemble."),
+    no_ensemble: bool = typer.Option(False, "--no-ensemble", help="Skip the top-k ensemble."),
     as_json: bool = typer.Option(
         False,
         "--json",
