@@ -490,9 +490,11 @@ def test_rank_end_to_end_with_a_profile(tmp_path, tmp_path_factory, smollm2):
     assert {d: e["positives"] for d, e in by_depth.items()} == {"0": 12, "1": 6}
     assert all(e["n"] == e["positives"] + 12 for e in by_depth.values())
     paired = [(p["a"], p["b"], p["subset"]) for p in summary["step_paired"]]
-    assert paired == [
-        ("qk_reader", "model_logodds", s) for s in ("overall", "derived_only", "grounded_only")
-    ]
+    subsets = ("overall", "derived_only", "grounded_only")
+    assert paired == [  # an answer profile: no probe and no answer reader beside it
+        (a, b, s) for a, b in (("qk_reader", "model_logodds"), ("qk_reader", "step_logprob"))
+        for s in subsets
+    ]  # fmt: skip
     # the summary as written validates against docs/schemas/rank-summary.schema.json's model
     written = json.loads((tmp_path / "ranked" / "summary.json").read_text())
     assert written["format_version"] == 2

@@ -308,8 +308,10 @@ def test_rank_with_a_step_profile_judges_only_the_problems_it_never_saw(
     for entry in level.values():
         assert {"overall", "derived_only", "grounded_only", "by_depth", "by_hops"} <= set(entry)
     paired = {(p["a"], p["b"], p["subset"]) for p in summary["step_paired"]}
-    assert paired == {
-        ("qk_reader", "model_logodds", s) for s in ("overall", "derived_only", "grounded_only")
+    assert paired == {  # the fair baseline, the probe, logit confidence, the answer profile
+        ("qk_reader", b, s)
+        for b in ("model_logodds", "hidden_probe", "step_logprob", "answer_reader")
+        for s in ("overall", "derived_only", "grounded_only")
     }
     selectors = {(c["a"], c["b"]) for c in summary["step_reader_vs_majority"]}
     assert selectors == {("qk_reader_min", "majority_vote"), ("qk_reader_mean", "majority_vote")}

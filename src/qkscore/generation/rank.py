@@ -71,7 +71,12 @@ STEP_SCORERS = (
 STEP_AGGREGATES = ("min", "mean", "last")
 SOLUTION_SCORERS = ("qk_solution_head", "qk_solution_linear")
 #: Step scorers compared pairwise on the same steps (paired bootstrap by problem).
-STEP_PAIRS = (("qk_reader", "model_logodds"),)
+STEP_PAIRS = (
+    ("qk_reader", "model_logodds"),  # the fair baseline: the model's own answer on the step
+    ("qk_reader", "hidden_probe"),  # the anchor to beat: the residual stream
+    ("qk_reader", "step_logprob"),  # logit confidence: how likely the model found the step
+    ("qk_reader", "answer_reader"),  # the answer profile's reader on the same steps
+)
 #: Per-chain selectors of the step reader, each compared with majority vote as it is (not
 #: picked among the others, so not optimistic).
 STEP_READER_SELECTORS = ("qk_reader_min", "qk_reader_mean")
