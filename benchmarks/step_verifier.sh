@@ -7,6 +7,11 @@
 #   2. calibrate on the steps of half of the problems (CALIB_SIZE problems otherwise): step.json;
 #   3. rank the other half with the step profile and, beside it, the answer profile.
 #   bash benchmarks/step_verifier.sh MODEL
+#   DATA=SPEC for another problem set (default: ProntoQA fictional with distractors, 1-5 hops;
+#   e.g. DATA="generated:depth=1-5&n=100&distractors=1&seed=11" N=100 for SmolLM2's small run).
+#   What the README's step-verifier findings ran (Qwen2.5-Coder-0.5B, about 2 h on the 2 cores):
+#   N=300 SAMPLES=4 BATCH=16 MAX_NEW=160 CHAT=--no-chat-template STEP_DTYPE=bfloat16 \
+#     bash benchmarks/step_verifier.sh qwen2.5-coder-0.5b
 #   N=300 SAMPLES=4 BATCH=8 MAX_NEW=256 DTYPE=bfloat16 (generation, as best_of_n.sh);
 #   CHAT=--no-chat-template for a plain prompt; STEP_DTYPE (calibrate and rank; default float32,
 #   as the judge serves a profile) and STEP_BATCH; ANSWER_PROFILE (default
@@ -31,7 +36,7 @@ STEP_BATCH=${STEP_BATCH:-8}
 CALIB=${CALIB_SIZE:+--calib-size $CALIB_SIZE}
 ANSWER_PROFILE=${ANSWER_PROFILE:-runs/findings/$model/prontoqa/profile.json}
 OUT=${OUT:-runs/step_verifier/$model}
-DATA="prontoqa:$SHARED/prontoqa/truefalse_0shot/*hop_0shot_random.json?sample=$SAMPLE&seed=2"
+DATA=${DATA:-"prontoqa:$SHARED/prontoqa/truefalse_0shot/*hop_0shot_random.json?sample=$SAMPLE&seed=2"}
 exclude=() answer=()
 if [ -f "$ANSWER_PROFILE" ]; then
   exclude=(--exclude-ids-from "$ANSWER_PROFILE")
