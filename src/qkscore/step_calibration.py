@@ -27,9 +27,6 @@ The probe is the anchor to beat ("Hidden Error Awareness", arXiv 2605.09502, rep
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from qkscore.dtypes import VERDICT_DTYPE
+from qkscore.dtypes import VERDICT_DTYPE, dtype_name
 from qkscore.estimators.base import DECISION_RULE, stratified_folds
 from qkscore.estimators.readers import (
     HiddenStateProbe,
@@ -45,6 +42,7 @@ from qkscore.estimators.readers import (
     margin_cv_auroc,
     model_margin_selector,
 )
+from qkscore.io import atomic_write, json_digest
 from qkscore.pipeline import estimator_fields, fit_readers, head_fields
 from qkscore.profile import Profile
 from qkscore.progress import Progress
@@ -117,13 +115,16 @@ def step_features(
 
 def _features_key(lm: Any, template: Template, steps: Any, layers: Sequence[int]) -> str:
     """What the pass's features depend on: the model and its dtype, the template, the kept
-    layers and every step's text and label."""
-    h = hashlib.sha256()
-    head = [lm.describe().get("fingerprint"), str(lm.dtype), template.describe(), list(layers)]
-    h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for s in steps.steps:
-        h.update(json.dumps([s.chain or s.problem, *s.pair, s.valid]).encode())
-    return h.hexdigest()
+    layers and every step's text and label (one :func:`qkscore.io.json_digest`)."""
+    return json_digest(
+        {
+            "model": lm.fingerprint,
+            "dtype": dtype_name(lm.dtype),
+            "template": template.describe(),
+            "layers": list(layers),
+            "steps": [[s.chain or s.problem, *s.pair, s.valid] for s in steps.steps],
+        }
+    )
 
 
 def _cached_features(
@@ -144,16 +145,13 @@ def _cached_features(
                 return StepFeatures(z["scores"], z["baseline"], hidden)
     feats = compute()
     if path is not None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                key=np.array(key),
-                scores=feats.scores,
-                baseline=feats.baseline,
-                hidden=feats.hidden if feats.hidden is not None else np.zeros(0, np.float16),
-            )
-        os.replace(tmp, path)
+        hidden = feats.hidden if feats.hidden is not None else np.zeros(0, np.float16)
+        atomic_write(
+            path,
+            lambda fh: np.savez(
+                fh, key=np.array(key), scores=feats.scores, baseline=feats.baseline, hidden=hidden
+            ),
+        )
     return feats
 
 
