@@ -137,6 +137,31 @@ def test_hidden_state_probe_picks_the_informative_layer():
     np.testing.assert_allclose(again.predict_proba(hidden), probe.predict_proba(hidden))
 
 
+def test_a_probe_with_one_layer_and_one_c_fits_once(monkeypatch):
+    """Nothing to choose, no inner folds: a probe cross-validated with its layer and C fixed
+    (what step calibration does) costs one fit per fold, not 21, and predicts as the probe that
+    searched its way to the same layer and C."""
+    rng = np.random.default_rng(1)
+    y = np.arange(200) % 2
+    hidden = rng.normal(size=(200, 1, 2, 8)).astype(np.float16)
+    hidden[:, 0, 0, 2] += np.where(y == 0, 1.0, -1.0).astype(np.float16)
+    searched = HiddenStateProbe().fit(hidden, y, layers=[7])
+    fits = []
+    real = HiddenStateProbe._fit_one
+    monkeypatch.setattr(
+        HiddenStateProbe, "_fit_one", lambda self, *a: fits.append(1) or real(self, *a)
+    )
+    fixed = HiddenStateProbe(Cs=[searched.C_]).fit(hidden, y, layers=[7])
+    assert len(fits) == 1 and fixed.C_ == searched.C_
+    np.testing.assert_allclose(fixed.predict_proba(hidden), searched.predict_proba(hidden))
+    fits.clear()
+    cv = cross_val_scores(
+        "hidden_probe", np.zeros((200, 1, 1, 2)), y, cv=5, hidden=hidden, hidden_layers=[7],
+        probe_cs=[searched.C_],
+    )  # fmt: skip
+    assert len(fits) == 5 and cv["auroc"] > 0.7
+
+
 # ---- calibration refuses what cannot be calibrated ------------------------------------------
 
 

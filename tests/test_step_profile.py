@@ -243,6 +243,51 @@ def test_a_second_calibration_reads_the_pass_from_its_features_file(gen, step_pr
     assert not any("read from" in line for line in said)
 
 
+def test_a_pass_stopped_midway_resumes_from_its_partial_file(
+    gen, step_profile, smollm2, monkeypatch
+):
+    """A calibration killed during its pass keeps the chains it scored: the next run scores
+    only the rest, and its features equal those of an uninterrupted pass."""
+    import qkscore.scoring
+    import qkscore.step_calibration as sc
+
+    data = json.loads(step_profile.read_text())
+    steps, seed = steps_from_generations(gen), data["calibration"]["seed"]
+    n_chains = len(steps.subset(data["calibration"]["item_ids"]).chains())
+    assert n_chains >= 3
+    real, calls = qkscore.scoring.score_pairs, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qkscore.scoring, "score_pairs", counting)
+    monkeypatch.setattr(sc, "CHECKPOINT_EVERY_S", 0.0)
+    out = step_profile.parent / "resumed.json"
+    partial = Path(str(out) + ".features.partial.npz")
+    stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        sc.calibrate_steps(steps, smollm2, out, seed=seed, progress=False, log=lambda *_: None)
+    with np.load(partial) as z:
+        assert int(z["done"].sum()) == 2
+    assert not out.exists()
+    calls.clear()
+    stop_after, said = None, []
+    sc.calibrate_steps(steps, smollm2, out, seed=seed, progress=False, log=said.append)
+    assert len(calls) == n_chains - 2
+    assert any("resuming the pass: 2/" in line for line in said)
+    assert not partial.exists()
+    with (
+        np.load(Path(str(out) + ".features.npz")) as got,
+        np.load(Path(str(step_profile) + ".features.npz")) as whole,
+    ):
+        for name in ("scores", "baseline", "hidden"):
+            np.testing.assert_array_equal(got[name], whole[name])
+        assert "done" not in got.files
+
+
 def test_verify_chain_warns_only_with_an_answer_profile_json_and_audit_row(
     step_profile, answer_profile, smollm2, tmp_path
 ):

@@ -27,6 +27,7 @@ The probe is the anchor to beat ("Hidden Error Awareness", arXiv 2605.09502, rep
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,22 +80,38 @@ def step_features(
     batch_size: int = 8,
     max_tokens: int | None = None,
     progress: bool = False,
+    checkpoint: Callable[[StepFeatures, np.ndarray], None] | None = None,
+    resume: tuple[StepFeatures, np.ndarray] | None = None,
 ) -> StepFeatures:
     """The judge's whole pass over every step of ``steps`` (a
-    :class:`~qkscore.generation.steps.StepSet`), one chain at a time."""
+    :class:`~qkscore.generation.steps.StepSet`), one chain at a time.
+
+    ``resume`` (features and a per-chain done mask, as ``checkpoint`` was last given them)
+    skips the chains already scored; ``checkpoint`` is called after each chain so that a long
+    pass (an hour for a 1.5B model on a CPU) can keep what it has."""
     from qkscore.extraction import prefix_supported
     from qkscore.scoring import score_pairs
 
     pairs = steps.pairs()
     n = len(pairs)
-    scores = np.full((n, lm.n_layers, lm.n_heads, 2), np.nan, dtype=np.float32)
-    baseline = np.full((n, 2), np.nan, dtype=np.float32)
-    hidden = None
-    if hidden_layers:
-        hidden = np.full((n, len(hidden_layers), 2, lm.d_model), np.nan, dtype=np.float16)
     chains = steps.chains()
-    with Progress(progress, "steps", len(chains), 0, unit="chains") as advance:
-        for idx in chains.values():
+    if resume is not None:
+        feats, done = resume
+    else:
+        hidden = None
+        if hidden_layers:
+            hidden = np.full((n, len(hidden_layers), 2, lm.d_model), np.nan, dtype=np.float16)
+        feats = StepFeatures(
+            np.full((n, lm.n_layers, lm.n_heads, 2), np.nan, dtype=np.float32),
+            np.full((n, 2), np.nan, dtype=np.float32),
+            hidden,
+        )
+        done = np.zeros(len(chains), dtype=bool)
+    scores, baseline, hidden = feats.scores, feats.baseline, feats.hidden
+    with Progress(progress, "steps", len(chains), int(done.sum()), unit="chains") as advance:
+        for c, idx in enumerate(chains.values()):
+            if done[c]:
+                continue
             out = score_pairs(
                 lm,
                 template,
@@ -109,8 +126,11 @@ def step_features(
             scores[idx], baseline[idx] = out.scores, out.baseline
             if hidden is not None:
                 hidden[idx] = out.hidden
+            done[c] = True
             advance(1)
-    return StepFeatures(scores, baseline, hidden)
+            if checkpoint is not None:
+                checkpoint(feats, done)
+    return feats
 
 
 def _features_key(lm: Any, template: Template, steps: Any, layers: Sequence[int]) -> str:
@@ -127,31 +147,71 @@ def _features_key(lm: Any, template: Template, steps: Any, layers: Sequence[int]
     )
 
 
+#: Seconds between saves of a pass in progress: a kill loses at most this much of the pass.
+CHECKPOINT_EVERY_S = 300.0
+
+
+def _save_features(path: Path, key: str, feats: StepFeatures, done: np.ndarray | None) -> None:
+    hidden = feats.hidden if feats.hidden is not None else np.zeros(0, np.float16)
+    extra = {} if done is None else {"done": done}
+    atomic_write(
+        path,
+        lambda fh: np.savez(
+            fh, key=np.array(key), scores=feats.scores, baseline=feats.baseline, hidden=hidden,
+            **extra,
+        ),
+    )  # fmt: skip
+
+
+def _load_features(path: Path, key: str) -> tuple[StepFeatures, np.ndarray | None] | None:
+    """The features saved at ``path`` for ``key`` (and their done mask when partial), or None
+    when the file is missing or was made for other steps, another model or template."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["key"]) != key:
+            return None
+        hidden = z["hidden"] if z["hidden"].size else None
+        done = z["done"] if "done" in z.files else None
+        return StepFeatures(z["scores"], z["baseline"], hidden), done
+
+
 def _cached_features(
     path: Path | None,
     key: str,
-    compute: Callable[[], StepFeatures],
+    compute: Callable[..., StepFeatures],
     log: Callable[[str], None],
+    every_s: float | None = None,
 ) -> StepFeatures:
     """The pass's features, kept beside the profile (``STEP.json.features.npz``) so that a
     calibration stopped after its pass (a crash, a kill, a changed reader or seed) does not run
-    the model again: the pass is most of a calibration's time. A file made for other steps, a
-    model or a template is recomputed and replaced."""
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) == key:
-                log(f"features of this pass read from {path}")
-                hidden = z["hidden"] if z["hidden"].size else None
-                return StepFeatures(z["scores"], z["baseline"], hidden)
-    feats = compute()
-    if path is not None:
-        hidden = feats.hidden if feats.hidden is not None else np.zeros(0, np.float16)
-        atomic_write(
-            path,
-            lambda fh: np.savez(
-                fh, key=np.array(key), scores=feats.scores, baseline=feats.baseline, hidden=hidden
-            ),
-        )
+    the model again: the pass is most of a calibration's time. While the pass runs, what it has
+    is saved every ``every_s`` seconds (default :data:`CHECKPOINT_EVERY_S`) to
+    ``STEP.json.features.partial.npz``, and a pass stopped midway resumes from there. A file
+    made for other steps, a model or a template is recomputed and replaced."""
+    if path is None:
+        return compute()
+    saved = _load_features(path, key)
+    if saved is not None:
+        log(f"features of this pass read from {path}")
+        return saved[0]
+    partial = path.with_name(path.name.removesuffix(".npz") + ".partial.npz")
+    resume = _load_features(partial, key)
+    if resume is not None and resume[1] is not None:
+        log(f"resuming the pass: {int(resume[1].sum())}/{resume[1].size} chains from {partial}")
+    else:
+        resume = None
+    every = CHECKPOINT_EVERY_S if every_s is None else every_s
+    last = [time.monotonic()]
+
+    def checkpoint(feats: StepFeatures, done: np.ndarray) -> None:
+        if time.monotonic() - last[0] >= every and not done.all():
+            _save_features(partial, key, feats, done)
+            last[0] = time.monotonic()
+
+    feats = compute(checkpoint=checkpoint, resume=resume)
+    _save_features(path, key, feats, None)
+    partial.unlink(missing_ok=True)
     return feats
 
 
@@ -220,8 +280,14 @@ def calibrate_steps(
     feats = _cached_features(
         None if out is None else Path(str(out) + ".features.npz"),
         _features_key(lm, tmpl, calib, layers),
-        lambda: step_features(
-            lm, tmpl, calib, hidden_layers=layers, batch_size=batch_size, progress=progress
+        lambda **resumable: step_features(
+            lm,
+            tmpl,
+            calib,
+            hidden_layers=layers,
+            batch_size=batch_size,
+            progress=progress,
+            **resumable,
         ),
         log,
     )
@@ -323,10 +389,10 @@ def _step_baselines(
     if feats.hidden is not None:
         probe = HiddenStateProbe(random_state=seed).fit(feats.hidden, y, layers, groups=groups)
         fitted["hidden_probe"] = probe.to_dict()
-        # The cross-validated figure keeps the layer chosen on all calibration steps (C is still
-        # chosen inside each fold): searching every layer inside every fold fits 800 models on
-        # thousands of steps and held a calibration for most of an hour. Choosing the layer
-        # on all steps can only flatter the probe, the anchor the readers are measured against.
+        # The cross-validated figure keeps the layer and C chosen on all calibration steps:
+        # searching them inside every fold fits hundreds of models on thousands of steps and
+        # held a calibration for most of an hour (0.5B), longer at 1.5B. Choosing them on all
+        # steps can only flatter the probe, the anchor the readers are measured against.
         keep = [probe.layer_index_]
         try:
             cv_figures["hidden_probe"] = cross_val_scores(
@@ -339,8 +405,9 @@ def _step_baselines(
                 subsets=subsets,
                 hidden=feats.hidden[:, keep],
                 hidden_layers=[probe.layer_],
+                probe_cs=[probe.C_],
             )
         except ValueError as err:  # too few problems for its inner folds, as for the readers
             cv_figures["hidden_probe"] = {"skipped": str(err)}
-        cv_figures["hidden_probe"]["layer"] = probe.layer_
+        cv_figures["hidden_probe"].update(layer=probe.layer_, C=probe.C_)
     return fitted, cv_figures

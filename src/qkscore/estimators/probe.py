@@ -69,6 +69,23 @@ class HiddenStateProbe(BaseEstimator):
             return lr.fit(x, y)
         return LogisticRegression(C=c, max_iter=3000).fit(x, y)
 
+    def _cv_table(self, h: np.ndarray, y: np.ndarray, folds: Any) -> np.ndarray:
+        """Held-out macro AUROC for every (kept layer, C)."""
+        table = np.full((h.shape[1], len(self.Cs)), np.nan)
+        for li in range(h.shape[1]):
+            x = self._layer_features(h, li)
+            for ci, c in enumerate(self.Cs):
+                aucs = []
+                for tr, te in folds:
+                    mean, scale = standardise(x[tr])
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        lr = self._fit_one((x[tr] - mean) / scale, y[tr], c)
+                    proba = _full_proba(lr, (x[te] - mean) / scale, self.n_options_)
+                    aucs.append(macro_auroc(proba, y[te]))
+                table[li, ci] = np.nanmean(aucs)
+        return table
+
     def fit(
         self,
         hidden: Any,
@@ -85,20 +102,12 @@ class HiddenStateProbe(BaseEstimator):
         n, n_kept, self.n_options_, self.d_model_ = h.shape
         y = check_labels(labels, n, self.n_options_)
         self.layers_ = list(layers) if layers is not None else list(range(n_kept))
-        folds = stratified_folds(y, self.cv, self.random_state, groups)
-        table = np.full((n_kept, len(self.Cs)), np.nan)
-        for li in range(n_kept):
-            x = self._layer_features(h, li)
-            for ci, c in enumerate(self.Cs):
-                aucs = []
-                for tr, te in folds:
-                    mean, scale = standardise(x[tr])
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        lr = self._fit_one((x[tr] - mean) / scale, y[tr], c)
-                    proba = _full_proba(lr, (x[te] - mean) / scale, self.n_options_)
-                    aucs.append(macro_auroc(proba, y[te]))
-                table[li, ci] = np.nanmean(aucs)
+        # One layer and one C leave nothing to choose: no inner folds (a cross-validation of
+        # the probe itself fixes both, and the inner search was 20x its cost).
+        if n_kept * len(self.Cs) > 1:
+            table = self._cv_table(h, y, stratified_folds(y, self.cv, self.random_state, groups))
+        else:
+            table = np.full((1, 1), np.nan)
         self.cv_scores_ = table
         li, ci = np.unravel_index(
             np.nanargmax(np.where(np.isnan(table), -np.inf, table)), table.shape

@@ -98,6 +98,7 @@ def cross_val_scores(
     subsets: Mapping[str, np.ndarray] | None = None,
     hidden: np.ndarray | None = None,
     hidden_layers: Sequence[int] | None = None,
+    probe_cs: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Mean held-out AUROC and accuracy of reader ``name`` over ``cv`` stratified folds: each
     fold's items are predicted by a reader fit on the other folds only (its own inner choices
@@ -107,12 +108,12 @@ def cross_val_scores(
     ``groups`` keeps each group (e.g. a problem's chain steps) whole in one fold, inner folds
     included; ``subsets`` (name -> item mask) also reports the held-out AUROC on those items
     only (``{"subsets": {name: {"auroc"}}}``); ``name="hidden_probe"`` cross-validates the
-    hidden-state probe on ``hidden``."""
+    hidden-state probe on ``hidden`` (its C searched among ``probe_cs`` when given)."""
     aucs, accs = [], []
     sub: dict[str, list[float]] = {k: [] for k in subsets or {}}
     for train, test in stratified_folds(labels, cv, seed, groups):
         if name == HIDDEN_PROBE:  # a baseline over the residual stream, not over the scores
-            probe = HiddenStateProbe(random_state=seed)
+            probe = HiddenStateProbe(random_state=seed, **({"Cs": probe_cs} if probe_cs else {}))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CalibrationWarning)
                 probe.fit(hidden[train], labels[train], hidden_layers, groups=_at(groups, train))
