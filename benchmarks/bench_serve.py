@@ -2,8 +2,8 @@
 dynamic batching.
 
 For each mode (``before``: ``--max-batch 1`` and no gather window, one request per pass;
-``after``: waiting requests batched, with this script's batching options), store (SQLite,
-PostgreSQL) and worker count (1, 2) it starts ``qkscore serve --workers N --threads T`` on a
+``after``: waiting requests batched, ``--max-batch 32`` unless given, with this script's
+batching options), store (SQLite, PostgreSQL) and worker count (1, 2) it starts ``qkscore serve --workers N --threads T`` on a
 free loopback port, waits until every worker answers, warms each up, then for each concurrency
 level sends ``--requests`` requests (checks of mixed lengths, or chains with ``--route
 verify-chain``) with at most that many in flight. It prints req/s, p50/p95 latency and the
@@ -192,7 +192,10 @@ def main() -> None:
                     help="fast path (no model answer); --no-fast runs the whole pass")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (0: all)")
     ap.add_argument("--max-batch-tokens", type=int, help="'after' mode (default: serve's)")
-    ap.add_argument("--max-batch", type=int, help="'after' mode (default: serve's)")
+    ap.add_argument(
+        "--max-batch", type=int, default=32,
+        help="'after' mode (default 32; serve's own default is 1 on a CPU, 32 on a GPU)",
+    )  # fmt: skip
     ap.add_argument("--batch-window-ms", type=float, help="'after' mode (default: serve's)")
     ap.add_argument("--max-padding", type=float, help="'after' mode (default: serve's)")
     ap.add_argument("--pg-url", help="PostgreSQL server URL (default: a throwaway server)")

@@ -289,6 +289,18 @@ def test_settings_read_the_environment_old_names_included(monkeypatch):
         ServeSettings(max_batch=0)
 
 
+def test_batching_defaults_follow_the_device():
+    """Unset, max_batch and max_padding follow the model's device: one request at a time on a
+    CPU (where batching measured no faster), batches of 32 in one pass on a GPU; a value
+    given (flag, variable) is kept on either."""
+    cpu, gpu = ServeSettings().for_device("cpu"), ServeSettings().for_device("cuda")
+    assert (cpu.max_batch, cpu.max_padding, cpu.batching) == (1, 1.25, False)
+    assert (gpu.max_batch, gpu.max_padding, gpu.batching) == (32, None, True)
+    given = ServeSettings(max_batch=8, max_padding=2.0)
+    assert given.for_device("cpu") == given == given.for_device("cuda")
+    assert ServeSettings().to_env()["QKSCORE_SERVE_MAX_BATCH"] == ""  # workers resolve it
+
+
 def test_serve_flags_and_variables_feed_the_settings(judge, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

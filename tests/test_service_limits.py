@@ -312,7 +312,7 @@ def test_healthz_shows_details_only_with_the_key_and_head_answers(judge, tmp_pat
     assert details["model"] == judge.lm.name and details["fingerprint"] == judge.fingerprint
     assert details["profile"] == judge.profile.digest and details["head"] == judge.head
     assert details["dtype"] == "float32" and details["busy"] is False and details["queue"] == 0
-    assert details["limits"] == ServeSettings().describe()
+    assert details["limits"] == ServeSettings().for_device("cpu").describe()
     assert details["limits"]["max_tokens_per_request"] == 32_768
     assert heads == [200, 200]
 
@@ -332,8 +332,8 @@ def test_profile_documents_limits_and_dtype(judge, tmp_path):
         "request_timeout": 2.5,
         "max_queue": 3,
         "max_batch_tokens": 4096,
-        "max_batch": 32,
-        "max_padding": None,
+        "max_batch": 1,  # the defaults left to the device, resolved for this CPU
+        "max_padding": 1.25,
         "batch_window_ms": 5.0,
         "context_chars": 20_000,
         "statement_chars": 2_000,

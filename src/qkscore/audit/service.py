@@ -563,7 +563,7 @@ def create_app(
     from qkscore.audit.dashboard import DASHBOARD_HTML, check_figures
     from qkscore.audit.metrics import ServiceMetrics
 
-    limits = limits or ServeSettings()
+    limits = (limits or ServeSettings()).for_device(getattr(judge.lm.device, "type", "cpu"))
     figures = check_figures(judge)  # whose verdict /v1/check gives, and whose qk_scores
     counter = _counter_for(judge.lm.tokenizer)
     if isinstance(db_path, AuditStore):
@@ -601,8 +601,6 @@ def create_app(
             return err
 
     max_padding = limits.max_padding
-    if max_padding is None and getattr(judge.lm.device, "type", "cpu") == "cpu":
-        max_padding = 1.25  # a CPU's compute grows with padding; a GPU's barely
 
     def run_batch(jobs: list[Job]) -> list[Any]:
         """In a worker thread: each job's answer (its audit row written) or its error. A batch

@@ -292,7 +292,7 @@ def serve(settings) -> None:
             f"[yellow]{model_dtype}[/]: a borderline verdict can depend on what it is batched "
             "with; for audits that must reproduce, serve in float32 (the default)"
         )
-    out.print(_limits_line(settings))
+    out.print(_limits_line(settings.for_device(getattr(judge.lm.device, "type", "cpu"))))
     out.print(f"dashboard: http://{settings.host}:{settings.port}/")
     run_server(
         judge,
@@ -308,12 +308,15 @@ def serve(settings) -> None:
 
 
 def _limits_line(settings) -> str:
-    batching = (
-        f"batches of up to {settings.max_batch} requests and {settings.max_batch_tokens:,} "
-        f"tokens, gathered for {settings.batch_window_ms:g} ms"
-        if settings.batching
-        else "one request at a time"
-    )
+    if settings.max_batch is None:  # the workers resolve it on their model's device
+        batching = "one request at a time on a CPU, batches of up to 32 on a GPU"
+    elif settings.batching:
+        batching = (
+            f"batches of up to {settings.max_batch} requests and {settings.max_batch_tokens:,} "
+            f"tokens, gathered for {settings.batch_window_ms:g} ms"
+        )
+    else:
+        batching = "one request at a time"
     return (
         f"limits: {settings.max_tokens_per_request:,} tokens a request, {settings.max_queue} "
         f"queued, {settings.request_timeout:g} s wait; {batching}"
