@@ -332,10 +332,13 @@ def test_verify_chain_warns_only_with_an_answer_profile_json_and_audit_row(
 
 
 def test_rank_with_a_step_profile_judges_only_the_problems_it_never_saw(
-    gen, step_profile, answer_profile, smollm2, tmp_path
+    gen, step_profile, answer_profile, smollm2, tmp_path, monkeypatch
 ):
+    import qkscore.generation.rank as rank_module
     from qkscore.generation.rank import rank
 
+    # the few generated problems hold a handful of invalid steps: let every class size count
+    monkeypatch.setattr(rank_module, "MIN_PER_CLASS", 1)
     calib = json.loads(step_profile.read_text())["calibration"]["item_ids"]
     kwargs = dict(model=smollm2, folds=2, progress=False, n_boot=50, log=lambda *_: None)
     with pytest.raises(ValueError, match="refused"):
@@ -347,15 +350,22 @@ def test_rank_with_a_step_profile_judges_only_the_problems_it_never_saw(
     rows = [json.loads(x) for x in (tmp_path / "r" / "ranked.jsonl").read_text().splitlines()]
     assert rows and not {r["id"] for r in rows} & set(calib)
     level = summary["step_level"]
-    assert {"qk_reader", "model_logodds", "hidden_probe", "step_logprob", "answer_reader"} <= set(
-        level
-    )
+    assert {
+        "qk_reader", "model_logodds", "hidden_probe", "shallow_matching", "step_logprob",
+        "answer_reader",
+    } <= set(level)  # fmt: skip
     for entry in level.values():
         assert {"overall", "derived_only", "grounded_only", "by_depth", "by_hops"} <= set(entry)
     paired = {(p["a"], p["b"], p["subset"]) for p in summary["step_paired"]}
-    assert paired == {  # the fair baseline, the probe, logit confidence, the answer profile
+    assert paired == {  # the fair baseline, the probe, wording, logit confidence, answers
         ("qk_reader", b, s)
-        for b in ("model_logodds", "hidden_probe", "step_logprob", "answer_reader")
+        for b in (
+            "model_logodds",
+            "hidden_probe",
+            "shallow_matching",
+            "step_logprob",
+            "answer_reader",
+        )  # fmt: skip
         for s in ("overall", "derived_only", "grounded_only")
     }
     selectors = {(c["a"], c["b"]) for c in summary["step_reader_vs_majority"]}
@@ -363,7 +373,13 @@ def test_rank_with_a_step_profile_judges_only_the_problems_it_never_saw(
     control = summary["answer_control"]["step_reader_vs_majority_among_answered"]
     assert {c["a"] for c in control} == {"qk_reader_min", "qk_reader_mean"}
     step = next(s for r in rows for s in r["steps"] if s["label"] != "unparsed")
-    assert {"qk_reader", "hidden_probe", "answer_reader", "step_logprob"} <= set(step)
+    assert {
+        "qk_reader",
+        "hidden_probe",
+        "answer_reader",
+        "step_logprob",
+        "shallow_matching",
+    } <= set(step)
     md = (tmp_path / "r" / "summary.md").read_text()
     assert "Step verdicts come from a step profile" in md and "resample whole problems" in md
 
@@ -391,3 +407,20 @@ def test_calibrate_on_a_steps_file_and_a_malformed_one(tmp_path, smollm2):
     assert result.exit_code == 2
     assert "bad.jsonl:4 field 'label'" in " ".join(result.output.split())
     assert not (tmp_path / "q.json").exists()
+
+
+def test_an_auroc_over_too_few_of_a_class_is_reported_as_too_few():
+    """One right answer among 200 chains gave a chain-level AUROC with an interval; an AUROC
+    needs a few items of each class, and the summary says when it has not."""
+    from qkscore.generation.rank import MIN_PER_CLASS, _auroc_entry, _fmt
+
+    rng = np.random.default_rng(0)
+    score = rng.normal(size=200)
+    few = np.zeros(200, dtype=bool)
+    few[: MIN_PER_CLASS - 1] = True
+    entry = _auroc_entry(score, few, 50)
+    assert entry["auroc"] is None and entry["too_few"] and entry["positives"] == MIN_PER_CLASS - 1
+    assert _fmt(entry, "auroc").startswith("too few")
+    enough = np.zeros(200, dtype=bool)
+    enough[:MIN_PER_CLASS] = True
+    assert _auroc_entry(score, enough, 50)["auroc"] is not None

@@ -56,14 +56,16 @@ RANK_SUMMARY_VERSION = 2
 
 #: Step scorers, higher = more likely valid: the profile's reader margin and its single
 #: head's margin; the model's own log-odds of "True" for the step (the fair baseline); the
-#: step profile's hidden-state probe (log-odds); the mean log-probability of the step's tokens
-#: when the model wrote it (logit confidence); an answer profile's reader and head when one is
-#: given beside a step profile. Only those a run has appear in its summary.
+#: step profile's hidden-state probe (log-odds); shallow matching (a word-overlap tree fitted
+#: on the step profile's calibration steps, log-odds); the mean log-probability of the step's
+#: tokens when the model wrote it (logit confidence); an answer profile's reader and head when
+#: one is given beside a step profile. Only those a run has appear in its summary.
 STEP_SCORERS = (
     "qk_reader",
     "qk_head",
     "model_logodds",
     "hidden_probe",
+    "shallow_matching",
     "step_logprob",
     "answer_reader",
     "answer_head",
@@ -74,9 +76,12 @@ SOLUTION_SCORERS = ("qk_solution_head", "qk_solution_linear")
 STEP_PAIRS = (
     ("qk_reader", "model_logodds"),  # the fair baseline: the model's own answer on the step
     ("qk_reader", "hidden_probe"),  # the anchor to beat: the residual stream
+    ("qk_reader", "shallow_matching"),  # word overlap alone: what needs no model at all
     ("qk_reader", "step_logprob"),  # logit confidence: how likely the model found the step
     ("qk_reader", "answer_reader"),  # the answer profile's reader on the same steps
 )
+#: An AUROC needs this many items of each class; with fewer it is reported as too few.
+MIN_PER_CLASS = 5
 #: Per-chain selectors of the step reader, each compared with majority vote as it is (not
 #: picked among the others, so not optimistic).
 STEP_READER_SELECTORS = ("qk_reader_min", "qk_reader_mean")
@@ -133,6 +138,34 @@ def _step_verdicts(
             row["answer_reader"] = v.margin
             row["answer_head"] = _head_margin(answer, v)
     return rows
+
+
+def _shallow_scores(
+    folder: GenFolder, judge: Any, keep: Sequence[Mapping[str, Any]], problems: Mapping[str, Any]
+) -> list[list[float]] | None:
+    """Shallow matching on every step of ``keep``: a depth-4 tree over the word overlap of
+    (context + earlier steps, step) (:class:`qkscore.data.shallow.ShallowMatcher`), fitted on
+    the steps of the step profile's calibration problems in this folder, as the log-odds of
+    valid. No model reads anything, so a step reader that does not beat it reads the wording
+    (on Qwen2.5-Coder-0.5B's chains it did not: 0.938 against the reader's 0.904). None when
+    the calibration steps are not in this folder (a profile calibrated on a steps file)."""
+    from qkscore.data.shallow import ShallowMatcher
+    from qkscore.generation.steps import steps_from_generations
+
+    def records(pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        return [{"context": c, "statement": s, "options": ["True", "False"]} for c, s in pairs]
+
+    calib = steps_from_generations(folder.path).subset(_calibration_ids(judge))
+    y = calib.labels()
+    if min(int((y == 0).sum()), int((y == 1).sum())) < MIN_PER_CLASS:
+        return None
+    matcher = ShallowMatcher().fit(records(calib.pairs()), y)
+    out = []
+    for r in keep:
+        pairs = step_pairs(problems[r["problem"]].context, r["steps"])
+        p_valid = matcher.predict_proba(records(pairs))[:, 0] if pairs else []
+        out.append([_logodds(p) for p in p_valid])
+    return out
 
 
 def _solution_scores(
@@ -264,8 +297,8 @@ def _auroc_entry(
     ok = np.isfinite(score)
     s, y = score[ok], positive[ok].astype(bool)
     entry: dict[str, Any] = {"n": int(ok.sum()), "positives": int(y.sum())}
-    if y.all() or not y.any():
-        return {**entry, "auroc": None, "ci": None}
+    if min(int(y.sum()), int((~y).sum())) < MIN_PER_CLASS:
+        return {**entry, "auroc": None, "ci": None, "too_few": True}
     g = None if groups is None else np.asarray(groups)[ok]
     ci = bootstrap_ci(auroc, s, y, n_boot=n_boot, groups=g)
     return {**entry, "auroc": float(ci.point), "ci": [ci.low, ci.high]}
@@ -349,10 +382,15 @@ def rank(
                 done[chain_key(r)] = verdicts
                 advance(1)
     solution = _solution_scores(judge, cache, keep, problems, batch_size, progress)
-    steps = [
-        [{**v, "step_logprob": lp} for v, lp in zip(done[chain_key(r)], step_lp, strict=True)]
-        for r, step_lp in zip(keep, solution.step_logprob)
-    ]
+    shallow = _shallow_scores(folder, judge, keep, problems) if step_profile else None
+    steps = []
+    for i, (r, step_lp) in enumerate(zip(keep, solution.step_logprob)):
+        rows = [
+            {**v, "step_logprob": lp} for v, lp in zip(done[chain_key(r)], step_lp, strict=True)
+        ]
+        for row, m in zip(rows, [] if shallow is None else shallow[i]):
+            row["shallow_matching"] = m
+        steps.append(rows)
     correct = np.array([r["correct"] for r in keep], dtype=bool)
     groups = [r["id"] for r in keep]
     cross, chosen = cross_fit_solution(solution.qk, correct, groups, folds, seed)
@@ -637,6 +675,8 @@ def _step_reader_vs_majority(selected: Mapping[str, np.ndarray]) -> list[dict[st
 
 def _fmt(entry: Mapping[str, Any], key: str) -> str:
     value = entry.get(key)
+    if entry.get("too_few"):
+        return f"too few (< {MIN_PER_CLASS} of a class)"
     if value is None:
         return "–"
     ci = entry.get("ci")
