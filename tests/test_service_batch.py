@@ -289,6 +289,40 @@ def test_settings_read_the_environment_old_names_included(monkeypatch):
         ServeSettings(max_batch=0)
 
 
+def test_requests_arriving_while_a_batch_gathers_count_against_max_queue():
+    """A batch gathering for its window holds its requests in the queue: one arriving when
+    max_queue already wait is refused (503), as it is while a pass runs."""
+    import asyncio
+
+    from qkscore.audit.metrics import ServiceMetrics
+    from qkscore.audit.service import Batcher, Job, ServiceError
+
+    settings = ServeSettings(max_queue=2, max_batch=8, batch_window_ms=300, request_timeout=5)
+    ran: list[int] = []
+
+    def run(jobs):
+        ran.append(len(jobs))
+        return [job.what for job in jobs]
+
+    async def go():
+        batcher = Batcher(settings, run, ServiceMetrics())
+        loop = asyncio.get_running_loop()
+
+        def job(i):
+            return Job("ctx", f"s{i}", False, 10, loop.create_future())
+
+        first = [asyncio.create_task(batcher.submit(job(i))) for i in range(2)]
+        await asyncio.sleep(0.05)  # both wait in the gathering window
+        with pytest.raises(ServiceError) as refused:
+            await batcher.submit(job(2))
+        answers = await asyncio.gather(*first)
+        batcher.close()
+        return answers, refused.value.status
+
+    answers, status = asyncio.run(go())
+    assert answers == ["s0", "s1"] and status == 503 and ran == [2]
+
+
 def test_batching_defaults_follow_the_device():
     """Unset, max_batch and max_padding follow the model's device: one request at a time on a
     CPU (where batching measured no faster), batches of 32 in one pass on a GPU; a value

@@ -252,9 +252,9 @@ class Batcher:
     loop hands them to ``run`` (in a worker thread) in batches.
 
     ``run(jobs)`` returns one outcome per job: its result, or the exception it failed with.
-    The queue limits stay per request: with a pass running, a request finding ``max_queue``
-    others waiting is refused at once (503 + Retry-After), and one not taken into a batch
-    within ``request_timeout`` gets 503.
+    The queue limits stay per request: with a pass running or a batch gathering, a request
+    finding ``max_queue`` others waiting is refused at once (503 + Retry-After), and one not
+    taken into a batch within ``request_timeout`` gets 503.
     """
 
     def __init__(self, settings: ServeSettings, run: Callable[[list[Job]], list[Any]],
@@ -279,7 +279,8 @@ class Batcher:
     async def submit(self, job: Job) -> Any:
         """Wait for the job's batch and return its result (or raise what it failed with)."""
         limits = self.settings
-        if self.running and self.waiting >= limits.max_queue:
+        # busy: a pass is on the model, or a batch is gathering (its requests wait too)
+        if (self.running or self.pending) and self.waiting >= limits.max_queue:
             log.warning("queue full: %d waiting; answered 503", self.waiting)
             raise ServiceError(
                 503,
