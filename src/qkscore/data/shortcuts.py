@@ -34,6 +34,7 @@ __all__ = [
     "audit_items",
     "find_shortcuts",
     "shallow_out_of_fold",
+    "statement_model",
     "statement_out_of_fold",
 ]
 
@@ -311,7 +312,7 @@ def _context_groups(items: Sequence[Item], folds: int) -> list[str] | None:
     return [it.context for it in items] if len({it.context for it in items}) >= folds * 2 else None
 
 
-def _statement_model() -> Any:
+def statement_model() -> Any:
     """The statement-only classifier: bag of words, logistic regression."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -339,7 +340,7 @@ def _statement_folds(
     pred = np.empty(len(y), dtype=object)
     fold = np.full(len(y), -1)
     for f, (train, test) in enumerate(_splits(y, folds, seed, groups)):
-        pred[test] = _statement_model().fit(x[train], y[train]).predict(x[test])
+        pred[test] = statement_model().fit(x[train], y[train]).predict(x[test])
         fold[test] = f
     return pred, fold
 
@@ -386,7 +387,7 @@ def _cross_validate(
     pred, fold = _statement_folds(texts, labels, folds, seed, groups)
     accs = [float((pred[fold == f] == y[fold == f]).mean()) for f in range(folds)]
 
-    full = _statement_model().fit(np.asarray(texts, dtype=object), y)
+    full = statement_model().fit(np.asarray(texts, dtype=object), y)
     vec, lr = full.steps[0][1], full.steps[1][1]
     vocab = vec.get_feature_names_out()
     top: dict[str, list[tuple[str, float]]] = {}
