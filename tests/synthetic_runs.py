@@ -69,6 +69,8 @@ def make_run(
                     "rule": "modus_ponens" if i % 4 else "modus_tollens",
                 }
             )
+        if items_from is not None:  # real items bring their own depth, rule, logic ...
+            meta.update(items_from[i].meta)
         record = {
             "index": i,
             "id": ids[i] if ids is not None else f"syn-{i:05d}",

@@ -12,6 +12,7 @@ import pytest
 
 from qkscore.data import formats
 from qkscore.data.items import TRUE_FALSE, TRUE_FALSE_UNKNOWN, DataError, Item
+from qkscore.data.matched import statement_shape
 from qkscore.data.negation import negate
 from qkscore.data.overview import summarize
 from qkscore.data.spec import available_formats, load_items
@@ -116,6 +117,36 @@ def test_prontoqa_ood_pairs(shared_data: Path) -> None:
     with_not = [item for item in proofs_only if item.meta["negated"]]
     true_share = sum(item.label == "True" for item in with_not) / len(with_not)
     assert 0.4 < true_share < 0.6
+
+
+def test_prontoqa_ood_debias_keeps_shape_matched_pairs(shared_data: Path) -> None:
+    folder = shared_data / "prontoqa" / "ood_proofs_only_8shot"
+    raw = load_items(f"prontoqa-ood:{folder}")
+    items = load_items(f"prontoqa-ood:{folder}?debias=1")
+    assert 0 < len(items) < len(raw) and _unique_ids(items)
+    assert {item.id for item in items} <= {item.id for item in raw}
+    assert all(item.meta["debiased"] for item in items)
+    by_pair: dict[str, list] = {}
+    for item in items:
+        by_pair.setdefault(item.meta["pair"], []).append(item)
+    assert all(sorted(i.label for i in pair) == ["False", "True"] for pair in by_pair.values())
+    # every file on its own: each statement shape is True as often as False, so negated
+    # statements are half True, half False
+    for file in {item.meta["file"] for item in items}:
+        in_file = [item for item in items if item.meta["file"] == file]
+        shapes = Counter((statement_shape(i.statement), i.label) for i in in_file)
+        assert all(shapes[(s, "True")] == shapes[(s, "False")] for s, _ in shapes), file
+        negated = Counter(i.label for i in in_file if i.meta["negated"])
+        assert negated["True"] == negated["False"] > 0, file
+    # goals of one polarity only (every 1-hop AndElim goal is plain) leave nothing to match
+    kept_rules = {item.meta["rule"] for item in items}
+    assert "AndElim" not in kept_rules and {"ProofsOnly", "Composed"} <= kept_rules
+    again = load_items(f"prontoqa-ood:{folder}?debias=1&seed=0")
+    assert [i.id for i in again] == [i.id for i in items]
+    other = load_items(f"prontoqa-ood:{folder}?debias=1&seed=1")
+    assert len(other) == len(items) and {i.id for i in other} != {i.id for i in items}
+    with pytest.raises(DataError, match="debiass"):
+        load_items(f"prontoqa-ood:{folder}?debiass=1")
 
 
 def test_prontoqa_shots(shared_data: Path) -> None:

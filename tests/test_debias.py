@@ -156,3 +156,62 @@ def test_spec_parameters_determinism_and_report(shared_data: Path) -> None:
     meta = items[0].meta
     assert meta["source"] == "pararule-plus" and meta["debiased"] is True
     assert meta["split"] == "dev" and meta["entities"] in ("people", "animals")
+
+
+# ------------------------------------------------------------------------- Multi-LogiEval
+
+
+@pytest.fixture(scope="module")
+def multi_logieval(shared_data: Path) -> tuple[list, list]:
+    from qkscore.data.spec import load_items
+
+    folder = shared_data / "multi_logieval" / "data"
+    return load_items(f"multi-logieval:{folder}"), load_items(f"multi-logieval:{folder}?debias=1")
+
+
+def _other_statement_only_accuracy(items: list) -> float:
+    """A statement-only classifier of another kind than the audit's: word unigrams and bigrams,
+    naive Bayes, 5-fold."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.model_selection import cross_val_score
+    from sklearn.naive_bayes import MultinomialNB
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(CountVectorizer(ngram_range=(1, 2)), MultinomialNB())
+    x, y = [it.statement for it in items], [it.label for it in items]
+    return float(cross_val_score(model, x, y, cv=5).mean())
+
+
+def test_multi_logieval_wording_gives_the_label_raw(multi_logieval: tuple) -> None:
+    raw, _ = multi_logieval
+    rules: dict[tuple, set] = defaultdict(set)
+    for it in raw:
+        rules[(it.meta["logic"], it.meta["depth"], it.meta["rule"])].add(it.label)
+    assert sum(len(labels) == 1 for labels in rules.values()) == 93 and len(rules) == 104
+    report = audit_items(_balanced(raw))
+    assert report.flagged and report.statement_only_accuracy >= 0.65
+
+
+def test_debiased_multi_logieval_is_at_chance_for_the_statement_alone(
+    multi_logieval: tuple,
+) -> None:
+    raw, items = multi_logieval
+    assert 300 < len(items) < len(raw) and all(it.meta["debiased"] for it in items)
+    assert {it.id for it in items} <= {it.id for it in raw}
+    strata = Counter((it.meta["logic"], it.meta["depth"], it.label) for it in items)
+    for (logic, depth, _), count in strata.items():  # labels balanced per family and depth
+        assert strata[(logic, depth, "True")] == strata[(logic, depth, "False")] == count
+    assert {it.meta["depth"] for it in items} == {1, 2, 3, 4, 5}
+    report = audit_items(items)
+    assert not report.flagged
+    for seed in (0, 1, 2):  # the audit's own classifier, on other folds too
+        accuracy = audit_items(items, seed=seed).statement_only_accuracy
+        assert accuracy is not None and 0.42 <= accuracy <= 0.58, seed
+    assert _other_statement_only_accuracy(items) < 0.6
+    assert _other_statement_only_accuracy(_balanced(raw)) >= 0.65
+
+
+def _balanced(items: list) -> list:
+    trues = [it for it in items if it.label == "True"]
+    falses = [it for it in items if it.label == "False"]
+    return trues[: len(falses)] + falses

@@ -78,6 +78,38 @@ def test_evaluate_reports_on_the_evaluation_split_only(tmp_path):
     assert head_name(*SIGNAL) in summary_markdown(report)
 
 
+def test_evaluate_by_meta_fields_adds_up_to_the_whole(tmp_path, shared_data):
+    """Real Multi-LogiEval items (planted scores, no model): every method's accuracy per
+    depth, rule and logic family, with intervals, in the report, the file and the summary."""
+    from qkscore.data import load_items
+    from qkscore.schemas import Evaluation
+
+    spec = f"multi-logieval:{shared_data / 'multi_logieval' / 'data'}?sample=400&balance=1"
+    run = make_run(tmp_path / "run", items_from=load_items(spec), controls=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = calibrate(run, calib_size=200, reader="head")
+    by = ("depth", "rule", "logic", "no_such_field")
+    report = evaluate(run, profile, n_boot=100, by=by, out=tmp_path / "evaluation.json")
+    assert list(report["by"]) == list(by)
+    n_eval = report["n_eval"]
+    for field, methods in report["by"].items():
+        assert set(methods) == set(report["methods"])
+        for key, groups in methods.items():
+            assert sum(g["n"] for g in groups.values()) == n_eval, (field, key)
+            overall = sum(g["value"] * g["n"] for g in groups.values()) / n_eval
+            assert overall == pytest.approx(report["methods"][key]["accuracy"]["value"])
+            assert all(g["low"] <= g["value"] <= g["high"] for g in groups.values())
+    assert list(report["by"]["depth"]["head"]) == ["1", "2", "3", "4", "5"]
+    assert set(report["by"]["logic"]["shallow"]) == {"fol", "nm", "pl"}
+    assert list(report["by"]["no_such_field"]["head"]) == ["(none)"]
+    saved = Evaluation.load(tmp_path / "evaluation.json")
+    assert saved.by["depth"]["head"]["3"].n == report["by"]["depth"]["head"]["3"]["n"]
+    text = summary_markdown(report)
+    assert "Accuracy [95% CI] by `rule`:" in text and "| logic | n |" in text
+    assert "shallow matching" in text.split("by `depth`")[1]
+
+
 def test_shortcut_head_is_flagged_by_the_ablated_control(tmp_path):
     run = make_run(tmp_path / "run", shortcut=True)
     with warnings.catch_warnings():

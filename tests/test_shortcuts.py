@@ -14,7 +14,9 @@ import pytest
 
 from qkscore.data.items import Item
 from qkscore.data.negation import has_negation
-from qkscore.data.shortcuts import audit_items
+from qkscore.data.shortcuts import audit_items, shallow_out_of_fold, statement_out_of_fold
+from qkscore.data.spec import load_items
+from qkscore.decision import decide
 
 PARARULE_D2_DEV = "pararule_plus/Depth2/PARARULE_Plus_Depth2_shuffled_dev.jsonl"
 
@@ -60,6 +62,60 @@ def test_prontoqa_passes(shared_data: Path) -> None:
     report = audit_items(items)
     assert report.statement_only_accuracy is not None
     assert report.statement_only_accuracy < 0.65 and not report.flagged
+
+
+OOD = "prontoqa/ood_proofs_only_8shot"
+
+
+def test_prontoqa_ood_and_elim_is_flagged_twice(shared_data: Path) -> None:
+    """1-hop AndElim: every goal is plain (so "not" marks the False item) and its words stand in
+    one context sentence ("Fae is a tumpus and a grimpus." -> "Fae is a grimpus.")."""
+    items = load_items(f"prontoqa-ood:{shared_data / OOD / '1hop_AndElim_random_noadj.json'}")
+    report = audit_items(items)
+    assert report.flagged and report.label_counts == {"False": 100, "True": 100}
+    assert report.statement_only_accuracy == 1.0 and report.shallow_accuracy == 1.0
+    assert report.cues[0][:2] == ("not", "False")
+    assert any("shallow" in reason for reason in report.reasons)
+    # the debiased variant has no plain/negated mirror to keep
+    assert load_items(f"prontoqa-ood:{shared_data / OOD / '1hop_AndElim_random_noadj.json'}"
+                      "?debias=1") == []  # fmt: skip
+
+
+def test_prontoqa_ood_debias_removes_the_statement_cue_not_shallow_matching(
+    shared_data: Path,
+) -> None:
+    spec = f"prontoqa-ood:{shared_data / OOD / '*.json'}"
+    raw, debiased = audit_items(load_items(spec)), audit_items(load_items(spec + "?debias=1"))
+    assert raw.statement_only_accuracy is not None and raw.statement_only_accuracy >= 0.65
+    assert debiased.statement_only_accuracy is not None
+    assert debiased.statement_only_accuracy < 0.55 and debiased.negation_gap == 0.0
+    # The sets have no distractor sentences: word overlap and polarity still give the label.
+    assert debiased.flagged and debiased.shallow_accuracy is not None
+    assert debiased.shallow_accuracy >= 0.65
+    for path in sorted((shared_data / OOD).glob("*.json")):
+        items = load_items(f"prontoqa-ood:{path}?debias=1")
+        if items:
+            report = audit_items(items)
+            assert report.statement_only_accuracy is not None, path.name
+            assert report.statement_only_accuracy < 0.65, path.name
+    proofs_only = audit_items(load_items(f"prontoqa-ood:{shared_data / OOD}/*ProofsOnly*.json"
+                                         "?debias=1"))  # fmt: skip
+    assert proofs_only.shallow_accuracy == 1.0 and proofs_only.flagged
+
+
+def test_out_of_fold_predictions_match_the_reports_folds(shared_data: Path) -> None:
+    items = load_items(f"prontoqa-ood:{shared_data / OOD / '2hop_Composed_random_noadj.json'}")
+    report = audit_items(items)
+    proba = shallow_out_of_fold(items)
+    assert proba is not None and proba.shape == (len(items), 2)
+    y = [it.answer_index for it in items]
+    shallow = float((decide(proba) == y).mean())
+    assert shallow == pytest.approx(report.shallow_accuracy, abs=0.02)  # mean of equal folds
+    labels = statement_out_of_fold(items)
+    assert labels is not None and set(labels) <= {"True", "False"}
+    accuracy = sum(p == it.label for p, it in zip(labels, items, strict=True)) / len(items)
+    assert accuracy == pytest.approx(report.statement_only_accuracy, abs=0.02)
+    assert statement_out_of_fold(items[:3]) is None and shallow_out_of_fold(items[:3]) is None
 
 
 def _tf(i: int, statement: str, label: str, context: str = "") -> Item:

@@ -354,6 +354,7 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     out: str | Path | None = None,
+    by: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score every reader of the profile and the fair baselines on the evaluation items.
 
@@ -363,18 +364,23 @@ def evaluate(
     ``label`` (the reader's :meth:`~qkscore.estimators.protocol.Reader.label`). Every
     reader is also scored under each control scan the run holds.
 
+    ``by`` names item metadata fields (``depth``, ``rule``, ``logic`` ...): ``report["by"][field]
+    [method][value]`` is each method's accuracy with a bootstrap interval and ``n`` on the items
+    with that value (items without it form the group ``"(none)"``, so the groups add up to
+    ``n_eval``).
+
     ``out`` (an ``evaluation.json`` path) writes the report, validated
     (:class:`qkscore.schemas.Evaluation`), and beside it the per-item verdicts of every method:
     ``predictions.jsonl`` always, ``predictions.parquet`` when pyarrow is installed.
     """
-    report, rows = _evaluate(run_path, profile, n_boot, seed)
+    report, rows = _evaluate(run_path, profile, n_boot, seed, by)
     if out is not None:
         write_evaluation(out, report, rows)
     return report
 
 
 def _evaluate(
-    run_path: str | Path, profile: Profile | str | Path, n_boot: int, seed: int
+    run_path: str | Path, profile: Profile | str | Path, n_boot: int, seed: int, by: Sequence[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The evaluation report and its per-item prediction rows."""
     run = RunFolder(run_path)
@@ -453,6 +459,13 @@ def _evaluate(
         for k in preds
         if kinds[k] == "reader" or k in ("model_answer", "model_margin")
     }
+    by_field = {
+        field: {
+            k: stats.accuracy_by_group(preds[k], labels, meta_list, field, n_boot, seed=seed)
+            for k in preds
+        }
+        for field in dict.fromkeys(by)
+    }
     controls = {}
     for control in control_names():
         if run.has(control):
@@ -493,6 +506,7 @@ def _evaluate(
             "methods": methods,
             "mcnemar": tests,
             "breakdowns": breakdowns,
+            "by": by_field,
             "controls": controls,
             "notes": notes,
             "calibration": {

@@ -329,6 +329,8 @@ class Evaluation(Output):
     #: McNemar records (:class:`Comparison`); files made before them key each by "a vs b"
     mcnemar: list[Comparison] | dict[str, dict[str, Any]] = []
     breakdowns: dict[str, Any] = {}
+    #: ``evaluate(by=...)``: field -> method -> field value -> accuracy with its interval
+    by: dict[str, dict[str, dict[str, Interval]]] = {}
     controls: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     calibration: dict[str, Any] = {}

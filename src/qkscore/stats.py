@@ -30,6 +30,8 @@ __all__ = [
     "balanced_accuracy",
     "binary_head_table",
     "bootstrap_ci",
+    "MISSING_GROUP",
+    "accuracy_by_group",
     "breakdown",
     "head_diffs",
     "majority_baseline",
@@ -431,6 +433,46 @@ def breakdown(
                 v: {"n": len(idx), "accuracy": float(np.mean(correct[idx]))}
                 for v, idx in sorted(groups.items(), key=lambda kv: _value_order(kv[0]))
             }
+    return out
+
+
+#: The group of items that lack the field a breakdown is by, so the groups add up to the whole.
+MISSING_GROUP = "(none)"
+
+
+def accuracy_by_group(
+    pred: Any,
+    labels: Any,
+    meta_list: Iterable[Any],
+    field: str,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int | None = 0,
+) -> dict[str, dict[str, Any]]:
+    """Accuracy with a ``1 - alpha`` bootstrap interval per value of one metadata field:
+    ``result[str(value)] = {"value", "low", "high", "n"}``.
+
+    Unlike :func:`breakdown`, every item lands in a group (those without the field, or with
+    ``None``, in :data:`MISSING_GROUP`), so the ``n`` add up to the number of items; groups are
+    ordered like :func:`breakdown`'s, the missing group last. Each group resamples its own items
+    with the same seed, so two methods' intervals on one group are paired.
+    """
+    p, y = _pair(pred, labels)
+    metas = [_meta_of(m) for m in meta_list]
+    if len(metas) != p.shape[0]:
+        raise ValueError(f"{len(metas)} metadata entries for {p.shape[0]} predictions")
+    groups: dict[str, list[int]] = {}
+    for i, meta in enumerate(metas):
+        value = meta.get(field)
+        groups.setdefault(MISSING_GROUP if value is None else str(value), []).append(i)
+
+    def order(kv: tuple[str, list[int]]) -> tuple[bool, tuple[int, float, str]]:
+        return kv[0] == MISSING_GROUP, _value_order(kv[0])
+
+    out: dict[str, dict[str, Any]] = {}
+    for value, idx in sorted(groups.items(), key=order):
+        ci = bootstrap_ci(accuracy, p[idx], y[idx], n_boot=n_boot, alpha=alpha, seed=seed)
+        out[value] = {"value": ci.point, "low": ci.low, "high": ci.high, "n": len(idx)}
     return out
 
 

@@ -340,13 +340,19 @@ def evaluate(
         help="Also write the JSON report, with predictions.jsonl (and .parquet) beside it.",
     ),
     n_boot: int = typer.Option(1000, min=1, help="Bootstrap resamples for the intervals."),
+    by: list[str] = typer.Option(
+        [],
+        "--by",
+        help="Also break every method's accuracy down by this item meta field (depth, rule, "
+        "logic ...), with 95% intervals; repeat for several fields.",
+    ),
 ) -> None:
     """Report the head against the model's own answer, never on calibration items."""
     console = _console()
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
 
-    report = run_evaluate(run, profile, n_boot=n_boot, out=out)
+    report = run_evaluate(run, profile, n_boot=n_boot, out=out, by=by)
     if as_json:
         _echo_json(report)
     else:

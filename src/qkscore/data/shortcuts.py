@@ -26,8 +26,17 @@ from typing import Any
 
 from qkscore.data.items import Item
 from qkscore.data.negation import has_negation
+from qkscore.decision import decide
 
-__all__ = ["AuditReport", "ShortcutReport", "audit_items", "find_shortcuts"]
+__all__ = [
+    "AuditReport",
+    "ShortcutReport",
+    "audit_items",
+    "find_shortcuts",
+    "shallow_out_of_fold",
+    "statement_model",
+    "statement_out_of_fold",
+]
 
 
 @dataclass
@@ -173,14 +182,12 @@ def find_shortcuts(
                     f"folds reduced from {folds} to {folds_used}: the rarest label has "
                     f"only {smallest} items"
                 )
-            groups: list[str] | None = None
-            if group_by_context:
-                distinct = len({it.context for it in items})
-                if distinct >= folds_used * 2:
-                    groups = [it.context for it in items]
-                    grouped = distinct < n
-                else:
-                    notes.append(f"only {distinct} distinct contexts: folds not grouped by context")
+            groups = _context_groups(items, folds_used) if group_by_context else None
+            distinct = len({it.context for it in items})
+            if groups is not None:
+                grouped = distinct < n
+            elif group_by_context:
+                notes.append(f"only {distinct} distinct contexts: folds not grouped by context")
             fold_acc, top_words, cues = _cross_validate(
                 texts, labels, folds_used, seed, top_k, groups
             )
@@ -257,6 +264,18 @@ def _shallow_cross_validate(
     items: Sequence[Item], folds: int, seed: int, groups: Sequence[str] | None
 ) -> list[float] | None:
     """Fold accuracies of the shallow matcher (None where it does not apply)."""
+    oof = _shallow_folds(items, folds, seed, groups)
+    if oof is None:
+        return None
+    proba, fold = oof
+    correct = decide(proba) == [it.answer_index for it in items]
+    return [float(correct[fold == f].mean()) for f in range(folds)]
+
+
+def _shallow_folds(
+    items: Sequence[Item], folds: int, seed: int, groups: Sequence[str] | None
+) -> tuple[Any, Any] | None:
+    """Out-of-fold option probabilities of the shallow matcher and each item's fold."""
     import numpy as np
 
     from qkscore.data.shallow import ShallowMatcher, supports_shallow
@@ -264,11 +283,92 @@ def _shallow_cross_validate(
     if not supports_shallow(items):
         return None
     y = np.array([it.answer_index for it in items])
-    accs = []
-    for train, test in _splits(y, folds, seed, groups):
+    proba = np.zeros((len(items), len(items[0].options)))
+    fold = np.full(len(items), -1)
+    for f, (train, test) in enumerate(_splits(y, folds, seed, groups)):
         clf = ShallowMatcher(random_state=seed).fit([items[i] for i in train], y[train])
-        accs.append(float((clf.predict([items[i] for i in test]) == y[test]).mean()))
-    return accs
+        p = clf.predict_proba([items[i] for i in test])
+        proba[test, : p.shape[1]] = p
+        fold[test] = f
+    return proba, fold
+
+
+def shallow_out_of_fold(items: Sequence[Item], folds: int = 5, seed: int = 0) -> Any | None:
+    """Cross-validated option probabilities ``[items, options]`` of shallow matching, each item
+    scored by a matcher fitted without it (or its context), with the folds of
+    :func:`find_shortcuts`; None where shallow matching does not apply. For intervals and AUROC
+    (``qkscore.stats``) on top of the audit's mean fold accuracy."""
+    items = list(items)
+    folds_used = _folds_for(items, folds)
+    if folds_used is None:
+        return None
+    groups = _context_groups(items, folds_used)
+    oof = _shallow_folds(items, folds_used, seed, groups)
+    return None if oof is None else oof[0]
+
+
+def _context_groups(items: Sequence[Item], folds: int) -> list[str] | None:
+    """Folds keep a context whole when there are enough distinct contexts to do so."""
+    return [it.context for it in items] if len({it.context for it in items}) >= folds * 2 else None
+
+
+def statement_model() -> Any:
+    """The statement-only classifier: bag of words, logistic regression."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    # Single-letter tokens too: "a" vs "an" or a lone option letter can be a cue.
+    return make_pipeline(
+        CountVectorizer(token_pattern=r"(?u)\b\w+\b", lowercase=True),
+        LogisticRegression(max_iter=2000),
+    )
+
+
+def _statement_folds(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    folds: int,
+    seed: int,
+    groups: Sequence[str] | None,
+) -> tuple[Any, Any]:
+    """Out-of-fold labels of the statement-only classifier and each item's fold."""
+    import numpy as np
+
+    x = np.asarray(texts, dtype=object)
+    y = np.asarray(labels, dtype=object)
+    pred = np.empty(len(y), dtype=object)
+    fold = np.full(len(y), -1)
+    for f, (train, test) in enumerate(_splits(y, folds, seed, groups)):
+        pred[test] = statement_model().fit(x[train], y[train]).predict(x[test])
+        fold[test] = f
+    return pred, fold
+
+
+def statement_out_of_fold(
+    items: Sequence[Item], folds: int = 5, seed: int = 0, *, include_options: bool = True
+) -> list[str] | None:
+    """The statement-only classifier's cross-validated label for every item (each predicted by
+    a classifier fitted without it or its context, with the folds of :func:`find_shortcuts`),
+    for breakdowns by depth or rule; None when the set is too small to cross-validate."""
+    items = list(items)
+    folds_used = _folds_for(items, folds)
+    if folds_used is None:
+        return None
+    texts = [_input_text(it, include_options) for it in items]
+    pred, _ = _statement_folds(
+        texts, [it.label for it in items], folds_used, seed, _context_groups(items, folds_used)
+    )
+    return [str(p) for p in pred]
+
+
+def _folds_for(items: Sequence[Item], folds: int) -> int | None:
+    """The folds :func:`find_shortcuts` would use (fewer for a rare label), or None."""
+    counts = Counter(it.label for it in items)
+    folds_used = min(folds, min(counts.values(), default=0))
+    if len(counts) < 2 or folds_used < 2 or len(items) < folds:
+        return None
+    return folds_used
 
 
 def _cross_validate(
@@ -282,25 +382,12 @@ def _cross_validate(
     """Fold accuracies; the top words per label and the strongest cues overall, from a model
     refit on all items."""
     import numpy as np
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
 
-    def model() -> Any:
-        # Single-letter tokens too: "a" vs "an" or a lone option letter can be a cue.
-        return make_pipeline(
-            CountVectorizer(token_pattern=r"(?u)\b\w+\b", lowercase=True),
-            LogisticRegression(max_iter=2000),
-        )
-
-    x = np.asarray(texts, dtype=object)
     y = np.asarray(labels, dtype=object)
-    accs: list[float] = []
-    for train, test in _splits(y, folds, seed, groups):
-        clf = model().fit(x[train], y[train])
-        accs.append(float((clf.predict(x[test]) == y[test]).mean()))
+    pred, fold = _statement_folds(texts, labels, folds, seed, groups)
+    accs = [float((pred[fold == f] == y[fold == f]).mean()) for f in range(folds)]
 
-    full = model().fit(x, y)
+    full = statement_model().fit(np.asarray(texts, dtype=object), y)
     vec, lr = full.steps[0][1], full.steps[1][1]
     vocab = vec.get_feature_names_out()
     top: dict[str, list[tuple[str, float]]] = {}

@@ -104,9 +104,37 @@ def summary_markdown(report: dict[str, Any]) -> str:
                 + " | ".join(number(acc.get(m)) for m in methods)
                 + f" | {'SHORTCUT?' if c['flagged'] else 'ok'} |"
             )
+    for field, methods in (report.get("by") or {}).items():
+        lines += ["", *group_table(report, field, methods)]
     for note in report.get("notes") or []:
         lines += ["", f"Note: {note}"]
     return "\n".join(lines)
+
+
+#: Baselines a by-field table shows beside the readers, in this order.
+GROUP_BASELINES = ("model_margin", "hidden_probe", "shallow", "model_answer")
+
+
+def group_table(report: dict[str, Any], field: str, by_method: dict[str, Any]) -> list[str]:
+    """Accuracy [95% CI] per value of ``field`` (``evaluate --by FIELD``): the chosen reader,
+    the other readers, then the fair baselines; a row per value with its item count."""
+    methods = report["methods"]
+    chosen = _chosen(report)
+    readers = [k for k, m in methods.items() if m.get("kind") == "reader" and k != chosen]
+    shown = [k for k in (chosen, *readers, *GROUP_BASELINES) if k in by_method]
+    values = list(dict.fromkeys(v for k in shown for v in by_method[k]))
+    names = [methods[k].get("label", k) + (" (chosen)" if k == chosen else "") for k in shown]
+    lines = [
+        f"Accuracy [95% CI] by `{field}`:",
+        "",
+        f"| {field} | n | " + " | ".join(names) + " |",
+        "|---|---:|" + "---|" * len(shown),
+    ]
+    for value in values:
+        cells = [by_method[k].get(value) for k in shown]
+        n = next((c["n"] for c in cells if c), 0)
+        lines.append(f"| {value} | {n} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    return lines
 
 
 #: "Beats" is said only when McNemar's test rejects equal accuracy at this level.

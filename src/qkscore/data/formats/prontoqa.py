@@ -1,10 +1,15 @@
-"""ProntoQA (True/False) and PrOntoQA-OOD ("Prove: X.") JSON, and ProntoQA few-shot examples."""
+"""ProntoQA (True/False) and PrOntoQA-OOD ("Prove: X.") JSON, and ProntoQA few-shot examples.
+
+PrOntoQA-OOD goals become goal/negation pairs; ``debias=1`` keeps shape-matched pairs only
+(see :func:`_load_prontoqa_ood` and :mod:`qkscore.data.matched`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ from qkscore.data.formats.helpers import (
     strip_prefix,
 )
 from qkscore.data.items import DataError, Item, normalize_label
+from qkscore.data.matched import match_pairs
 from qkscore.data.negation import negate
 from qkscore.data.spec import DataSpec
 
@@ -149,9 +155,42 @@ def _load_prontoqa(spec: DataSpec, ctx: LoadContext) -> Iterator[Item]:
     return _prontoqa_load(spec, ctx, ood=False)
 
 
-@loader("prontoqa-ood", "PrOntoQA-OOD 'Prove: X.' JSON: X (True) and its negation (False)")
+def _shape_matched(items: Iterable[Item], seed: int) -> list[Item]:
+    """The goal/negation pairs of :func:`qkscore.data.matched.match_pairs`, matched per file."""
+    by_pair: dict[str, list[Item]] = {}
+    for item in items:
+        by_pair.setdefault(item.meta["pair"], []).append(item)
+    pairs = [(p[0], p[1]) for p in by_pair.values()]
+    kept = match_pairs(pairs, seed=seed, stratum=[t.meta["file"] for t, _ in pairs])
+    return [
+        dataclasses.replace(it, meta={**it.meta, "debiased": True}) for pair in kept for it in pair
+    ]
+
+
+@loader(
+    "prontoqa-ood",
+    "PrOntoQA-OOD 'Prove: X.' JSON: X (True) and its negation (False); debias=1 keeps "
+    "shape-matched pairs (negation says nothing about the label)",
+    params=("debias",),
+)
 def _load_prontoqa_ood(spec: DataSpec, ctx: LoadContext) -> Iterator[Item]:
-    return _prontoqa_load(spec, ctx, ood=True)
+    """Every "Prove: X." example gives a pair: X (True: the generator proved it) and
+    :func:`~qkscore.data.negation.negate` of X (False: it contradicts a provable statement).
+    The pair shares its context and its content words, so the set is label-balanced by
+    construction (``balance=1`` changes nothing) and the in-context examples are ignored
+    (:func:`prontoqa_shots` returns them).
+
+    Raw, each file leaks its label through the wording: goals of one file mostly share a
+    polarity (every 1-hop AndElim goal is plain, every ProofByContra goal negated), so "not"
+    alone predicts the label. ``debias=1`` keeps, per file, only pairs whose statement shapes
+    are mirrored by other pairs (:mod:`qkscore.data.matched`): then each shape, negated or not,
+    is True as often as False and the statement-only audit (``qkscore data shortcuts``) is at
+    chance. Files with goals of one polarity only keep nothing. The seed is ``seed`` (0).
+    Shallow matching (context-statement word overlap) is untouched by this: the sets have no
+    distractor sentences, so check it with the same audit.
+    """
+    items = _prontoqa_load(spec, ctx, ood=True)
+    return _shape_matched(items, spec.get_int("seed", 0)) if spec.get_bool("debias") else items
 
 
 def prontoqa_shots(path: str | Path, record: str | None = None) -> list[Item]:
