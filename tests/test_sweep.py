@@ -112,3 +112,134 @@ def test_sweep_refuses_bad_settings_before_loading_the_model(
         sweep("smollm2-135m", SPEC, tmp_path / "out", grid, calib_size=calib_size,
               progress=False, log=lambda *_: None)  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+# ---- shared passes (issue 20) ----------------------------------------------
+
+PRONTOQA = "prontoqa:../shared/data/prontoqa/truefalse_0shot/1hop_0shot_random.json"
+
+
+def _quiet(**kwargs):
+    return {"progress": False, "log": lambda *_: None, **kwargs}
+
+
+def _options(**kwargs):
+    from qkscore.scanning import ScanOptions
+
+    return ScanOptions(**_quiet(**kwargs))
+
+
+class _PassCounter:
+    """Counts forward passes: every call of the extraction function scoring makes."""
+
+    def __init__(self, monkeypatch):
+        import qkscore.scoring
+
+        self.calls = 0
+        real = qkscore.scoring.extract
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(qkscore.scoring, "extract", counted)
+
+    def take(self) -> int:
+        calls, self.calls = self.calls, 0
+        return calls
+
+
+def _arrays(run: RunFolder) -> dict:
+    import numpy as np
+
+    return {n: np.load(run.array_path("main", n)) for n in ("scores", "baseline", "hidden")}
+
+
+def test_settings_with_the_same_tokens_share_one_pass_and_equal_solo_scans(
+    smollm2, tmp_path, monkeypatch
+):
+    """statement_anchor last/last_word and the last-option scheme render the same tokens: one
+    pass scores all three, and each folder equals its solo scan in float32, to the bit."""
+    import numpy as np
+
+    from qkscore.scanning import ScanRequest, scan_shared
+
+    data = f"{PRONTOQA}?limit=10"
+    templates = {
+        "last": get_template("answer-statement"),
+        "word": get_template("answer-statement", statement_anchor="last_word"),
+        "option": get_template("last-option"),
+    }
+    counter = _PassCounter(monkeypatch)
+    requests = [ScanRequest(t, tmp_path / "shared" / k) for k, t in templates.items()]
+    runs = scan_shared(smollm2, data, requests, _options(batch_size=4, chunk_size=6))
+    shared_calls = counter.take()
+    metas = [run.meta() for run in runs]
+    assert len({m["shared_pass"]["id"] for m in metas}) == 1
+    assert sorted(metas[0]["shared_pass"]["folders"]) == sorted(str(r.path) for r in runs)
+    assert metas[0]["shared_pass"]["seconds"] == metas[0]["scans"]["main"]["seconds"] > 0
+    for (key, template), run in zip(templates.items(), runs):
+        solo = scan(smollm2, data, template, tmp_path / "solo" / key, batch_size=4, chunk_size=6,
+                    **_quiet())  # fmt: skip
+        assert counter.take() == shared_calls  # the shared pass cost what one scan costs
+        assert "shared_pass" not in solo.meta()
+        assert solo.items() == run.items()
+        for name, array in _arrays(solo).items():
+            np.testing.assert_array_equal(_arrays(run)[name], array, err_msg=f"{key} {name}")
+    last, word = (_arrays(r)["scores"] for r in runs[:2])
+    assert not np.allclose(last, word)  # the anchors read other keys
+
+
+def test_fewshot_answers_split_letters_and_words_into_two_passes(smollm2, tmp_path, monkeypatch):
+    """0-shot letters and words share the text; with 3 shots the shown answers differ."""
+    from qkscore.scanning import ScanRequest, scan_shared
+
+    requests = [
+        ScanRequest(
+            get_template("answer-statement", baseline_tokens=tokens),
+            tmp_path / f"{k}{tokens}",
+            num_fewshot=k,
+        )  # fmt: skip
+        for k in (0, 3)
+        for tokens in ("letters", "words")
+    ]
+    counter = _PassCounter(monkeypatch)
+    runs = scan_shared(smollm2, f"{PRONTOQA}?limit=12", requests, _options())
+    metas = [run.meta() for run in runs]
+    assert metas[0]["shared_pass"]["id"] == metas[1]["shared_pass"]["id"]
+    assert "shared_pass" not in metas[2] and "shared_pass" not in metas[3]
+    assert counter.take() == 3 * 2  # three passes of two batches (12 items, batch 8)
+
+
+def test_a_shared_pass_killed_midway_resumes_every_folder(smollm2, tmp_path, monkeypatch):
+    import numpy as np
+
+    from qkscore.scanning import ScanRequest, scan_shared
+
+    data = f"{PRONTOQA}?limit=8"
+    templates = [
+        get_template("answer-statement", statement_anchor=a) for a in ("last", "last_word")
+    ]
+
+    def requests(root):
+        return [ScanRequest(t, root / t.statement_anchor) for t in templates]
+
+    whole = scan_shared(smollm2, data, requests(tmp_path / "whole"), _options(chunk_size=4))
+    real, written = RunFolder.write_chunk, []
+
+    def dies_after_three(self, *args, **kwargs):
+        if len(written) == 3:
+            raise KeyboardInterrupt("killed")
+        written.append(self.path)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunFolder, "write_chunk", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        scan_shared(smollm2, data, requests(tmp_path / "killed"), _options(chunk_size=4))
+    monkeypatch.setattr(RunFolder, "write_chunk", real)
+    counter = _PassCounter(monkeypatch)
+    resumed = scan_shared(smollm2, data, requests(tmp_path / "killed"), _options(chunk_size=4))
+    assert counter.take() == 1  # the one chunk a folder lacked, scored once for both
+    for a, b in zip(whole, resumed):
+        for name, array in _arrays(a).items():
+            np.testing.assert_array_equal(_arrays(b)[name], array)
