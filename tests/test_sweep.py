@@ -95,8 +95,9 @@ def test_sweep_ranks_on_calibration_cv_and_resumes(smollm2, tmp_path):
         ("template=nosuch", 32, "unknown template 'nosuch'"),
         ("template=answer-statement", 4, "at least 5 items of each option"),
         ("template=answer-statement;num_fewshot=0,3", 48, "leaves no items to evaluate"),
+        ("option_style=plain;baseline_tokens=letters", 32, "every setting of the grid is imp"),
     ],
-    ids=["template", "calib-size 4", "calib-size of every item"],
+    ids=["template", "calib-size 4", "calib-size of every item", "every cell impossible"],
 )
 def test_sweep_refuses_bad_settings_before_loading_the_model(
     monkeypatch, tmp_path, grid, calib_size, words
@@ -114,9 +115,10 @@ def test_sweep_refuses_bad_settings_before_loading_the_model(
     assert not (tmp_path / "out").exists()
 
 
-# ---- shared passes (issue 20) ----------------------------------------------
+# ---- template axes and shared passes (issue 20) ----------------------------------------------
 
 PRONTOQA = "prontoqa:../shared/data/prontoqa/truefalse_0shot/1hop_0shot_random.json"
+AXES = "statement_anchor=last,last_word;option_style=letters,plain;baseline_tokens=letters,words"
 
 
 def _quiet(**kwargs):
@@ -153,6 +155,22 @@ def _arrays(run: RunFolder) -> dict:
     import numpy as np
 
     return {n: np.load(run.array_path("main", n)) for n in ("scores", "baseline", "hidden")}
+
+
+def test_parse_grid_template_axes_keep_old_grids_and_their_folders():
+    from qkscore.sweep import _slug
+
+    grid = parse_grid("statement_anchor;option_style=plain;baseline_tokens=words")
+    assert grid["statement_anchor"] == ["last", "last_word"]
+    assert grid["option_style"] == ["plain"] and grid["baseline_tokens"] == ["words"]
+    old = parse_grid("template=answer-statement")
+    assert old["statement_anchor"] == old["option_style"] == old["baseline_tokens"] == [None]
+    setting = {k: v[0] for k, v in old.items()}
+    assert _slug(setting) == "answer-statement_prerope_plain_0shot_inorder"
+    named = _slug({**setting, "statement_anchor": "last_word", "baseline_tokens": "words"})
+    assert named.endswith("_inorder_anchor-lastword_answers-words")
+    with pytest.raises(ValueError, match="not one of letters, plain"):
+        parse_grid("option_style=bullets")
 
 
 def test_settings_with_the_same_tokens_share_one_pass_and_equal_solo_scans(
@@ -243,3 +261,95 @@ def test_a_shared_pass_killed_midway_resumes_every_folder(smollm2, tmp_path, mon
     for a, b in zip(whole, resumed):
         for name, array in _arrays(a).items():
             np.testing.assert_array_equal(_arrays(b)[name], array)
+
+
+@pytest.fixture(scope="module")
+def axes_sweep(smollm2, tmp_path_factory):
+    """A sweep over every template axis: 8 combinations, 2 impossible (letter answers with
+    plain options), 6 cells in 2 passes; the forward passes it made are counted."""
+    import qkscore.scoring
+
+    out = tmp_path_factory.mktemp("axes") / "sweep"
+    data = f"{PRONTOQA}?limit=48"
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        real = qkscore.scoring.extract
+        mp.setattr(qkscore.scoring, "extract", lambda *a, **k: calls.append(1) or real(*a, **k))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = sweep(smollm2, data, out, AXES, calib_size=32, n_boot=50, **_quiet())
+        swept = len(calls)
+        scan(smollm2, data, "answer-statement", out.parent / "solo", **_quiet())
+    return {"out": out, "data": data, "result": result, "calls": swept, "solo": len(calls) - swept}
+
+
+def test_sweep_runs_one_pass_per_prompt_text_and_skips_impossible_cells(axes_sweep):
+    result, out = axes_sweep["result"], axes_sweep["out"]
+    assert result["n_cells"] == 6 and result["n_passes"] == 2
+    assert axes_sweep["calls"] == 2 * axes_sweep["solo"]
+    skipped = {c["setting"] for c in result["skipped"]}
+    assert len(skipped) == 2 and all("options-plain_answers-letters" in s for s in skipped)
+    assert all("option_style='letters'" in c["reason"] for c in result["skipped"])
+    passes = {}
+    for cell in result["cells"]:
+        meta = RunFolder(out / cell["setting"] / "run").meta()
+        assert meta["shared_pass"]["id"] == cell["shared_pass"]
+        passes.setdefault(cell["shared_pass"], set()).add(cell["setting"])
+        assert cell["scan_seconds"] == meta["scans"]["main"]["seconds"]
+    assert sorted(len(p) for p in passes.values()) == [2, 4]
+    for settings in passes.values():  # plain options make another text than letter options
+        assert len({"options-plain" in s for s in settings}) == 1
+
+
+def test_sweep_leaderboard_puts_baselines_beside_each_cell_and_reads_at_80_columns(axes_sweep):
+    result, out = axes_sweep["result"], axes_sweep["out"]
+    cv = [row["cv_auroc"] for row in result["rows"]]
+    assert cv == sorted(cv, reverse=True) and result["chosen"] == result["rows"][0]
+    for cell in result["cells"]:
+        names = set(cell["figures"])
+        assert {"model margin", "hidden probe"} <= names
+        assert any(n.startswith("paper head L") for n in names)
+        assert any(n.startswith("head by AUROC L") for n in names)
+        assert any(n == f"reader {cell['reader']}" for n in names)
+        for figure in cell["figures"].values():
+            assert figure["accuracy"]["low"] <= figure["accuracy"]["value"] <= 1
+    saved = json.loads((out / "leaderboard.json").read_text())
+    assert saved["n_passes"] == 2 and len(saved["skipped"]) == 2
+    md = (out / "leaderboard.md").read_text()
+    assert "6 cells scanned in 2 forward passes; 2 skipped" in md
+    assert max(len(line) for line in md.splitlines() if not line.startswith("Data:")) <= 80
+    assert "- c3 answer-statement prerope plain 0shot inorder anchor-last" in md
+
+
+def test_template_axes_round_trip_through_run_profile_and_check(axes_sweep):
+    """`qkscore check` rebuilds the template from the profile: its verdict reads the same
+    anchor, option lines and answer tokens as the scan (equal QK-scores and model answer)."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from qkscore.cli import app
+    from qkscore.profile import Profile
+
+    out = axes_sweep["out"]
+    slug = (
+        "answer-statement_prerope_plain_0shot_inorder_anchor-lastword_options-plain_answers-words"
+    )
+    axes = {"statement_anchor": "last_word", "option_style": "plain", "baseline_tokens": "words"}
+    run = RunFolder(out / slug / "run")
+    profile = Profile.load(out / slug / "profile.json")
+    for recorded in (run.meta()["template"], profile.data["template"]):
+        assert {k: recorded[k] for k in axes} == axes
+    item = load_items(axes_sweep["data"])[0]
+    args = ["check", "-p", str(out / slug / "profile.json"), "-c", item.context,
+            "-s", item.statement, "--json"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    verdict = json.loads(res.stdout[res.stdout.index("{") :])
+    layer, head = profile.head
+    scanned = np.load(run.array_path("main", "scores"))[0, layer, head]
+    assert [verdict["qk_scores"]["True"], verdict["qk_scores"]["False"]] == pytest.approx(
+        scanned.tolist(), abs=1e-3
+    )
+    logp = np.load(run.array_path("main", "baseline"))[0].astype(float)
+    p_true = float(np.exp(logp[0] - np.logaddexp(logp[0], logp[1])))
+    assert verdict["model_probability"] == pytest.approx(p_true, abs=1e-4)
