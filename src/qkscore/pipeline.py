@@ -517,6 +517,32 @@ def _evaluate(
     return report, rows
 
 
+def paper_head_report(
+    run_path: str | Path, profile: Profile | str | Path, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """The single head chosen the paper's way, reported on the evaluation items as
+    :func:`evaluate` reports a reader: the head with the best calibration *accuracy* (its
+    threshold fitted there; Tulchinskii et al.), fitted on the profile's calibration items of
+    this run. The profile's ``head`` reader ranks heads by calibration AUROC instead (a choice
+    no threshold can flatter); this is a figure to read beside it, not a reader."""
+    run = RunFolder(run_path)
+    prof = profile if isinstance(profile, Profile) else Profile.load(profile)
+    records = run.items()
+    labels = run.labels(records)
+    calib, _ = _split_by_ids(records, prof.data["calibration"]["item_ids"], run.path)
+    idx, _ = evaluation_indices(run, prof, records)
+    scores = np.asarray(run.load(MAIN))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # calibrate already said what it thinks of the split
+        selector = HeadSelector(metric="accuracy").fit(scores[calib], labels[calib])
+    proba = selector.predict_proba(scores[idx])
+    score = proba if proba.shape[1] > 2 else _positive_score(proba)
+    report = stats.metric_report(decide(proba), labels[idx], score=score, n_boot=n_boot, seed=seed)
+    report["head"] = selector.head_name_
+    report["label"] = f"head {selector.head_name_} (the paper's: best calibration accuracy)"
+    return report
+
+
 def _scan_inputs(run: RunFolder, scan_name: str, idx: np.ndarray) -> dict[str, Any]:
     """What readers and baselines read from one scan, at the evaluation items."""
     out: dict[str, Any] = {

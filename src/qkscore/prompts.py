@@ -100,6 +100,10 @@ class PromptPart:
     tokenizer-added special token such as ``<bos>``), ``candidate_multi_token`` (a baseline
     candidate spans several tokens and only its first is used), and for ``candidate-appended``
     parts ``candidate_start`` / ``candidate_token``.
+
+    ``candidate_options`` (None: ``0..len(candidate_ids)-1``) is the option slot of each
+    candidate: a part that carries several templates' candidates at once (one pass shared by
+    settings, :func:`qkscore.scoring.score_prompt_sets`) sends each to its own slot.
     """
 
     text: str
@@ -109,6 +113,7 @@ class PromptPart:
     logit_pos: int
     candidate_ids: list[int]
     positions: dict[str, Any]
+    candidate_options: list[int] | None = None
 
 
 @dataclass

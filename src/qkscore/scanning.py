@@ -13,14 +13,16 @@ import datetime as _dt
 import functools
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qkscore.data import Item, load_items, parse_spec
 from qkscore.data.controls import control_items, get_control
 from qkscore.dtypes import dtype_name
-from qkscore.io import jsonable
+from qkscore.io import json_digest, jsonable
 from qkscore.progress import Progress
 from qkscore.prompts import Prompt, Template, get_template, with_fewshot
 from qkscore.run import (
@@ -35,7 +37,62 @@ from qkscore.run import (
 )
 from qkscore.schemas import stamp
 
-__all__ = ["LOCK_NAME", "ScanLockedError", "process_state", "scan", "scan_lock"]
+__all__ = [
+    "LOCK_NAME",
+    "ScanLockedError",
+    "ScanOptions",
+    "ScanRequest",
+    "process_state",
+    "scan",
+    "scan_lock",
+    "scan_shared",
+]
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """One setting of :func:`scan_shared`: the template, the run folder it is scanned into and
+    the scan flags that change its prompt (``chat_template``, ``num_fewshot``) or its pass
+    (``rope``), as :func:`scan` takes them."""
+
+    template: str | Template
+    out: str | Path
+    rope: bool = False
+    chat_template: bool | None = None
+    num_fewshot: int = 0
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """What every folder of one :func:`scan_shared` call shares: :func:`scan`'s keyword
+    arguments of the same names, with the same defaults."""
+
+    limit: int | None = None
+    batch_size: int = 8
+    controls: tuple[str, ...] = ()
+    attention_weights: bool = False
+    dtype: str = "auto"
+    device_map: str | None = None
+    chunk_size: int = DEFAULT_CHUNK
+    share_prefix: bool = True
+    hidden_layers: str | Sequence[int] | None = "auto"
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class _Target:
+    """One run folder of a scan call: its request, and what the scan learns on the way."""
+
+    run: RunFolder
+    tmpl: Template
+    items: list[Item]
+    rope: bool
+    shared: bool = False
+    old: dict[str, Any] | None = None
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def scan(
@@ -82,190 +139,245 @@ def scan(
     holds the folder's lock (:func:`scan_lock`): a second scan of the same folder stops at
     once with :class:`ScanLockedError`.
     """
-    run = RunFolder(out)
+    request = ScanRequest(template, out, rope, chat_template, num_fewshot)
+    options = ScanOptions(
+        limit, batch_size, tuple(controls), attention_weights, dtype, device_map, chunk_size,
+        share_prefix, hidden_layers, progress, log,
+    )  # fmt: skip
+    return scan_shared(model, data, [request], options)[0]
+
+
+def scan_shared(
+    model: Any,
+    data: str | Sequence[Item],
+    requests: Sequence[ScanRequest],
+    options: ScanOptions | None = None,
+) -> list[RunFolder]:
+    """Scan several settings of one data spec, each into its own run folder, sharing passes.
+
+    Settings whose prompts are token for token the same for every item, scored the same way
+    (``rope``, the same shared prefixes), are scored in ONE forward pass that reads the union
+    of their (query, key) pairs and baseline candidates
+    (:func:`qkscore.scoring.score_prompt_sets`): settings that differ only in the positions
+    read (``statement_anchor``, the scheme over the same text) or in the baseline's candidates
+    (``baseline_tokens`` when no k-shot answer shows them). Which settings share is decided
+    from the rendered token ids, never from the settings' names. Each folder holds what
+    :func:`scan` alone writes there, to the bit, and run.json ``shared_pass`` (the pass's id,
+    its folders and its wall time) when its main scan shared a pass. Folders resume as
+    :func:`scan`'s do: a pass killed midway scores, on the next call, the chunks any of its
+    folders lacks. Other arguments are :func:`scan`'s. Returns the folders in request order.
+    """
+    opt = options or ScanOptions()
     spec = data if isinstance(data, str) else "<items given in Python>"
     items = load_items(data) if isinstance(data, str) else list(data)
-    overrides = {} if chat_template is None else {"use_chat_template": bool(chat_template)}
-    tmpl = get_template(template, **overrides)
-    tmpl, items = with_fewshot(tmpl, items, num_fewshot)
+    targets = [_target(request, items, opt.limit, spec) for request in requests]
+    paths = [t.run.path.resolve() for t in targets]
+    if len(set(paths)) != len(paths):
+        raise ValueError("two settings of one scan name the same run folder")
+    for control in opt.controls:
+        get_control(control)  # validate names before any work
+    skip_long = isinstance(data, str) and parse_spec(data).get("on_error") == "skip"
+    state = process_state()
+    with contextlib.ExitStack() as locks:
+        for t in targets:
+            locks.enter_context(scan_lock(t.run.path, take=state.is_main_process))
+        _scan_locked(targets, state, model, spec, skip_long, opt)
+    return [t.run for t in targets]
+
+
+def _target(request: ScanRequest, items: list[Item], limit: int | None, spec: str) -> _Target:
+    """A request's template (chat template and shots applied) and the items it scores."""
+    chat = request.chat_template
+    overrides = {} if chat is None else {"use_chat_template": bool(chat)}
+    tmpl = get_template(request.template, **overrides)
+    tmpl, items = with_fewshot(tmpl, items, request.num_fewshot)
     if limit is not None:
         items = items[:limit]
     if not items:
         raise ValueError(f"data {spec!r} holds no items")
-    for control in controls:
-        get_control(control)  # validate names before any work
-    skip_long = isinstance(data, str) and parse_spec(data).get("on_error") == "skip"
-    state = process_state()
-    with scan_lock(run.path, take=state.is_main_process):
-        return _scan_locked(
-            run, state, model, spec, items, tmpl, skip_long,
-            batch_size=batch_size, rope=rope, controls=controls,
-            attention_weights=attention_weights, dtype=dtype, device_map=device_map,
-            chunk_size=chunk_size, share_prefix=share_prefix, hidden_layers=hidden_layers,
-            progress=progress, log=log,
-        )  # fmt: skip
+    return _Target(RunFolder(request.out), tmpl, items, request.rope)
 
 
 def _scan_locked(
-    run: RunFolder,
-    state: Any,
-    model: Any,
-    spec: str,
-    items: list[Item],
-    tmpl: Template,
-    skip_long: bool,
-    *,
-    batch_size: int,
-    rope: bool,
-    controls: Sequence[str],
-    attention_weights: bool,
-    dtype: str,
-    device_map: str | None,
-    chunk_size: int,
-    share_prefix: bool,
-    hidden_layers: str | Sequence[int] | None,
-    progress: bool,
-    log: Callable[[str], None],
-) -> RunFolder:
-    """:func:`scan` once the items are read and the folder is this process's to write."""
-    from qkscore.extraction import prefix_supported
+    targets: list[_Target], state: Any, model: Any, spec: str, skip_long: bool, opt: ScanOptions
+) -> None:
+    """:func:`scan_shared` once the items are read and the folders are this process's."""
     from qkscore.models import LoadedModel, load_model
 
-    wanted = [MAIN, *controls]
-    shared = share_prefix and prefix_supported(rope, attention_weights)
-    dtype = _resolved_dtype(model, dtype, _scan_device(state))
-    old = run.meta() if run.exists() else None
-    # items an earlier scan of this folder skipped as too long are not part of it
-    skipped: list[dict[str, Any]] = list((old or {}).get("skipped") or [])
-    if skipped:
-        gone = {r["id"] for r in skipped}
-        items = [it for it in items if it.id not in gone]
-    items_hash = items_sha256(items)
-    if old is not None:
-        request = _request_before_loading(
-            old,
-            model,
-            dtype,
-            spec,
-            tmpl,
-            items,
-            items_hash,
-            rope,
-            attention_weights,
-            chunk_size,
-            shared,
-            hidden_layers,
-        )
-        run.refuse_differences(run.recorded_identity(old), request)
-        same_model = "model" in request or old["model"].get("name") == str(model)
-        if same_model and run.complete(old, wanted) and run.items_ok():
-            log(f"{run.path}: nothing to do, scans {', '.join(wanted)} are complete")
-            return run
+    dtype = _resolved_dtype(model, opt.dtype, _scan_device(state))
+    pending = [t for t in targets if not _finished(t, model, dtype, spec, opt)]
+    if not pending:
+        return
     lm = (
         model
         if isinstance(model, LoadedModel)
-        else load_model(model, dtype=dtype, device=_scan_device(state), device_map=device_map)
+        else load_model(model, dtype=dtype, device=_scan_device(state), device_map=opt.device_map)
     )
-    prompts = [tmpl.render(item, lm.tokenizer) for item in items]
-    too_long = _too_long(items, prompts, lm, spec, skip_long)
+    for t in pending:
+        _start(t, lm, spec, skip_long, state, opt)
+    state.wait_for_everyone()
+    for scan_name in [MAIN, *opt.controls]:
+        todo = [t for t in pending if not t.meta["scans"].get(scan_name, {}).get("complete")]
+        for group in _passes(todo, scan_name, lm, opt.chunk_size):
+            _scan_pass(group, scan_name, lm, state, opt)
+
+
+def _finished(t: _Target, model: Any, dtype: str, spec: str, opt: ScanOptions) -> bool:
+    """Whether ``t``'s folder already holds this request, complete; refuses a folder made by
+    another request where the difference shows without the model."""
+    from qkscore.extraction import prefix_supported
+
+    t.shared = opt.share_prefix and prefix_supported(t.rope, opt.attention_weights)
+    t.old = t.run.meta() if t.run.exists() else None
+    # items an earlier scan of this folder skipped as too long are not part of it
+    t.skipped = list((t.old or {}).get("skipped") or [])
+    if t.skipped:
+        gone = {r["id"] for r in t.skipped}
+        t.items = [it for it in t.items if it.id not in gone]
+    if t.old is None:
+        return False
+    request = _request_before_loading(
+        t.old, model, dtype, spec, t.tmpl, t.items, items_sha256(t.items), t.rope,
+        opt.attention_weights, opt.chunk_size, t.shared, opt.hidden_layers,
+    )  # fmt: skip
+    t.run.refuse_differences(t.run.recorded_identity(t.old), request)
+    same_model = "model" in request or t.old["model"].get("name") == str(model)
+    wanted = [MAIN, *opt.controls]
+    if same_model and t.run.complete(t.old, wanted) and t.run.items_ok():
+        opt.log(f"{t.run.path}: nothing to do, scans {', '.join(wanted)} are complete")
+        return True
+    return False
+
+
+def _start(t: _Target, lm: Any, spec: str, skip_long: bool, state: Any, opt: ScanOptions) -> None:
+    """Render ``t``'s prompts, drop the items too long for the model, and write the folder's
+    run.json and items.jsonl (kept from an earlier scan of the same request)."""
+    run = t.run
+    prompts = [t.tmpl.render(item, lm.tokenizer) for item in t.items]
+    too_long = _too_long(t.items, prompts, lm, spec, skip_long)
     if too_long:
         gone = {r["id"] for r in too_long}
-        kept = [(it, p) for it, p in zip(items, prompts) if it.id not in gone]
+        kept = [(it, p) for it, p in zip(t.items, prompts) if it.id not in gone]
         if not kept:
             raise ValueError(f"data {spec!r}: every item is longer than the model's positions")
-        items, prompts = [it for it, _ in kept], [p for _, p in kept]
-        items_hash = items_sha256(items)
-        skipped += too_long
+        t.items, prompts = [it for it, _ in kept], [p for _, p in kept]
+        t.skipped += too_long
         if state.is_main_process:
-            log(
+            opt.log(
                 f"warning: {len(too_long)} items longer than the model's "
                 f"{too_long[0]['max_position_embeddings']} positions are skipped "
                 f"(on_error=skip; listed in run.json 'skipped'): "
                 + ", ".join(f"{r['id']} ({r['tokens']} tokens)" for r in too_long[:5])
                 + (", ..." if len(too_long) > 5 else "")
             )
+    t.prompts = prompts
     meta = stamp(
         {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": lm.describe(),
-            "template": tmpl.describe(),
+            "template": t.tmpl.describe(),
             "data": spec,
-            "items_sha256": items_hash,
-            "rope": rope,
-            "attention_weights": attention_weights,
-            "n_items": len(items),
+            "items_sha256": items_sha256(t.items),
+            "rope": t.rope,
+            "attention_weights": opt.attention_weights,
+            "n_items": len(t.items),
             "n_layers": lm.n_layers,
             "n_heads": lm.n_heads,
             "d_model": lm.d_model,
             "n_options": max(p.n_options for p in prompts),
-            "hidden_layers": hidden_layer_choice(hidden_layers, lm.n_layers),
-            "chunk_size": chunk_size,
-            "batch_size": batch_size,
-            "share_prefix": shared,
+            "hidden_layers": hidden_layer_choice(opt.hidden_layers, lm.n_layers),
+            "chunk_size": opt.chunk_size,
+            "batch_size": opt.batch_size,
+            "share_prefix": t.shared,
             "scans": {},
         }
     )
-    if skipped:
-        meta["skipped"] = skipped
+    if t.skipped:
+        meta["skipped"] = t.skipped
+    old = t.old
     write_items = old is None
     if old is not None:
         run.refuse_differences(run.recorded_identity(old), scan_identity(meta))
         meta["created"], meta["scans"] = old["created"], old.get("scans", {})
-        for name in wanted:
+        if old.get("shared_pass"):
+            meta["shared_pass"] = old["shared_pass"]
+        for name in [MAIN, *opt.controls]:
             if not run.complete(meta, [name]):
                 meta["scans"].pop(name, None)  # arrays missing: merge (and score) again
-        if old.get("batch_size") != batch_size and state.is_main_process:
-            log(
-                f"{run.path}: batch size {batch_size}, the folder was started with "
+        if old.get("batch_size") != opt.batch_size and state.is_main_process:
+            opt.log(
+                f"{run.path}: batch size {opt.batch_size}, the folder was started with "
                 f"{old.get('batch_size')}: the chunks scored now may differ from an "
                 "uninterrupted scan in the last bits (rounding)"
             )
         write_items = not run.items_ok()
         if write_items and state.is_main_process:
-            log(f"warning: {run.path / 'items.jsonl'} is damaged; writing it again")
+            opt.log(f"warning: {run.path / 'items.jsonl'} is damaged; writing it again")
     if state.is_main_process:
         run.path.mkdir(parents=True, exist_ok=True)
         if write_items:
-            run.write_items(_describe_items(items, prompts))
+            run.write_items(_describe_items(t.items, prompts))
         run.write_meta(meta)
-    state.wait_for_everyone()
-    for scan_name in wanted:
-        if meta["scans"].get(scan_name, {}).get("complete"):
-            continue
-        scan_prompts = prompts
-        if scan_name != MAIN:
-            scan_prompts = [tmpl.render(it, lm.tokenizer) for it in control_items(items, scan_name)]
+    t.meta = meta
 
-        score = functools.partial(
-            _scan_one,
-            run,
-            lm,
-            scan_name,
-            scan_prompts,
-            meta,
-            batch_size,
-            rope,
-            attention_weights,
-            chunk_size,
-            log=log,
-        )
-        owned = _owned_chunks(state, len(items), chunk_size)
-        score(progress and state.is_main_process, owned, state.num_processes)
-        state.wait_for_everyone()  # every process's chunks are on disk before one merges them
-        if state.is_main_process:
+
+def _passes(
+    targets: Sequence[_Target], scan_name: str, lm: Any, chunk_size: int
+) -> list[list[tuple[_Target, list[Prompt]]]]:
+    """The folders that share each forward pass of scan ``scan_name``, with their prompts:
+    folders share one when their passes agree chunk by chunk (same items, same tokens, same
+    prefixes: :func:`qkscore.scoring.pass_signature`) and their rope setting is the same."""
+    from qkscore.scoring import pass_signature
+
+    passes: dict[tuple, list[tuple[_Target, list[Prompt]]]] = {}
+    for t in targets:
+        prompts = t.prompts
+        if scan_name != MAIN:
+            items = control_items(t.items, scan_name)
+            prompts = [t.tmpl.render(it, lm.tokenizer) for it in items]
+        chunks = range(0, len(prompts), chunk_size)
+        signature = [pass_signature(prompts[s : s + chunk_size], t.shared) for s in chunks]
+        key = (t.rope, t.meta["items_sha256"], t.meta["n_options"], tuple(signature))
+        passes.setdefault(key, []).append((t, prompts))
+    return list(passes.values())
+
+
+def _scan_pass(
+    group: list[tuple[_Target, list[Prompt]]], scan_name: str, lm: Any, state: Any, opt: ScanOptions
+) -> None:
+    """Score scan ``scan_name`` of every folder in ``group`` in one pass, then merge each
+    folder's chunks and mark the scan complete in its run.json."""
+    n = len(group[0][1])
+    score = functools.partial(_score_chunks, group, lm, scan_name, opt)
+    began = time.perf_counter()
+    owned = _owned_chunks(state, n, opt.chunk_size)
+    score(opt.progress and state.is_main_process, owned, state.num_processes)
+    state.wait_for_everyone()  # every process's chunks are on disk before one merges them
+    if state.is_main_process:
+        for i, (t, _) in enumerate(group):
             try:
-                run.merge_chunks(scan_name, len(items), chunk_size, log=log)
+                t.run.merge_chunks(scan_name, n, opt.chunk_size, log=opt.log)
             except ChunkError as err:  # a chunk went bad or missing after it was checked
-                score(progress, err.starts, starts=err.starts)
-                run.merge_chunks(scan_name, len(items), chunk_size, log=log)
-            meta["scans"][scan_name] = {
+                redo = [err.starts if j == i else [] for j in range(len(group))]
+                score(opt.progress, err.starts, redo=redo)
+                t.run.merge_chunks(scan_name, n, opt.chunk_size, log=opt.log)
+        seconds = round(time.perf_counter() - began, 3)
+        folders = [str(t.run.path) for t, _ in group]
+        for t, _ in group:
+            t.meta["scans"][scan_name] = {
                 "complete": True,
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "processes": state.num_processes,
+                "seconds": seconds,
             }
-            run.write_meta(meta)
-        state.wait_for_everyone()
-    return run
+            if scan_name == MAIN and len(group) > 1:
+                t.meta["shared_pass"] = {
+                    "id": json_digest({"folders": sorted(folders)}),
+                    "folders": folders,
+                    "seconds": seconds,
+                }
+            t.run.write_meta(t.meta)
+    state.wait_for_everyone()
 
 
 def _too_long(
@@ -442,56 +554,57 @@ def _owned_chunks(state: Any, n: int, chunk_size: int) -> list[int]:
         return list(mine)
 
 
-def _scan_one(
-    run,
-    lm,
-    scan_name,
-    prompts,
-    meta,
-    batch_size,
-    rope,
-    attention_weights,
-    chunk_size,
-    progress,
+def _score_chunks(
+    group: list[tuple[_Target, list[Prompt]]],
+    lm: Any,
+    scan_name: str,
+    opt: ScanOptions,
+    progress: bool,
     owned: Sequence[int],
     processes: int = 1,
-    log: Callable[[str], None] = print,
-    starts: Sequence[int] | None = None,
+    redo: Sequence[Sequence[int]] | None = None,
 ) -> None:
-    """Score the chunks starting at ``owned`` (this process's share) that are not on disk yet
-    (or exactly ``starts``), writing each as it finishes; chunks already on disk are verified
-    first and bad ones set aside."""
-    from qkscore.scoring import score_prompts
+    """Score the chunks starting at ``owned`` (this process's share) that some folder of
+    ``group`` lacks (or, per folder, exactly ``redo``), in one pass for the whole group,
+    writing each folder's chunk as it finishes; chunks already on disk are verified first and
+    bad ones set aside."""
+    from qkscore.scoring import score_prompt_sets
 
-    n = len(prompts)
-    if starts is None:
-        starts = run.check_chunks(scan_name, owned, log)
-    else:
-        owned = list(starts)
-    identity = run.chunk_identity(meta)
-    total = sum(min(chunk_size, n - s) for s in owned)
-    done = total - sum(min(chunk_size, n - s) for s in starts)
+    n = len(group[0][1])
+    if redo is None:
+        redo = [t.run.check_chunks(scan_name, owned, opt.log) for t, _ in group]
+    starts = sorted(set().union(*redo))
+    first = group[0][0]
+    identities = [t.run.chunk_identity(t.meta) for t, _ in group]
+    total = sum(min(opt.chunk_size, n - s) for s in owned)
+    done = total - sum(min(opt.chunk_size, n - s) for s in starts)
     label = f"scan {scan_name}" + (f" [{processes} processes]" if processes > 1 else "")
     with Progress(progress, label, total, done) as advance:
         for start in starts:
-            block = prompts[start : start + chunk_size]
-            result = score_prompts(
+            results = score_prompt_sets(
                 lm,
-                block,
-                batch_size=batch_size,
-                rope=rope,
-                attention_weights=attention_weights,
-                n_options=meta["n_options"],
-                share_prefix=meta.get("share_prefix", False),
-                hidden_layers=meta.get("hidden_layers"),
+                [prompts[start : start + opt.chunk_size] for _, prompts in group],
+                batch_size=opt.batch_size,
+                rope=first.rope,
+                attention_weights=opt.attention_weights,
+                n_options=first.meta["n_options"],
+                share_prefix=first.meta.get("share_prefix", False),
+                hidden_layers=first.meta.get("hidden_layers"),
                 on_batch=advance,
             )
-            arrays = {"scores": result.scores, "baseline": result.baseline}
-            if result.attention is not None:
-                arrays["attention"] = result.attention
-            if result.hidden is not None:
-                arrays["hidden"] = result.hidden
-            run.write_chunk(scan_name, start, arrays, identity)
+            for (t, _), result, wanted, identity in zip(group, results, redo, identities):
+                if start in wanted:
+                    t.run.write_chunk(scan_name, start, _chunk_arrays(result), identity)
+
+
+def _chunk_arrays(result: Any) -> dict[str, Any]:
+    """A scored chunk's arrays by the names a run folder keeps them under."""
+    arrays = {"scores": result.scores, "baseline": result.baseline}
+    if result.attention is not None:
+        arrays["attention"] = result.attention
+    if result.hidden is not None:
+        arrays["hidden"] = result.hidden
+    return arrays
 
 
 def _describe_items(items: Sequence[Item], prompts: Sequence[Prompt]) -> Iterator[dict]:

@@ -150,6 +150,18 @@ class ScanState(_Open):
     complete: bool = False
     finished: str | None = None
     processes: int = 1
+    #: wall time of the forward passes of the call that finished the scan (a resumed scan
+    #: counts its own part only); absent in folders made before it was recorded
+    seconds: float | None = None
+
+
+class SharedPass(_Open):
+    """A main scan scored in one pass with other settings' folders (same tokens, other
+    positions or candidates; :func:`qkscore.scanning.scan_shared`)."""
+
+    id: str
+    folders: list[str]
+    seconds: float | None = None
 
 
 class RunMeta(Output):
@@ -176,6 +188,7 @@ class RunMeta(Output):
     #: items left out of the scan (``on_error=skip``): id, tokens, max_position_embeddings
     skipped: list[dict[str, Any]] = []
     scans: dict[str, ScanState]
+    shared_pass: SharedPass | None = None
 
 
 # --- profile.json ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ and scatters every pair's score back to its item and option.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -137,6 +138,84 @@ def score_prompts(
     return ScoredPrompts(scores=scores, baseline=base, attention=attention, hidden=hidden)
 
 
+def score_prompt_sets(
+    lm: LoadedModel,
+    prompt_sets: Sequence[Sequence[Prompt]],
+    *,
+    n_options: int | None = None,
+    **options,
+) -> list[ScoredPrompts]:
+    """Score several settings' prompts of the same items in one pass, one result per set.
+
+    ``prompt_sets[s][i]`` is item ``i`` under setting ``s``. The sets must hold the same tokens
+    and logit positions part by part (:func:`pass_signature`); they may differ in the pairs
+    they read (another statement anchor, another scheme over the same text) and in their
+    baseline candidates (letters or words). Each part runs once with the union of the sets'
+    pairs and candidates, and each set gets what :func:`score_prompts` gives it alone, to the
+    bit, when the sets also agree on their prefix groups (``pass_signature`` with
+    ``share_prefix``): same batches, same prefixes, and every value read from the same
+    activations. ``options`` go to :func:`score_prompts`.
+    """
+    n_opt = n_options or max(p.n_options for prompts in prompt_sets for p in prompts)
+    if len(prompt_sets) == 1:
+        return [score_prompts(lm, prompt_sets[0], n_options=n_opt, **options)]
+    if len({len(prompts) for prompts in prompt_sets}) != 1:
+        raise ValueError("prompt sets that share a pass must hold the same items")
+    merged = [_merged_prompt(same, n_opt) for same in zip(*prompt_sets)]
+    out = score_prompts(lm, merged, n_options=n_opt * len(prompt_sets), **options)
+    return [_option_slots(out, slice(s * n_opt, (s + 1) * n_opt)) for s in range(len(prompt_sets))]
+
+
+def pass_signature(prompts: Sequence[Prompt], share_prefix: bool = False) -> tuple:
+    """What prompt sets must agree on to share one pass (:func:`score_prompt_sets`): every
+    part's tokens and logit position, and with ``share_prefix`` how the parts group into
+    shared prefixes (which depends on the positions each set reads). Hashable."""
+    parts = [part for p in prompts for part in p.parts]
+    tokens = tuple((tuple(part.input_ids), part.logit_pos) for part in parts)
+    plan = tuple((tuple(m), n) for m, n in prefix_groups(parts)) if share_prefix else ()
+    return tuple(len(p.parts) for p in prompts), tokens, plan
+
+
+def _merged_prompt(same: Sequence[Prompt], n_opt: int) -> Prompt:
+    """One item's prompts under several settings as one prompt: setting ``s``'s option ``o``
+    in slot ``s * n_opt + o``."""
+    first = same[0]
+    if len({pass_signature([p]) for p in same}) != 1:
+        raise ValueError(f"item {first.item_id!r}: the settings' prompts differ in their tokens")
+    parts = [
+        dataclasses.replace(
+            part,
+            pairs=[pair for p in alike for pair in p.pairs],
+            pair_options=[s * n_opt + o for s, p in enumerate(alike) for o in p.pair_options],
+            candidate_ids=[c for p in alike for c in p.candidate_ids],
+            candidate_options=[
+                s * n_opt + o
+                for s, p in enumerate(alike)
+                for o in p.candidate_options or range(len(p.candidate_ids))
+            ],
+        )
+        for part, alike in zip(first.parts, zip(*(p.parts for p in same)))
+    ]
+    return dataclasses.replace(first, n_options=n_opt * len(same), parts=parts)
+
+
+def _option_slots(out: ScoredPrompts, slots: slice) -> ScoredPrompts:
+    """The option slots ``slots`` of a shared pass's arrays, as one setting's result."""
+
+    def take(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else np.ascontiguousarray(array[..., slots])
+
+    hidden = None
+    if out.hidden is not None:
+        hidden = np.ascontiguousarray(out.hidden[:, :, slots])
+    return ScoredPrompts(
+        scores=take(out.scores),
+        baseline=take(out.baseline),
+        attention=take(out.attention),
+        hidden=hidden,
+    )
+
+
 def _padding_cuts(lengths: Sequence[int], max_padding: float | None) -> list[tuple[int, int]]:
     """Spans of ``lengths`` (ascending) whose padded size, rows x longest, stays within
     ``max_padding`` x their sum (one span for all when None)."""
@@ -208,7 +287,8 @@ def _scatter(out, batch, with_cands: bool, scores, attention, base, hidden=None)
                 hidden[item, :, option] = out.hidden[row, :, p]
         if with_cands and part.candidate_ids:
             k = len(part.candidate_ids)
-            base[item, :k] = out.candidate_logprobs[row, :k]
+            slots = part.candidate_options or list(range(k))
+            base[item, slots] = out.candidate_logprobs[row, :k]
 
 
 def _run_batch(lm, batch, shared, prefix, prefix_rows, pad_id, n_opt, want_baseline, **kwargs):

@@ -1,20 +1,28 @@
 """Sweep prompt settings and readers, choosing on calibration cross-validation only.
 
 A reader's figure depends on how the prompt was built (template scheme, rotary or not, chat
-template, few-shot examples, option order) as much as on the reader. A sweep scans each setting
-of a grid once into its own resumable run folder, fits every reader on the same balanced
-calibration split, and ranks every (setting, reader) pair by the cross-validated AUROC it had
-on that split. The evaluation split is read once, for the pair the ranking picked, and shown
-beside the others so nobody mistakes the best of many evaluation figures for a finding.
+template, few-shot examples, option order, the statement token read, option letters, the
+baseline's answer tokens) as much as on the reader. A sweep scans each setting (cell) of a
+grid into its own resumable run folder, fits every reader on the same balanced calibration
+split, and ranks every (cell, reader) pair by the cross-validated AUROC it had on that split.
+The evaluation split is read for reading only: beside each cell's readers stand the calibrated
+model margin, the hidden-state probe, shallow matching and the single head chosen the paper's
+way, none of them used to rank.
 
-``out/`` holds one folder per setting (``run/``, ``profile.json``, ``evaluation.json``) and
-``leaderboard.json`` / ``leaderboard.md``. Run it again after a crash and finished settings are
+Cells whose prompts are token for token the same (they differ only in the positions read or
+in the baseline's candidates) are scanned in one forward pass
+(:func:`qkscore.scanning.scan_shared`), decided from the rendered tokens. A combination that
+cannot exist (letter baseline tokens with plain options) is skipped and listed as such.
+
+``out/`` holds one folder per cell (``run/``, ``profile.json``, ``evaluation.json``) and
+``leaderboard.json`` / ``leaderboard.md``. Run it again after a crash and finished cells are
 reused as they are.
 """
 
 from __future__ import annotations
 
 import itertools
+import textwrap
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,9 +38,11 @@ from qkscore.pipeline import (
     calibrate,
     check_calibration_labels,
     evaluate,
+    paper_head_report,
 )
 from qkscore.profile import Profile
-from qkscore.scanning import scan
+from qkscore.run import RunFolder
+from qkscore.scanning import ScanOptions, ScanRequest, scan_shared
 from qkscore.schemas import Evaluation, read_json
 
 __all__ = ["DEFAULT_GRID", "parse_grid", "sweep"]
@@ -44,6 +54,17 @@ GRID_KEYS: dict[str, tuple[Any, ...]] = {
     "chat_template": (False, True),
     "num_fewshot": (0, 3),
     "swap_options": (False, True),
+    "statement_anchor": ("last", "last_word"),
+    "option_style": ("letters", "plain"),
+    "baseline_tokens": ("letters", "words"),
+}
+#: Grid settings that are template fields; a grid that does not name one keeps each template's
+#: own value (None), so grids written before they existed sweep what they swept.
+TEMPLATE_AXES = ("statement_anchor", "option_style", "baseline_tokens")
+_SLUG_NAMES = {
+    "statement_anchor": "anchor",
+    "option_style": "options",
+    "baseline_tokens": "answers",
 }
 DEFAULT_GRID = "template=answer-statement;rope=false;chat_template=false,true;num_fewshot=0,3"
 
@@ -63,14 +84,22 @@ def _value(key: str, text: str) -> Any:
         if value < 0:
             raise ValueError("grid setting num_fewshot must be 0 or more")
         return value
+    if key in TEMPLATE_AXES and text not in GRID_KEYS[key]:
+        raise ValueError(f"grid setting {key}: {text!r} is not one of {', '.join(GRID_KEYS[key])}")
     return text
+
+
+def _unnamed(key: str) -> Any:
+    """The value of a setting the grid does not name: the template's own for template axes."""
+    return None if key in TEMPLATE_AXES else GRID_KEYS[key][0]
 
 
 def parse_grid(spec: str) -> dict[str, list[Any]]:
     """``"template=answer-statement,last-option;rope=false;num_fewshot=0,3"`` as a dict.
 
     A key given without ``=values`` takes every value of :data:`GRID_KEYS`; keys not named
-    keep their default (the first value listed there).
+    keep their default: the first value listed there, or for the template axes
+    (:data:`TEMPLATE_AXES`) None, each template's own value (today's prompts).
     """
     grid: dict[str, list[Any]] = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
@@ -85,7 +114,7 @@ def parse_grid(spec: str) -> dict[str, list[Any]]:
         )
         if not grid[key]:
             raise ValueError(f"grid setting {key} has no values")
-    return {key: grid.get(key, [GRID_KEYS[key][0]]) for key in GRID_KEYS}
+    return {key: grid.get(key, [_unnamed(key)]) for key in GRID_KEYS}
 
 
 def _settings(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -94,6 +123,12 @@ def _settings(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def _slug(setting: Mapping[str, Any]) -> str:
+    """A cell's folder name: :func:`_slug_parts` joined by underscores."""
+    return "_".join(_slug_parts(setting))
+
+
+def _slug_parts(setting: Mapping[str, Any]) -> list[str]:
+    """A setting's values as short words (what the leaderboard shows, one word per axis)."""
     parts = [
         str(setting["template"]),
         "rope" if setting["rope"] else "prerope",
@@ -101,7 +136,13 @@ def _slug(setting: Mapping[str, Any]) -> str:
         f"{setting['num_fewshot']}shot",
         "swapped" if setting["swap_options"] else "inorder",
     ]
-    return "_".join(parts)
+    # template axes appear only when named, so grids without them keep their folder names
+    parts += [
+        f"{_SLUG_NAMES[key]}-{str(setting[key]).replace('_', '')}"
+        for key in TEMPLATE_AXES
+        if setting.get(key) is not None
+    ]
+    return parts
 
 
 def sweep(
@@ -120,90 +161,125 @@ def sweep(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Scan, calibrate and evaluate every setting of ``grid``; return the leaderboard.
+    """Scan, calibrate and evaluate every cell of ``grid``; return the leaderboard.
 
-    ``model`` is loaded once (pass a loaded model to reuse it) and shared by every setting.
+    ``model`` is loaded once (pass a loaded model to reuse it) and shared by every cell; cells
+    with the same prompt tokens share one forward pass. A grid whose every cell is impossible
+    is refused before the model loads.
     """
     from qkscore.models import LoadedModel, load_model
-    from qkscore.prompts import get_template
 
     grid = parse_grid(grid) if isinstance(grid, str) else {k: list(v) for k, v in grid.items()}
-    settings = _settings(grid)
-    _check_before_loading(data, settings, calib_size, limit, controls, seed)
+    cells, skipped = _cells(_settings(grid))
+    _check_before_loading(data, cells, calib_size, limit, controls, seed)
     root = Path(out)
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
-    rows: list[dict[str, Any]] = []
-    evaluations: dict[str, dict[str, Any]] = {}
-    for setting in settings:
-        slug = _slug(setting)
-        folder = root / slug
-        log(f"sweep: {slug}")
-        template = get_template(setting["template"], swap_options=setting["swap_options"])
-        run = scan(
-            lm,
-            data,
-            template,
-            folder / "run",
-            limit=limit,
-            batch_size=batch_size,
-            rope=setting["rope"],
-            controls=controls,
-            chat_template=setting["chat_template"],
-            num_fewshot=setting["num_fewshot"],
-            progress=progress,
-            log=log,
+    log(
+        f"sweep: {len(cells)} cells" + (f", {len(skipped)} impossible ones skipped" * bool(skipped))
+    )
+    requests = [
+        ScanRequest(
+            cell["template"],
+            root / cell["setting"] / "run",
+            rope=cell["values"]["rope"],
+            chat_template=cell["values"]["chat_template"],
+            num_fewshot=cell["values"]["num_fewshot"],
         )
-        profile_path = folder / "profile.json"
-        if profile_path.exists():
-            profile = Profile.load(profile_path)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                profile = calibrate(run.path, calib_size=calib_size, seed=seed, out=profile_path)
-        eval_path = folder / "evaluation.json"
-        if eval_path.exists():
-            evaluations[slug] = Evaluation.checked(read_json(eval_path), eval_path)
-        else:
-            evaluations[slug] = evaluate(run.path, profile, n_boot=n_boot, seed=seed, out=eval_path)
-        rows += _rows(slug, setting, profile, evaluations[slug])
+        for cell in cells
+    ]
+    options = ScanOptions(limit, batch_size, tuple(controls), progress=progress, log=log)
+    runs = scan_shared(lm, data, requests, options)
+    folders = {str(run.path): cell["cell"] for run, cell in zip(runs, cells)}
+    rows: list[dict[str, Any]] = []
+    summaries = []
+    for cell, run in zip(cells, runs):
+        profile, report = _fitted(run.path, root / cell["setting"], calib_size, seed, n_boot)
+        rows += _rows(cell, profile, report)
+        summaries.append(_summary(cell, run, profile, report, folders, n_boot, seed))
     ranked = sorted(rows, key=lambda r: -(r["cv_auroc"] if r["cv_auroc"] is not None else -1))
-    best = ranked[0] if ranked else None
     result = {
         "model": lm.name,
         "data": data,
         "grid": grid,
         "rule": "ranked by cross-validated AUROC on each setting's calibration split",
-        "chosen": best,
+        "n_cells": len(cells),
+        "n_passes": len({c["shared_pass"] or c["setting"] for c in summaries}),
+        "chosen": ranked[0] if ranked else None,
         "rows": ranked,
+        "cells": sorted(summaries, key=lambda c: -(c["cv_auroc"] or -1)),
+        "skipped": skipped,
     }
     write_json(root / "leaderboard.json", result)
     (root / "leaderboard.md").write_text(leaderboard_markdown(result) + "\n")
     return result
 
 
+def _cells(settings: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """Each setting with its folder name (``setting``) and template, and the settings that
+    cannot exist (a template refusing the combination) with the reason. An unknown template
+    name is an error, not a skipped cell."""
+    from qkscore.prompts import get_template
+
+    cells, skipped = [], []
+    for number, setting in enumerate(settings, 1):
+        get_template(setting["template"])
+        overrides = {k: setting[k] for k in TEMPLATE_AXES if setting.get(k) is not None}
+        cell = {
+            "cell": f"c{number}",
+            "setting": _slug(setting),
+            "label": " ".join(_slug_parts(setting)),
+            "values": dict(setting),
+        }
+        try:
+            cell["template"] = get_template(
+                setting["template"], swap_options=setting["swap_options"], **overrides
+            )
+        except ValueError as err:
+            skipped.append({**cell, "reason": str(err)})
+            continue
+        cells.append(cell)
+    if not cells:
+        reasons = "; ".join(f"{c['setting']}: {c['reason']}" for c in skipped)
+        raise ValueError(f"every setting of the grid is impossible: {reasons}")
+    return cells, skipped
+
+
+def _fitted(run_path: Path, folder: Path, calib_size: int, seed: int, n_boot: int):
+    """A cell's profile and evaluation report, read back when an earlier sweep wrote them."""
+    profile_path = folder / "profile.json"
+    if profile_path.exists():
+        profile = Profile.load(profile_path)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            profile = calibrate(run_path, calib_size=calib_size, seed=seed, out=profile_path)
+    eval_path = folder / "evaluation.json"
+    if eval_path.exists():
+        return profile, Evaluation.checked(read_json(eval_path), eval_path)
+    return profile, evaluate(run_path, profile, n_boot=n_boot, seed=seed, out=eval_path)
+
+
 def _check_before_loading(
     data: str,
-    settings: Sequence[Mapping[str, Any]],
+    cells: Sequence[Mapping[str, Any]],
     calib_size: int,
     limit: int | None,
     controls: Sequence[str],
     seed: int,
 ) -> None:
     """Refuse what every setting would fail on, before the model loads (minutes for a big
-    one): an unknown template or control, and a data set whose items (after the few-shot
-    examples a setting takes and ``limit``) cannot give a calibration split of ``calib_size``
-    and leave items to evaluate."""
+    one): an unknown control, and a data set whose items (after the few-shot examples a
+    setting takes and ``limit``) cannot give a calibration split of ``calib_size`` and leave
+    items to evaluate."""
     from qkscore.data import load_items
     from qkscore.data.controls import get_control
-    from qkscore.prompts import get_template, with_fewshot
+    from qkscore.prompts import with_fewshot
 
     for control in controls:
         get_control(control)
-    for setting in settings:
-        get_template(setting["template"], swap_options=setting["swap_options"])
     items = load_items(data)
-    for shots in sorted({int(s["num_fewshot"]) for s in settings}):
-        _, rest = with_fewshot(get_template(settings[0]["template"]), items, shots)
+    for shots in sorted({int(c["values"]["num_fewshot"]) for c in cells}):
+        _, rest = with_fewshot(cells[0]["template"], items, shots)
         rest = rest[:limit] if limit is not None else rest
         labels = np.array([it.answer_index for it in rest])
         where = f"sweep over {data!r}" + (f" with num_fewshot={shots}" if shots else "") + ": "
@@ -217,9 +293,9 @@ def _check_before_loading(
 
 
 def _rows(
-    slug: str, setting: Mapping[str, Any], profile: Profile, report: Mapping[str, Any]
+    cell: Mapping[str, Any], profile: Profile, report: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    """One row per reader of a setting: its calibration CV figure and its evaluation figure."""
+    """One row per reader of a cell: its calibration CV figure and its evaluation figure."""
     cv = (profile.data.get("reader_choice") or {}).get("cv") or {}
     out = []
     for reader, result in cv.items():
@@ -228,8 +304,9 @@ def _rows(
             continue
         out.append(
             {
-                "setting": slug,
-                **dict(setting),
+                "cell": cell["cell"],
+                "setting": cell["setting"],
+                **cell["values"],
                 "reader": reader,
                 "cv_auroc": result.get("auroc"),
                 "cv_accuracy": result.get("accuracy"),
@@ -243,35 +320,130 @@ def _rows(
     return out
 
 
+#: The figures beside each cell's readers, by evaluation method key, with a short name.
+CELL_FIGURES = {
+    "model_margin": "model margin",
+    "hidden_probe": "hidden probe",
+    "shallow": "shallow",
+    "head": "head by AUROC",
+}
+
+
+def _summary(
+    cell: Mapping[str, Any],
+    run: RunFolder,
+    profile: Profile,
+    report: Mapping[str, Any],
+    folders: Mapping[str, str],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """A cell's line of the leaderboard: its settings as rendered, how it was scanned, and
+    the evaluation figures of its chosen reader beside the fair baselines."""
+    meta = run.meta()
+    methods = report["methods"]
+    reader = report["reader"]
+    figures = {f"reader {reader}": _figure(methods[reader])}
+    for key, name in CELL_FIGURES.items():
+        if key in methods:
+            figures[f"{name} {report['head']}" if key == "head" else name] = _figure(methods[key])
+    paper = paper_head_report(run.path, profile, n_boot=n_boot, seed=seed)
+    figures[f"paper head {paper['head']}"] = _figure(paper)
+    shared = meta.get("shared_pass") or {}
+    template = meta["template"]
+    return {
+        "cell": cell["cell"],
+        "setting": cell["setting"],
+        "label": cell["label"],
+        **cell["values"],
+        "rendered": {k: template.get(k) for k in ("use_chat_template", *TEMPLATE_AXES)},
+        "reader": reader,
+        "cv_auroc": ((profile.data.get("reader_choice") or {}).get("cv") or {})
+        .get(reader, {})
+        .get("auroc"),
+        "scan_seconds": (meta["scans"].get("main") or {}).get("seconds"),
+        "shared_pass": shared.get("id"),
+        "shared_with": [
+            folders.get(f, f) for f in shared.get("folders", []) if folders.get(f) != cell["cell"]
+        ],  # fmt: skip
+        "pass_seconds": shared.get("seconds"),
+        "figures": figures,
+    }
+
+
+def _figure(method: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's evaluation accuracy and AUROC (each with its 95% interval)."""
+    return {"accuracy": method.get("accuracy"), "auroc": method.get("auroc")}
+
+
 def _ci(metric: Mapping[str, Any] | None) -> str:
     if not metric:
         return "n/a"
     return f"{metric['value']:.3f} [{metric['low']:.3f}, {metric['high']:.3f}]"
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
+
+
+def _wrapped(text: str, indent: str = "") -> list[str]:
+    """``text`` cut into lines of at most 80 columns (continuation lines indented)."""
+    return textwrap.wrap(
+        text, 80, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False
+    )
+
+
 def leaderboard_markdown(result: Mapping[str, Any]) -> str:
-    lines = [
-        f"### qkscore sweep: {result['model']} on `{result['data']}`",
+    """The leaderboard as Markdown that reads at 80 columns: cells are named ``c1, c2, ...``
+    in the tables and listed with their settings above them."""
+    cells = result.get("cells", [])
+    skipped = result.get("skipped", [])
+    lines = [f"### qkscore sweep: {result['model']}", "", f"Data: `{result['data']}`", ""]
+    lines += _wrapped(
+        f"{result.get('n_cells', len(cells))} cells scanned in {result.get('n_passes', '?')} "
+        f"forward passes; {len(skipped)} skipped. Ranked by "
+        f"{result['rule'].removeprefix('ranked by ')}; evaluation figures are shown for "
+        "reading, never used to rank."
+    )
+    lines.append("")
+    for cell in sorted([*cells, *skipped], key=lambda c: int(c["cell"][1:])):
+        if "reason" in cell:
+            how = f"skipped, {cell['reason']}"
+        else:
+            how = f"scan {_seconds(cell['scan_seconds'])}"
+            if cell.get("shared_pass"):
+                how += f", one pass shared with {', '.join(cell['shared_with'])}"
+        lines += _wrapped(f"- {cell['cell']} {cell.get('label', cell['setting'])}: {how}", "  ")
+    lines += [
         "",
-        f"Ranked by {result['rule'].removeprefix('ranked by ')}; evaluation figures are "
-        "shown for reading, never used to rank.",
-        "",
-        "| # | setting | reader | CV AUROC (calibration) | accuracy (evaluation) "
-        "| AUROC (evaluation) | model margin, calibrated (evaluation) |",
-        "|---|---|---|---|---|---|---|",
+        "| # | cell | reader | CV AUROC | accuracy (eval) | AUROC (eval) |",
+        "|---|---|---|---|---|---|",
     ]
     for i, row in enumerate(result["rows"], 1):
         cv = "n/a" if row["cv_auroc"] is None else f"{row['cv_auroc']:.3f}"
         lines.append(
-            f"| {i} | {row['setting']} | {row['reader']} | {cv} | {_ci(row['accuracy'])} "
-            f"| {_ci(row['auroc'])} | {_ci(row['model_margin_accuracy'])} |"
+            f"| {i} | {row.get('cell', row['setting'])} | {row['reader']} | {cv} "
+            f"| {_ci(row['accuracy'])} | {_ci(row['auroc'])} |"
         )
-    best = result.get("chosen")
-    if best:
+    for cell in cells:
         lines += [
             "",
-            f"Chosen on calibration CV: **{best['setting']} / {best['reader']}**, evaluation "
-            f"accuracy {_ci(best['accuracy'])} beside the calibrated model margin's "
-            f"{_ci(best['model_margin_accuracy'])}.",
+            f"{cell['cell']}, beside its chosen reader (evaluation items, 95% intervals):",
+            "",
+            "| method | accuracy | AUROC |",
+            "|---|---|---|",
         ]
+        lines += [
+            f"| {name} | {_ci(fig['accuracy'])} | {_ci(fig['auroc'])} |"
+            for name, fig in cell["figures"].items()
+        ]
+    best = result.get("chosen")
+    if best:
+        label = {c["cell"]: c.get("label") for c in cells}.get(best.get("cell"), best["setting"])
+        lines.append("")
+        lines += _wrapped(
+            f"Chosen on calibration CV: **{best.get('cell', '')} {label} / {best['reader']}**, "
+            f"evaluation accuracy {_ci(best['accuracy'])} beside the calibrated model "
+            f"margin's {_ci(best['model_margin_accuracy'])}."
+        )
     return "\n".join(lines)

@@ -394,7 +394,10 @@ def sweep(
     grid: str = typer.Option(
         "template=answer-statement;rope=false;chat_template=false,true;num_fewshot=0,3",
         help="Settings to try: template, rope, chat_template, num_fewshot, swap_options, "
-        "as 'key=v1,v2;key2=...' (a key alone tries its usual values).",
+        "statement_anchor (last, last_word), option_style (letters, plain), baseline_tokens "
+        "(letters, words), as 'key=v1,v2;key2=...' (a key alone tries its usual values; a "
+        "template axis not named keeps the template's own). Impossible cells are skipped; "
+        "cells with the same prompt tokens share one forward pass.",
     ),
     calib_size: int = typer.Option(400, min=2, help="Balanced calibration items per setting."),
     limit: int | None = typer.Option(None, min=1, help="Keep the first N items."),
