@@ -3,13 +3,13 @@ dynamic batching.
 
 For each mode (``before``: ``--max-batch 1`` and no gather window, one request per pass;
 ``after``: waiting requests batched, ``--max-batch 32`` unless given, with this script's
-batching options), store (SQLite, PostgreSQL) and worker count (1, 2) it starts ``qkscore serve --workers N --threads T`` on a
-free loopback port, waits until every worker answers, warms each up, then for each concurrency
-level sends ``--requests`` requests (checks of mixed lengths, or chains with ``--route
-verify-chain``) with at most that many in flight. It prints req/s, p50/p95 latency and the
-mean batch size (from the ``qkscore_batch_size`` histogram in ``/metrics``), stops the server
-and verifies the audit chain (rows = requests sent). Bounded: a fixed number of requests, each
-with a timeout; nothing listens beyond 127.0.0.1.
+batching options), store (SQLite, PostgreSQL) and worker count (1, 2) it starts ``qkscore serve
+--workers N --threads T`` on a free loopback port, waits until every worker answers, warms each
+up, then for each concurrency level sends ``--requests`` requests (checks of mixed lengths, or
+chains with ``--route verify-chain``) with at most that many in flight. It prints req/s,
+p50/p95 latency and the mean batch size (from the ``qkscore_batch_size`` histogram in
+``/metrics``), stops the server and verifies the audit chain (rows = requests sent). Bounded: a
+fixed number of requests, each with a timeout; nothing listens beyond 127.0.0.1.
 
 The model is float32 (``--dtype``). Without ``--profile`` it builds the small profile the tests
 use on ``--model`` (a scan of 120 generated items and a calibration: about a minute for
