@@ -637,8 +637,9 @@ def test_answer_control_flags_a_scorer_that_only_reads_finishing():
 
 def test_four_unanswered_chains_are_too_few_to_flag_a_scorer():
     """Qwen2.5-Coder-1.5B's pilot left 4 of 84 chains unanswered. A bootstrap interval over 4
-    chains excludes 0.5 for an AUROC of 0.25 that a rank test puts at p = 0.08: with fewer than
-    10 chains on a side nothing is flagged, and the summary says why."""
+    chains excluded 0.5 for an AUROC of 0.25 that a rank test puts at p = 0.08: with fewer than
+    5 chains of a class no AUROC is reported, with fewer than 10 on a side nothing is flagged,
+    and the summary says why."""
     from qkscore.generation.rank import _answer_control_markdown, answer_control, group_by_problem
 
     rng = np.random.default_rng(1)
@@ -652,7 +653,7 @@ def test_four_unanswered_chains_are_too_few_to_flag_a_scorer():
     scores = {"qk_swinging": swinging, "logprob_mean": -swinging}
     control = answer_control(scores, records, group_by_problem(records), n_boot=500)
     entry = control["answer_control"]["answered_vs_not"]["qk_swinging"]
-    assert entry["auroc"] == pytest.approx(0.25) and entry["ci"][1] < 0.5
+    assert entry["auroc"] is None and entry["too_few"] and entry["n"] - entry["positives"] == 4
     assert control["answer_control"]["reads_finishing"] == []
     assert control["answer_control"]["finishing_testable"] is False
     assert "Too few chains on one side" in "\n".join(
