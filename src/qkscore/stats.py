@@ -416,24 +416,41 @@ def breakdown(
     are omitted. Values are stringified (JSON keys) and ordered numerically when they are
     numbers, so depth 10 comes after depth 9.
     """
+    p, y, metas = _with_metas(pred, labels, meta_list)
+    correct = p == y
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for key in keys:
+        groups = _meta_groups(metas, key)
+        if groups:
+            out[key] = {
+                v: {"n": len(idx), "accuracy": float(np.mean(correct[idx]))} for v, idx in groups
+            }
+    return out
+
+
+def _with_metas(pred: Any, labels: Any, meta_list: Iterable[Any]) -> tuple[Any, Any, list]:
+    """Predictions, labels and one metadata dict per item, their counts checked."""
     p, y = _pair(pred, labels)
     metas = [_meta_of(m) for m in meta_list]
     if len(metas) != p.shape[0]:
         raise ValueError(f"{len(metas)} metadata entries for {p.shape[0]} predictions")
-    correct = p == y
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for key in keys:
-        groups: dict[str, list[int]] = {}
-        for i, meta in enumerate(metas):
-            value = meta.get(key)
-            if value is not None:
-                groups.setdefault(str(value), []).append(i)
-        if groups:
-            out[key] = {
-                v: {"n": len(idx), "accuracy": float(np.mean(correct[idx]))}
-                for v, idx in sorted(groups.items(), key=lambda kv: _value_order(kv[0]))
-            }
-    return out
+    return p, y, metas
+
+
+def _meta_groups(
+    metas: Sequence[Mapping[str, Any]], key: str, missing: str | None = None
+) -> list[tuple[str, list[int]]]:
+    """Item indices per stringified value of ``key``, ordered numerically when the values are
+    numbers; items without it (or with None) go to a last group named ``missing``, or are left
+    out when ``missing`` is None."""
+    groups: dict[str, list[int]] = {}
+    for i, meta in enumerate(metas):
+        value = meta.get(key)
+        if value is not None:
+            groups.setdefault(str(value), []).append(i)
+        elif missing is not None:
+            groups.setdefault(missing, []).append(i)
+    return sorted(groups.items(), key=lambda kv: (kv[0] == missing, _value_order(kv[0])))
 
 
 #: The group of items that lack the field a breakdown is by, so the groups add up to the whole.
@@ -457,20 +474,9 @@ def accuracy_by_group(
     ordered like :func:`breakdown`'s, the missing group last. Each group resamples its own items
     with the same seed, so two methods' intervals on one group are paired.
     """
-    p, y = _pair(pred, labels)
-    metas = [_meta_of(m) for m in meta_list]
-    if len(metas) != p.shape[0]:
-        raise ValueError(f"{len(metas)} metadata entries for {p.shape[0]} predictions")
-    groups: dict[str, list[int]] = {}
-    for i, meta in enumerate(metas):
-        value = meta.get(field)
-        groups.setdefault(MISSING_GROUP if value is None else str(value), []).append(i)
-
-    def order(kv: tuple[str, list[int]]) -> tuple[bool, tuple[int, float, str]]:
-        return kv[0] == MISSING_GROUP, _value_order(kv[0])
-
+    p, y, metas = _with_metas(pred, labels, meta_list)
     out: dict[str, dict[str, Any]] = {}
-    for value, idx in sorted(groups.items(), key=order):
+    for value, idx in _meta_groups(metas, field, MISSING_GROUP):
         ci = bootstrap_ci(accuracy, p[idx], y[idx], n_boot=n_boot, alpha=alpha, seed=seed)
         out[value] = {"value": ci.point, "low": ci.low, "high": ci.high, "n": len(idx)}
     return out
