@@ -168,14 +168,13 @@ def find_shortcuts(
         )
     else:
         smallest = min(counts.values())
-        folds_used = min(folds, smallest)
-        if folds_used < 2:
+        folds_used = _folds_for(items, folds) or 0
+        if not folds_used:
             rare = [c for c in classes if counts[c] < 2]
             notes.append(
                 f"label(s) {rare} occur fewer than 2 times: too few to cross-validate "
                 "a statement-only classifier"
             )
-            folds_used = 0
         else:
             if folds_used < folds:
                 notes.append(
