@@ -20,9 +20,20 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ENV_PREFIX", "FAST_HELP", "FLAGS", "LIMITS", "Limits", "ServeSettings", "env_name"]
+__all__ = [
+    "ENV_PREFIX",
+    "FAST_HELP",
+    "FLAGS",
+    "GPU_MAX_BATCH",
+    "LIMITS",
+    "Limits",
+    "ServeSettings",
+    "env_name",
+]
 
 ENV_PREFIX = "QKSCORE_SERVE_"
+#: ``max_batch`` left unset on a GPU (a CPU judges one request at a time: :meth:`for_device`)
+GPU_MAX_BATCH = 32
 FAST_HELP = (
     "Skip the model's own answer and stop the pass after the deepest layer the profile's "
     "reader reads (a hybrid reader always runs the whole pass)."
@@ -172,7 +183,7 @@ class ServeSettings(BaseSettings):
         cpu = device_type == "cpu"
         update: dict[str, Any] = {}
         if self.max_batch is None:
-            update["max_batch"] = 1 if cpu else 32
+            update["max_batch"] = 1 if cpu else GPU_MAX_BATCH
         if self.max_padding is None and cpu:
             update["max_padding"] = 1.25
         return self.model_copy(update=update)

@@ -15,7 +15,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from qkscore.audit.settings import FAST_HELP, FLAGS, ServeSettings, env_name  # pydantic only
+from qkscore.audit.settings import (  # pydantic only
+    FAST_HELP,
+    FLAGS,
+    GPU_MAX_BATCH,
+    ServeSettings,
+    env_name,
+)
 from qkscore.cli._shared import console as _console
 from qkscore.cli._shared import fail as _fail
 from qkscore.dtypes import dtype_name
@@ -309,7 +315,7 @@ def serve(settings) -> None:
 
 def _limits_line(settings) -> str:
     if settings.max_batch is None:  # the workers resolve it on their model's device
-        batching = "one request at a time on a CPU, batches of up to 32 on a GPU"
+        batching = f"one request at a time on a CPU, batches of up to {GPU_MAX_BATCH} on a GPU"
     elif settings.batching:
         batching = (
             f"batches of up to {settings.max_batch} requests and {settings.max_batch_tokens:,} "
