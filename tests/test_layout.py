@@ -102,7 +102,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("qkscore", "qkscore._version", "qkscore.decision", "qkscore.dtypes", "qkscore.progress"),
     ("qkscore.data",),
     ("qkscore.io",),
-    ("qkscore.prompts",),
+    ("qkscore.prompts", "qkscore.grid"),
     ("qkscore.models",),
     ("qkscore.extraction", "qkscore.scoring"),
     ("qkscore.stats",),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 
 import pytest
@@ -158,7 +159,7 @@ def _arrays(run: RunFolder) -> dict:
 
 
 def test_parse_grid_template_axes_keep_old_grids_and_their_folders():
-    from qkscore.sweep import _slug
+    from qkscore.grid import slug
 
     grid = parse_grid("statement_anchor;option_style=plain;baseline_tokens=words")
     assert grid["statement_anchor"] == ["last", "last_word"]
@@ -166,8 +167,8 @@ def test_parse_grid_template_axes_keep_old_grids_and_their_folders():
     old = parse_grid("template=answer-statement")
     assert old["statement_anchor"] == old["option_style"] == old["baseline_tokens"] == [None]
     setting = {k: v[0] for k, v in old.items()}
-    assert _slug(setting) == "answer-statement_prerope_plain_0shot_inorder"
-    named = _slug({**setting, "statement_anchor": "last_word", "baseline_tokens": "words"})
+    assert slug(setting) == "answer-statement_prerope_plain_0shot_inorder"
+    named = slug({**setting, "statement_anchor": "last_word", "baseline_tokens": "words"})
     assert named.endswith("_inorder_anchor-lastword_answers-words")
     with pytest.raises(ValueError, match="not one of letters, plain"):
         parse_grid("option_style=bullets")
@@ -256,8 +257,13 @@ def test_a_shared_pass_killed_midway_resumes_every_folder(smollm2, tmp_path, mon
         scan_shared(smollm2, data, requests(tmp_path / "killed"), _options(chunk_size=4))
     monkeypatch.setattr(RunFolder, "write_chunk", real)
     counter = _PassCounter(monkeypatch)
+    resumed_at = time.time()
     resumed = scan_shared(smollm2, data, requests(tmp_path / "killed"), _options(chunk_size=4))
     assert counter.take() == 1  # the one chunk a folder lacked, scored once for both
+    # the pass's time counts the chunks the killed call scored, not only the resumed call's
+    earlier = resumed[0].chunk_seconds("main", before=resumed_at)
+    assert earlier > 0
+    assert resumed[0].meta()["scans"]["main"]["seconds"] >= earlier
     for a, b in zip(whole, resumed):
         for name, array in _arrays(a).items():
             np.testing.assert_array_equal(_arrays(b)[name], array)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -302,10 +303,16 @@ class RunFolder(ResumableFolder):
         return self.chunk_dir(scan) / f"chunk-{start:08d}.json"
 
     def write_chunk(
-        self, scan: str, start: int, arrays: dict[str, np.ndarray], identity: str | None = None
+        self,
+        scan: str,
+        start: int,
+        arrays: dict[str, np.ndarray],
+        identity: str | None = None,
+        seconds: float | None = None,
     ) -> None:
-        """Write a chunk atomically, then its record (checksum, item range, shapes): a kill in
-        between leaves a chunk without a record, which verification sets aside."""
+        """Write a chunk atomically, then its record (checksum, item range, shapes, and the
+        ``seconds`` it took to score, with when it was written): a kill in between leaves a
+        chunk without a record, which verification sets aside."""
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         data = buffer.getvalue()
@@ -322,8 +329,24 @@ class RunFolder(ResumableFolder):
                 "stop": start + rows.pop(),
                 "identity": identity if identity is not None else self.chunk_identity(),
                 "arrays": {k: [list(a.shape), str(a.dtype)] for k, a in arrays.items()},
+                "seconds": seconds,
+                "written": time.time(),
             },
         )
+
+    def chunk_seconds(self, scan: str, before: float) -> float:
+        """The scoring seconds recorded by the chunks of ``scan`` written before ``before`` (a
+        ``time.time()``): the work earlier, interrupted calls did, so a resumed scan's time
+        counts it. Chunks from before records kept seconds count 0."""
+        total = 0.0
+        for path in self.chunk_dir(scan).glob("chunk-*.json"):
+            try:
+                record = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and (record.get("written") or before) < before:
+                total += float(record.get("seconds") or 0.0)
+        return total
 
     def chunk_identity(self, meta: Mapping[str, Any] | None = None) -> str:
         """The digest of the request (:func:`scan_identity`) stamped on every chunk it writes."""

@@ -349,7 +349,7 @@ def _scan_pass(
     folder's chunks and mark the scan complete in its run.json."""
     n = len(group[0][1])
     score = functools.partial(_score_chunks, group, lm, scan_name, opt)
-    began = time.perf_counter()
+    began, began_at = time.perf_counter(), time.time()
     owned = _owned_chunks(state, n, opt.chunk_size)
     score(opt.progress and state.is_main_process, owned, state.num_processes)
     state.wait_for_everyone()  # every process's chunks are on disk before one merges them
@@ -361,7 +361,10 @@ def _scan_pass(
                 redo = [err.starts if j == i else [] for j in range(len(group))]
                 score(opt.progress, err.starts, redo=redo)
                 t.run.merge_chunks(scan_name, n, opt.chunk_size, log=opt.log)
-        seconds = round(time.perf_counter() - began, 3)
+        # this call's wall time, plus the scoring time of chunks earlier (interrupted) calls
+        # wrote, so a resumed scan reports what the whole pass cost
+        earlier = group[0][0].run.chunk_seconds(scan_name, before=began_at)
+        seconds = round(time.perf_counter() - began + earlier, 3)
         folders = [str(t.run.path) for t, _ in group]
         for t, _ in group:
             t.meta["scans"][scan_name] = {
@@ -581,6 +584,7 @@ def _score_chunks(
     label = f"scan {scan_name}" + (f" [{processes} processes]" if processes > 1 else "")
     with Progress(progress, label, total, done) as advance:
         for start in starts:
+            chunk_began = time.perf_counter()
             results = score_prompt_sets(
                 lm,
                 [prompts[start : start + opt.chunk_size] for _, prompts in group],
@@ -592,9 +596,10 @@ def _score_chunks(
                 hidden_layers=first.meta.get("hidden_layers"),
                 on_batch=advance,
             )
+            seconds = round(time.perf_counter() - chunk_began, 3)
             for (t, _), result, wanted, identity in zip(group, results, redo, identities):
                 if start in wanted:
-                    t.run.write_chunk(scan_name, start, _chunk_arrays(result), identity)
+                    t.run.write_chunk(scan_name, start, _chunk_arrays(result), identity, seconds)
 
 
 def _chunk_arrays(result: Any) -> dict[str, Any]:

@@ -21,7 +21,6 @@ reused as they are.
 
 from __future__ import annotations
 
-import itertools
 import textwrap
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from qkscore.dtypes import SCAN_DTYPE
+from qkscore.grid import DEFAULT_GRID, TEMPLATE_AXES, parse_grid, settings, slug, slug_parts
 from qkscore.io import write_json
 from qkscore.pipeline import (
     MIN_CALIBRATION,
@@ -46,103 +46,6 @@ from qkscore.scanning import ScanOptions, ScanRequest, scan_shared
 from qkscore.schemas import Evaluation, read_json
 
 __all__ = ["DEFAULT_GRID", "parse_grid", "sweep"]
-
-#: Setting names and the values a sweep tries when the grid names the setting without values.
-GRID_KEYS: dict[str, tuple[Any, ...]] = {
-    "template": ("answer-statement", "last-option"),
-    "rope": (False, True),
-    "chat_template": (False, True),
-    "num_fewshot": (0, 3),
-    "swap_options": (False, True),
-    "statement_anchor": ("last", "last_word"),
-    "option_style": ("letters", "plain"),
-    "baseline_tokens": ("letters", "words"),
-}
-#: Grid settings that are template fields; a grid that does not name one keeps each template's
-#: own value (None), so grids written before they existed sweep what they swept.
-TEMPLATE_AXES = ("statement_anchor", "option_style", "baseline_tokens")
-_SLUG_NAMES = {
-    "statement_anchor": "anchor",
-    "option_style": "options",
-    "baseline_tokens": "answers",
-}
-DEFAULT_GRID = "template=answer-statement;rope=false;chat_template=false,true;num_fewshot=0,3"
-
-
-def _value(key: str, text: str) -> Any:
-    text = text.strip()
-    if key in ("rope", "chat_template", "swap_options"):
-        low = text.lower()
-        if low not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"grid setting {key}: {text!r} is not true or false")
-        return low in ("true", "1", "yes")
-    if key == "num_fewshot":
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"grid setting num_fewshot: {text!r} is not a number") from None
-        if value < 0:
-            raise ValueError("grid setting num_fewshot must be 0 or more")
-        return value
-    if key in TEMPLATE_AXES and text not in GRID_KEYS[key]:
-        raise ValueError(f"grid setting {key}: {text!r} is not one of {', '.join(GRID_KEYS[key])}")
-    return text
-
-
-def _unnamed(key: str) -> Any:
-    """The value of a setting the grid does not name: the template's own for template axes."""
-    return None if key in TEMPLATE_AXES else GRID_KEYS[key][0]
-
-
-def parse_grid(spec: str) -> dict[str, list[Any]]:
-    """``"template=answer-statement,last-option;rope=false;num_fewshot=0,3"`` as a dict.
-
-    A key given without ``=values`` takes every value of :data:`GRID_KEYS`; keys not named
-    keep their default: the first value listed there, or for the template axes
-    (:data:`TEMPLATE_AXES`) None, each template's own value (today's prompts).
-    """
-    grid: dict[str, list[Any]] = {}
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        key, _, values = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in GRID_KEYS:
-            raise ValueError(f"unknown grid setting {key!r}; known: {', '.join(GRID_KEYS)}")
-        grid[key] = (
-            [_value(key, v) for v in values.split(",") if v.strip()]
-            if values
-            else list(GRID_KEYS[key])
-        )
-        if not grid[key]:
-            raise ValueError(f"grid setting {key} has no values")
-    return {key: grid.get(key, [_unnamed(key)]) for key in GRID_KEYS}
-
-
-def _settings(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-
-
-def _slug(setting: Mapping[str, Any]) -> str:
-    """A cell's folder name: :func:`_slug_parts` joined by underscores."""
-    return "_".join(_slug_parts(setting))
-
-
-def _slug_parts(setting: Mapping[str, Any]) -> list[str]:
-    """A setting's values as short words (what the leaderboard shows, one word per axis)."""
-    parts = [
-        str(setting["template"]),
-        "rope" if setting["rope"] else "prerope",
-        "chat" if setting["chat_template"] else "plain",
-        f"{setting['num_fewshot']}shot",
-        "swapped" if setting["swap_options"] else "inorder",
-    ]
-    # template axes appear only when named, so grids without them keep their folder names
-    parts += [
-        f"{_SLUG_NAMES[key]}-{str(setting[key]).replace('_', '')}"
-        for key in TEMPLATE_AXES
-        if setting.get(key) is not None
-    ]
-    return parts
 
 
 def sweep(
@@ -170,7 +73,7 @@ def sweep(
     from qkscore.models import LoadedModel, load_model
 
     grid = parse_grid(grid) if isinstance(grid, str) else {k: list(v) for k, v in grid.items()}
-    cells, skipped = _cells(_settings(grid))
+    cells, skipped = _cells(settings(grid))
     _check_before_loading(data, cells, calib_size, limit, controls, seed)
     root = Path(out)
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
@@ -226,8 +129,8 @@ def _cells(settings: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict
         overrides = {k: setting[k] for k in TEMPLATE_AXES if setting.get(k) is not None}
         cell = {
             "cell": f"c{number}",
-            "setting": _slug(setting),
-            "label": " ".join(_slug_parts(setting)),
+            "setting": slug(setting),
+            "label": " ".join(slug_parts(setting)),
             "values": dict(setting),
         }
         try:

@@ -14,6 +14,7 @@ from qkscore.cli._shared import console as _console
 from qkscore.cli._shared import fail as _fail
 from qkscore.data.controls import controls_help
 from qkscore.dtypes import SCAN_DTYPE, VERDICT_DTYPE
+from qkscore.grid import DEFAULT_GRID, grid_help
 
 CONTROL_HELP = f"Control scan (repeat for several): {controls_help()}."
 
@@ -391,14 +392,7 @@ def sweep(
     model: str = typer.Option(..., "--model", "-m", help="Alias, hub id, folder or .gguf file."),
     data: str = typer.Option(..., "--data", "-d", help="Data spec FORMAT:PATH?k=v."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the settings' runs."),
-    grid: str = typer.Option(
-        "template=answer-statement;rope=false;chat_template=false,true;num_fewshot=0,3",
-        help="Settings to try: template, rope, chat_template, num_fewshot, swap_options, "
-        "statement_anchor (last, last_word), option_style (letters, plain), baseline_tokens "
-        "(letters, words), as 'key=v1,v2;key2=...' (a key alone tries its usual values; a "
-        "template axis not named keeps the template's own). Impossible cells are skipped; "
-        "cells with the same prompt tokens share one forward pass.",
-    ),
+    grid: str = typer.Option(DEFAULT_GRID, help=grid_help()),
     calib_size: int = typer.Option(400, min=2, help="Balanced calibration items per setting."),
     limit: int | None = typer.Option(None, min=1, help="Keep the first N items."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
