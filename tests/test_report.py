@@ -167,3 +167,25 @@ def test_mcnemar_records_and_the_string_keys_of_older_evaluations_read_alike():
     assert comparison_records(old) == new == comparison_records(new)
     assert find_comparison(old, "head", "model_margin")["pvalue"] == 0.04
     assert find_comparison(new, "head", "model_answer") is None
+
+
+def test_report_shows_evaluate_by_tables_with_the_summarys_figures(tmp_path):
+    from qkscore.report.summary import group_table
+
+    run = make_run(tmp_path / "run", seed=1)
+    profile = calibrate(run, calib_size=400, seed=0, reader="head")
+    result = evaluate(run, profile, n_boot=200, by=["depth"])
+    text = render_report(run, profile, result)
+    _check_self_contained(text)
+    assert "Accuracy [95% CI] by depth (<code>evaluate --by depth</code>)" in text
+    markdown = group_table(result, "depth", result["by"]["depth"])
+    rows = [line for line in markdown if line.startswith("| ") and "---" not in line][1:]
+    assert rows  # one per depth value
+    for line in rows:  # every cell of the summary's table is in the report's, in order
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        html_row = "".join(
+            f'<td class="num">{c}</td>' if i else f"<td>{c}</td>" for i, c in enumerate(cells)
+        )
+        assert html_row in text
+    no_by = render_report(run, profile, evaluate(run, profile, n_boot=200))
+    assert "evaluate --by" not in no_by

@@ -33,6 +33,7 @@ from qkscore.pipeline import ITEM_LISTS, evaluation_indices
 from qkscore.profile import Profile
 from qkscore.report import plots
 from qkscore.report.summary import finite as _finite
+from qkscore.report.summary import group_rows
 from qkscore.report.summary import number as _num
 from qkscore.report.summary import verdict as _verdict
 from qkscore.run import MAIN, RunFolder
@@ -407,6 +408,23 @@ def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> dict[str,
     }
 
 
+def _by_field_section(ev: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One table per field ``evaluate --by`` grouped the items by: every reader beside the
+    fair baselines, with intervals (the breakdowns above show point accuracies only)."""
+    sections = []
+    for field, by_method in (ev.get("by") or {}).items():
+        names, rows = group_rows(dict(ev), by_method)
+        sections.append(
+            {
+                "field": field,
+                "header": [field, "n", *names],
+                "rows": [[value, n, *cells] for value, n, cells in rows],
+                "numeric": tuple(range(1, len(names) + 2)),
+            }
+        )
+    return sections
+
+
 def _controls_section(ev: Mapping[str, Any]) -> dict[str, Any] | None:
     controls = ev.get("controls") or {}
     if not controls:
@@ -520,6 +538,7 @@ def render_report(
         distributions=_distribution_section(run, prof),
         methods=_methods_section(ev),
         breakdowns=_breakdown_section(ev, chance),
+        by_field=_by_field_section(ev),
         controls=_controls_section(ev),
         provenance=_provenance_section(run, meta, prof, ev),
         version=__version__,

@@ -115,25 +115,36 @@ def summary_markdown(report: dict[str, Any]) -> str:
 GROUP_BASELINES = ("model_margin", "hidden_probe", "shallow", "model_answer")
 
 
-def group_table(report: dict[str, Any], field: str, by_method: dict[str, Any]) -> list[str]:
-    """Accuracy [95% CI] per value of ``field`` (``evaluate --by FIELD``): the chosen reader,
-    the other readers, then the fair baselines; a row per value with its item count."""
+def group_rows(
+    report: dict[str, Any], by_method: dict[str, Any]
+) -> tuple[list[str], list[tuple[str, int, list[str]]]]:
+    """A by-field table (``evaluate --by FIELD``) as column names and ``(value, n, cells)``
+    rows: the chosen reader, the other readers, then the fair baselines, each cell an accuracy
+    with its 95% interval. The one layout the summary and the HTML report both show."""
     methods = report["methods"]
     chosen = _chosen(report)
     readers = [k for k, m in methods.items() if m.get("kind") == "reader" and k != chosen]
     shown = [k for k in (chosen, *readers, *GROUP_BASELINES) if k in by_method]
     values = list(dict.fromkeys(v for k in shown for v in by_method[k]))
     names = [methods[k].get("label", k) + (" (chosen)" if k == chosen else "") for k in shown]
+    rows = []
+    for value in values:
+        cells = [by_method[k].get(value) for k in shown]
+        n = next((c["n"] for c in cells if c), 0)
+        rows.append((value, n, [_fmt(c) for c in cells]))
+    return names, rows
+
+
+def group_table(report: dict[str, Any], field: str, by_method: dict[str, Any]) -> list[str]:
+    """Accuracy [95% CI] per value of ``field`` as Markdown lines (see :func:`group_rows`)."""
+    names, rows = group_rows(report, by_method)
     lines = [
         f"Accuracy [95% CI] by `{field}`:",
         "",
         f"| {field} | n | " + " | ".join(names) + " |",
-        "|---|---:|" + "---|" * len(shown),
+        "|---|---:|" + "---|" * len(names),
     ]
-    for value in values:
-        cells = [by_method[k].get(value) for k in shown]
-        n = next((c["n"] for c in cells if c), 0)
-        lines.append(f"| {value} | {n} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    lines += [f"| {value} | {n} | " + " | ".join(cells) + " |" for value, n, cells in rows]
     return lines
 
 
