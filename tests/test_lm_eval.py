@@ -24,6 +24,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from qkscore.integrations.lm_eval import QKScoreLM, lm_eval_argv, register  # noqa: E402
 from qkscore.integrations.lm_eval_tasks import (  # noqa: E402
     TASKS_DIR,
+    packaged_task,
     packaged_tasks,
     task_config,
 )
@@ -75,6 +76,21 @@ def test_wrapper_adds_the_packaged_tasks_unless_an_include_path_is_given():
     assert lm_eval_argv(["--help"]) == ["--help"]
     names = set(packaged_tasks())
     assert {"qkscore_prontoqa_distractors", "qkscore_mmlu_logic", "qkscore_folio"} <= names
+
+
+def test_debiased_multi_logieval_task_holds_the_debiased_items_split_as_calibrate_does(
+    shared_data,
+):
+    from qkscore.data import load_items
+
+    splits = packaged_task("qkscore_multi_logieval_debiased")
+    spec = f"multi-logieval:{shared_data / 'multi_logieval' / 'data'}?debias=1&seed=0"
+    items = load_items(spec)
+    assert len(splits.validation) == 400 and len(splits.test) == len(items) - 400
+    assert {it.id for it in splits.validation} | {it.id for it in splits.test} == {
+        it.id for it in items
+    }
+    assert sorted(it.label for it in splits.validation).count("True") == 200
 
 
 def test_listed_options_are_found_as_the_template_renders_them(smollm2_tokenizer):
