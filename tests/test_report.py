@@ -181,11 +181,12 @@ def test_report_shows_evaluate_by_tables_with_the_summarys_figures(tmp_path):
     markdown = group_table(result, "depth", result["by"]["depth"])
     rows = [line for line in markdown if line.startswith("| ") and "---" not in line][1:]
     assert rows  # one per depth value
-    for line in rows:  # every cell of the summary's table is in the report's, in order
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        html_row = "".join(
-            f'<td class="num">{c}</td>' if i else f"<td>{c}</td>" for i, c in enumerate(cells)
-        )
-        assert html_row in text
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+    names = [c.strip() for c in markdown[2].strip("|").split("|")][2:]
+    for i, name in enumerate(names):  # the report's row per method holds the summary's column
+        cells = "".join(f'<td class="num">{row[2 + i]}</td>' for row in table)
+        assert f"<td>{name}</td>{cells}" in text
+    for value, n, *_ in table:
+        assert f"depth {value} (n={n})" in text
     no_by = render_report(run, profile, evaluate(run, profile, n_boot=200))
     assert "evaluate --by" not in no_by

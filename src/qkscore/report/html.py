@@ -410,16 +410,19 @@ def _breakdown_section(ev: Mapping[str, Any], chance: float | None) -> dict[str,
 
 def _by_field_section(ev: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One table per field ``evaluate --by`` grouped the items by: every reader beside the
-    fair baselines, with intervals (the breakdowns above show point accuracies only)."""
+    fair baselines, with intervals (the breakdowns above show point accuracies only). A
+    method per row and a value per column, so many readers do not widen the page."""
     sections = []
     for field, by_method in (ev.get("by") or {}).items():
         names, rows = group_rows(dict(ev), by_method)
         sections.append(
             {
                 "field": field,
-                "header": [field, "n", *names],
-                "rows": [[value, n, *cells] for value, n, cells in rows],
-                "numeric": tuple(range(1, len(names) + 2)),
+                "header": ["method", *(f"{field} {value} (n={n})" for value, n, _ in rows)],
+                "rows": [
+                    [name, *(cells[i] for _, _, cells in rows)] for i, name in enumerate(names)
+                ],
+                "numeric": tuple(range(1, len(rows) + 1)),
             }
         )
     return sections
