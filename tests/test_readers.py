@@ -137,6 +137,23 @@ def test_hidden_state_probe_picks_the_informative_layer():
     np.testing.assert_allclose(again.predict_proba(hidden), probe.predict_proba(hidden))
 
 
+def test_the_probe_fit_in_the_items_row_space_is_liblinears_full_fit():
+    """Fewer items than features: the probe fits in the row space of [x, 1] (n dimensions,
+    not d + 1); the optimum is the one liblinear finds on every feature, bias included."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x, test = rng.normal(size=(60, 200)), rng.normal(size=(30, 200))
+    y = (x[:, :5].sum(1) + rng.normal(size=60) > 0).astype(int)
+    for c in (0.01, 1.0):
+        fitted = HiddenStateProbe()._fit_one(x, y, c)
+        full = LogisticRegression(C=c, solver="liblinear", dual=True, tol=1e-10, max_iter=10**5)
+        full.fit(x, y)
+        np.testing.assert_allclose(fitted.coef, full.coef_, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(fitted.intercept, full.intercept_, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(fitted.proba(test, 2), full.predict_proba(test), atol=1e-5)
+
+
 def test_a_probe_with_one_layer_and_one_c_fits_once(monkeypatch):
     """Nothing to choose, no inner folds: a probe cross-validated with its layer and C fixed
     (what step calibration does) costs one fit per fold, not 21, and predicts as the probe that
