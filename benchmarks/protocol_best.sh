@@ -26,7 +26,7 @@ value = lambda v: str(v).lower() if isinstance(v, bool) else str(v)
 print(";".join(f"{k}={value(chosen[k])}" for k in keys if chosen.get(k) is not None))
 ' "$OUT/leaderboard.json")}
 echo "=== $model: best cell $GRID"
-for set in ${SETS_TO_RUN:-prontoqa-ood-composed pararule-debiased multi-logieval-debiased}; do
+for set in ${SETS_TO_RUN:-prontoqa-ood-composed multi-logieval-debiased pararule-debiased}; do
   echo "=== $model / $set ($(date -u +%H:%M:%S))"
   $QK sweep --model "$model" --data "${SETS[$set]}" --out "$OUT/best-$set" --grid "$GRID" \
     --calib-size "${CALIB_OF[$set]:-400}" --batch-size "${BATCH:-8}" --dtype "${DTYPE:-auto}" \
