@@ -72,16 +72,18 @@ class HiddenStateProbe(BaseEstimator):
         (:func:`_row_space`; ``reduced`` reuses one across Cs): the same problem, 5x faster than
         liblinear's dual on the full features. With more items (chain steps) its primal
         solver, whose cost does not grow with the items as the dual's does."""
-        if np.unique(y).size != 2:
-            lr = LogisticRegression(C=c, max_iter=3000).fit(x, y)
-            return _Fitted(lr.classes_, lr.coef_, lr.intercept_)
-        if x.shape[0] >= x.shape[1]:
+        if _in_row_space(x, y):
+            basis, z = _row_space(x) if reduced is None else reduced
+            lr = LogisticRegression(
+                C=c, solver="liblinear", dual=True, fit_intercept=False, max_iter=3000
+            )
+            w = basis @ lr.fit(z, y).coef_[0]
+            return _Fitted(lr.classes_, w[None, :-1], w[-1:])
+        if np.unique(y).size == 2:
             lr = LogisticRegression(C=c, solver="liblinear", max_iter=3000).fit(x, y)
-            return _Fitted(lr.classes_, lr.coef_, lr.intercept_)
-        basis, z = _row_space(x) if reduced is None else reduced
-        lr = LogisticRegression(C=c, solver="liblinear", dual=True, fit_intercept=False)
-        w = basis @ lr.set_params(max_iter=3000).fit(z, y).coef_[0]
-        return _Fitted(lr.classes_, w[None, :-1], w[-1:])
+        else:
+            lr = LogisticRegression(C=c, max_iter=3000).fit(x, y)
+        return _Fitted(lr.classes_, lr.coef_, lr.intercept_)
 
     def _cv_table(self, h: np.ndarray, y: np.ndarray, folds: Any) -> np.ndarray:
         """Held-out macro AUROC for every (kept layer, C)."""
@@ -91,8 +93,7 @@ class HiddenStateProbe(BaseEstimator):
             for fi, (tr, te) in enumerate(folds):
                 mean, scale = standardise(x[tr])
                 train, test = (x[tr] - mean) / scale, (x[te] - mean) / scale
-                two = np.unique(y[tr]).size == 2 and train.shape[0] < train.shape[1]
-                reduced = _row_space(train) if two else None
+                reduced = _row_space(train) if _in_row_space(train, y[tr]) else None
                 for ci, c in enumerate(self.Cs):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
@@ -212,6 +213,11 @@ class _Fitted:
         else:
             proba[:, self.classes] = softmax(u, axis=1)
         return proba
+
+
+def _in_row_space(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether a fit runs in the items' row space: two classes, fewer items than features."""
+    return np.unique(y).size == 2 and x.shape[0] < x.shape[1]
 
 
 def _with_bias(x: np.ndarray) -> np.ndarray:

@@ -414,7 +414,7 @@ def _by_field_section(ev: Mapping[str, Any]) -> list[dict[str, Any]]:
     method per row and a value per column, so many readers do not widen the page."""
     sections = []
     for field, by_method in (ev.get("by") or {}).items():
-        names, rows = group_rows(dict(ev), by_method)
+        names, rows = group_rows(ev, by_method)
         sections.append(
             {
                 "field": field,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from qkscore.schemas import comparison_records, find_comparison
@@ -116,7 +117,7 @@ GROUP_BASELINES = ("model_margin", "hidden_probe", "shallow", "model_answer")
 
 
 def group_rows(
-    report: dict[str, Any], by_method: dict[str, Any]
+    report: Mapping[str, Any], by_method: Mapping[str, Any]
 ) -> tuple[list[str], list[tuple[str, int, list[str]]]]:
     """A by-field table (``evaluate --by FIELD``) as column names and ``(value, n, cells)``
     rows: the chosen reader, the other readers, then the fair baselines, each cell an accuracy
