@@ -19,11 +19,8 @@ OUT=${OUT:-runs/protocol/$model}
 # the chosen cell's settings as a one-cell grid ("template=...;num_fewshot=3;...")
 GRID=${GRID:-$($PY -c '
 import json, sys
-chosen = json.load(open(sys.argv[1]))["chosen"]
-keys = ("template", "rope", "chat_template", "num_fewshot", "swap_options",
-        "statement_anchor", "option_style", "baseline_tokens")
-value = lambda v: str(v).lower() if isinstance(v, bool) else str(v)
-print(";".join(f"{k}={value(chosen[k])}" for k in keys if chosen.get(k) is not None))
+from qkscore.grid import grid_spec
+print(grid_spec(json.load(open(sys.argv[1]))["chosen"]))
 ' "$OUT/leaderboard.json")}
 echo "=== $model: best cell $GRID"
 for set in ${SETS_TO_RUN:-prontoqa-ood-composed multi-logieval-debiased pararule-debiased}; do

@@ -27,6 +27,18 @@ def test_parse_grid_fills_defaults_and_refuses_unknown_settings():
         parse_grid("rope=maybe")
 
 
+def test_a_cells_grid_spec_parses_back_to_that_one_cell():
+    from qkscore.grid import grid_spec, settings
+
+    grid = parse_grid("chat_template=true;num_fewshot=3;statement_anchor=last_word;option_style")
+    for setting in settings(grid):
+        spec = grid_spec(setting)
+        assert settings(parse_grid(spec)) == [setting]
+    assert "chat_template=true" in spec and "num_fewshot=3" in spec
+    old = {k: v[0] for k, v in parse_grid("template=answer-statement").items()}
+    assert "statement_anchor" not in grid_spec(old)  # left to the template, as it was
+
+
 def test_fewshot_examples_are_balanced_and_never_scored():
     items = load_items(SPEC)
     template, rest = with_fewshot(get_template("answer-statement"), items, 3)

@@ -11,7 +11,15 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_GRID", "GRID_KEYS", "TEMPLATE_AXES", "grid_help", "parse_grid", "settings"]
+__all__ = [
+    "DEFAULT_GRID",
+    "GRID_KEYS",
+    "TEMPLATE_AXES",
+    "grid_help",
+    "grid_spec",
+    "parse_grid",
+    "settings",
+]
 
 #: Setting names and the values a sweep tries when the grid names the setting without values.
 GRID_KEYS: dict[str, tuple[Any, ...]] = {
@@ -111,10 +119,21 @@ def slug_parts(setting: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _text(value: Any) -> str:
+    """A setting's value as a grid spec writes it (``true``/``false`` for flags)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def grid_spec(setting: Mapping[str, Any]) -> str:
+    """One cell's setting as a one-cell grid spec (``parse_grid`` reads it back to it): how a
+    sweep's chosen cell is run again on other data. Settings left to the template are left out."""
+    return ";".join(f"{k}={_text(setting[k])}" for k in GRID_KEYS if setting.get(k) is not None)
+
+
 def grid_help() -> str:
     """The ``--grid`` help: every setting with its usual values, read from :data:`GRID_KEYS`."""
     values = "; ".join(
-        f"{key} ({', '.join(str(v).lower() for v in vals)})" for key, vals in GRID_KEYS.items()
+        f"{key} ({', '.join(_text(v) for v in vals)})" for key, vals in GRID_KEYS.items()
     )
     return (
         f"Settings to try: {values}; as 'key=v1,v2;key2=...'. A key alone tries its usual "
