@@ -381,3 +381,25 @@ def test_read_text_file_diagnoses_encodings(tmp_path: Path) -> None:
     assert err.value.line == 2
     assert sniff_encoding(b"plain ascii") is None
     assert sniff_encoding(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR") is not None
+
+
+def test_every_command_summary_reads_as_one_line_in_the_listing() -> None:
+    """The command listing (`qkscore --help`, `qkscore data --help`) keeps a summary's hard line
+    breaks, so a summary written over two source lines breaks mid-sentence at 80 columns."""
+    import inspect
+
+    import typer
+
+    def summaries(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield f"{path} {name}", inspect.cleandoc(sub.short_help or sub.help or "")
+            yield from summaries(sub, f"{path} {name}")
+
+    broken = [
+        name
+        for name, text in summaries(typer.main.get_command(app), "qkscore")
+        if "\n" in text.split("\n\n")[0]
+    ]
+    assert broken == []
+    listing = _run("--help", env={"COLUMNS": "80"}).stdout
+    assert "readers" in listing and max(len(line) for line in listing.splitlines()) <= 80

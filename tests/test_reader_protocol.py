@@ -180,3 +180,36 @@ def test_every_built_in_reader_keeps_the_protocol(name):
     again = reader_from_dict(json.loads(json.dumps(reader.to_dict())))
     assert type(again) is type(reader)
     assert np.allclose(again.predict_proba(x, baseline=base), proba)
+
+
+def test_the_readers_command_lists_every_registered_reader(registered) -> None:
+    """`qkscore readers` is where a user finds the names --reader takes, a reader registered
+    from outside included, with the first line of its docstring as what it reads."""
+    from typer.testing import CliRunner
+
+    from qkscore.cli import app
+
+    result = CliRunner().invoke(app, ["readers", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert listed["auto"] == "auto"
+    assert [r["name"] for r in listed["readers"]] == list(READERS)
+    ours = {r["name"]: r for r in listed["readers"]}
+    assert ours[NAME]["reads"] == MeanMarginReader.__doc__.splitlines()[0]
+    assert ours["hybrid"]["needs_model_answer"] and not ours["head"]["needs_model_answer"]
+    table = CliRunner().invoke(app, ["readers"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0 and NAME in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+
+
+def test_reader_option_completes_registered_names(registered) -> None:
+    import click
+    import typer
+
+    from qkscore.cli import app
+
+    calibrate = typer.main.get_command(app).commands["calibrate"]
+    option = next(p for p in calibrate.params if p.name == "reader")
+    complete = [c.value for c in option.shell_complete(click.Context(calibrate), "li")]
+    assert complete == ["linear", "linear-l1"]
+    assert NAME in [c.value for c in option.shell_complete(click.Context(calibrate), "")]

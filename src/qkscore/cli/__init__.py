@@ -38,6 +38,7 @@ for _command in (
     _pipeline.sweep,
     _pipeline.report,
     _pipeline.heads,
+    _pipeline.readers,
     _audit.check,
     _audit.verify_chain,
     _audit.serve,

@@ -377,8 +377,7 @@ def _open_log(db: str):
 
 @audit_app.command("verify")
 def audit_verify(db: str = typer.Option(..., "--db", help=DB_HELP)) -> None:
-    """Walk the log's hash links (its ledger); name the first broken row (exit 2) or print the
-    row count."""
+    """Walk the log's hash links; name the first broken row (exit 2) or print the row count."""
     store = _open_log(db)
     try:
         report = store.verify()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import typer
 from rich.markdown import Markdown
 from rich.table import Table
@@ -33,13 +32,13 @@ def _reader_option(value: str) -> str:
     return value
 
 
-def _complete_reader(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+def _complete_reader(incomplete: str) -> list[str]:
     return [c for c in reader_choices() if c.startswith(incomplete)]
 
 
 READER_HELP = (
     "auto (best cross-validated AUROC on the calibration split) or the name of a registered "
-    "reader (qkscore.register_reader; an unknown name is refused with the list)."
+    "reader: `qkscore readers` lists them (qkscore.register_reader adds one)."
 )
 DEMO_DATA = "generated:depth=1-3&n=800&distractors=1&seed=0"
 DEMO_MODEL = "smollm2-135m"
@@ -153,7 +152,7 @@ def calibrate(
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Steps only."),
     seed: int = typer.Option(0),
     reader: str = typer.Option(
-        "auto", parser=_reader_option, shell_complete=_complete_reader, help=READER_HELP
+        "auto", parser=_reader_option, autocompletion=_complete_reader, help=READER_HELP
     ),
     metric: str = typer.Option(
         "auroc", help="Single-head ranking: auroc, accuracy, balanced_accuracy."
@@ -167,9 +166,11 @@ def calibrate(
         "ids, which stay in the file; the ranking's top 10).",
     ),
 ) -> None:
-    """Fit every reader and the fair baselines on a balanced calibration split; pick the
-    reader by cross-validation on that split alone. On a generation folder (or --steps FILE)
-    the readers are fitted on chain steps: a step profile for verify-chain, serve and rank."""
+    """Fit every reader and the fair baselines; pick one by cross-validation on calibration items.
+
+    The calibration split is balanced, and the reader is chosen on it alone. On a generation
+    folder (or --steps FILE) the readers are fitted on chain steps: a step profile for
+    verify-chain, serve and rank."""
     console = _console(stderr=as_json)
     from qkscore.pipeline import calibrate as run_calibrate
 
@@ -348,7 +349,7 @@ def evaluate(
         "logic ...), with 95% intervals; repeat for several fields.",
     ),
 ) -> None:
-    """Report the head against the model's own answer, never on calibration items."""
+    """Report the chosen reader beside the fair baselines and controls, on held-out items."""
     console = _console()
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
@@ -400,8 +401,10 @@ def sweep(
     control: list[str] = typer.Option([], help=CONTROL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:
-    """Scan every prompt setting of a grid, fit every reader, rank (setting, reader) pairs by
-    calibration cross-validation only, and show the evaluation figure of the pick."""
+    """Scan every prompt setting of a grid and rank (setting, reader) pairs by calibration CV.
+
+    Every reader is fitted in every cell; the ranking reads calibration cross-validation only,
+    and the evaluation figure is shown for the pick."""
     console = _console()
     from qkscore.sweep import leaderboard_markdown
     from qkscore.sweep import sweep as run_sweep
@@ -442,6 +445,27 @@ def report(
     console.print(f"[green]report written to {out}[/]")
 
 
+def readers(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
+    """List the readers --reader takes; auto picks among them by cross-validation."""
+    from qkscore.estimators.protocol import AUTO, READERS
+
+    rows = [
+        {"name": e.name, "reads": e.help, "needs_model_answer": e.cls.needs_baseline}
+        for e in READERS.values()
+    ]
+    if as_json:
+        typer.echo(json.dumps({"auto": AUTO, "readers": rows}, indent=2))
+        return
+    table = Table(title=f"Readers ({AUTO}: the best cross-validated AUROC among them)")
+    for col in ("name", "reads", "needs the model's answer"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], row["reads"], "yes" if row["needs_model_answer"] else "no")
+    _console().print(table)
+
+
 def heads(
     model: str = typer.Option(DEMO_MODEL, "--model", "-m"),
     context: str = typer.Option(
@@ -452,8 +476,9 @@ def heads(
     top: int = typer.Option(10, help="Heads to show."),
     rope: bool = typer.Option(False),
 ) -> None:
-    """Score one item with every head and show the heads with the widest True/False margin
-    (before calibration: which heads separate the options at all)."""
+    """Score one item and show the heads with the widest True/False margin, before calibration.
+
+    Which heads separate the options at all, on this one item."""
     console = _console()
     import numpy as np
 
