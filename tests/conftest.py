@@ -7,6 +7,7 @@ them. Tests that need a set or a packaged model that is absent are skipped with 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,38 @@ def judge(tmp_path_factory, smollm2):
 
     build_profile(tmp_path_factory.getbasetemp(), smollm2)
     return shared_judge(tmp_path_factory.getbasetemp(), smollm2)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    """Headless chromium through selenium, shared by the dashboard and report page tests."""
+    if not CHROMIUM or not CHROMEDRIVER:
+        pytest.skip(
+            "chromium or chromedriver is not installed (bash scripts/install_browser.sh installs "
+            "Debian's chromium and chromium-driver)"
+        )
+    pytest.importorskip("selenium", reason="selenium is not installed: pip install selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1500",
+    ):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

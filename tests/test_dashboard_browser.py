@@ -1,7 +1,7 @@
 """The dashboard in a real headless chromium, against a live server with a SmolLM2 profile.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package; install them
-with ``bash scripts/install_browser.sh``. Skipped, saying so, when any is missing.
+The ``browser`` fixture (tests/conftest.py) skips, saying so, when chromium, chromedriver or
+selenium is missing; ``bash scripts/install_browser.sh`` installs them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from tiny_models import few_threads
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 KEY = "dashboard-key"
 XSS = 'Max is <img src=x onerror="window.__xss=1">red.'
 
@@ -29,36 +27,6 @@ XSS = 'Max is <img src=x onerror="window.__xss=1">red.'
 def _one_thread():
     with few_threads():
         yield
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip(
-            "chromium or chromedriver is not installed (bash scripts/install_browser.sh installs "
-            "Debian's chromium and chromium-driver)"
-        )
-    pytest.importorskip("selenium", reason="selenium is not installed: pip install selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1500",
-    ):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver, condition, timeout=60):

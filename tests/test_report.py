@@ -66,8 +66,8 @@ def test_report_synthetic_shortcut(tmp_path):
         assert f"<td>{key}</td>" in text
     # controls: the ablated control is flagged in red, the swapped one is not
     assert "SHORTCUT SUSPECTED" in text
-    assert re.search(r'<tr class="flagged"><td>context-ablated</td>', text)
-    assert not re.search(r'<tr class="flagged"><td>context-swapped</td>', text)
+    assert re.search(r'<tr class="flagged"><td class="nowrap">context-ablated</td>', text)
+    assert not re.search(r'<tr class="flagged"><td class="nowrap">context-swapped</td>', text)
     # provenance, with run text escaped
     for field in ("feedc0ffee123456", "float32", "2025-01-01T00:00:00+00:00", "0.1.0"):
         assert field in text
