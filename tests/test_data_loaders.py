@@ -620,6 +620,32 @@ def test_balance_without_sample_keeps_the_largest_balanced_subset(shared_data: P
     assert err.value.field == "balance"
 
 
+def test_stratify_balances_labels_within_every_depth(shared_data: Path) -> None:
+    """``balance=1`` balances the whole sample only: on ProntoQA's 600 items depth 1 held 52
+    False and 60 True. ``stratify=depth`` gives every (depth, label) cell the same share, while
+    the samples the findings drew with ``balance=1`` alone stay the same items."""
+    from collections import Counter
+
+    spec = f"prontoqa:{shared_data / 'prontoqa' / 'truefalse_0shot'}/*hop_0shot_random.json"
+    plain = load_items(f"{spec}?sample=600&balance=1&seed=0")
+    cells = Counter((i.meta["depth"], i.label) for i in plain)
+    assert len(set(cells.values())) > 1 and _labels(plain) == {"True": 300, "False": 300}
+    strat = load_items(f"{spec}?sample=600&balance=1&stratify=depth&seed=0")
+    cells = Counter((i.meta["depth"], i.label) for i in strat)
+    assert set(cells.values()) == {60} and len(cells) == 10
+    assert load_items(f"{spec}?sample=600&balance=1&stratify=depth&seed=0") == strat  # seeded
+    by_depth = Counter(i.meta["depth"] for i in load_items(f"{spec}?sample=100&stratify=depth"))
+    assert by_depth == {d: 20 for d in range(1, 6)}  # without balance: depths only
+
+    with pytest.raises(DataError, match="stratify needs sample=N or balance=1") as err:
+        load_items(f"{spec}?stratify=depth")
+    assert err.value.field == "stratify"
+    with pytest.raises(DataError, match="item '1hop_0shot_random/example1' has no 'colour'"):
+        load_items(f"{spec}?sample=10&stratify=colour")
+    with pytest.raises(DataError, match=r"needs 500 items per \(depth, label\) cell, but "):
+        load_items(f"{spec}?sample=5000&balance=1&stratify=depth")
+
+
 def test_repeated_parameter_and_debias_settings_without_debias_are_refused(
     shared_data: Path,
 ) -> None:

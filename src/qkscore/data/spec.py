@@ -23,7 +23,7 @@ Loader = Callable[["DataSpec"], Iterable[Item]]
 
 #: Parameters every format takes: :func:`load_items` applies them to what the loader returns
 #: (``on_error`` is read by the loaders themselves).
-COMMON_PARAMS = ("limit", "sample", "seed", "balance", "on_error")
+COMMON_PARAMS = ("limit", "sample", "seed", "balance", "stratify", "on_error")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -189,18 +189,23 @@ def load_items(spec: str | DataSpec) -> list[Item]:
     (``seed``, default 0), in file order, so a subset spans all files of a glob; with
     ``balance=1`` the sample holds equal numbers of each label, and ``balance=1`` without
     ``sample`` keeps the largest such subset (every item of the rarest label, as many of each
-    other label drawn at random). ``on_error=skip`` is honoured by the loaders, which count what
-    they skip in their load report. A parameter out of range (``limit=-1``) is an error naming
-    the spec, checked before any file is read.
+    other label drawn at random). ``stratify=FIELD`` (a metadata field, e.g. ``depth``) draws
+    the same share from every value of the field, and with ``balance=1`` from every (value,
+    label) cell, so a ``--by depth`` breakdown is balanced too. ``on_error=skip`` is honoured by
+    the loaders, which count what they skip in their load report. A parameter out of range
+    (``limit=-1``) is an error naming the spec, checked before any file is read.
     """
     parsed = parse_spec(spec)
     sample = parsed.get_int("sample", None, minimum=1)
     seed = parsed.get_int("seed", 0)
     balance = parsed.get_bool("balance")
+    stratify = parsed.get("stratify") or None
+    if stratify is not None and sample is None and not balance:
+        raise parsed.error("stratify needs sample=N or balance=1 (it splits a sample)", "stratify")
     limit = parsed.get_int("limit", None, minimum=1)
     items = list(_LOADERS[parsed.format].fn(parsed))
     if sample is not None or balance:
-        items = _sample(items, sample, seed or 0, balance, parsed)
+        items = _sample(items, sample, seed or 0, balance, stratify, parsed)
     if limit is not None:
         items = items[:limit]
     seen: set[str] = set()
@@ -212,34 +217,73 @@ def load_items(spec: str | DataSpec) -> list[Item]:
 
 
 def _sample(
-    items: list[Item], n: int | None, seed: int, balance: bool, spec: DataSpec
+    items: list[Item],
+    n: int | None,
+    seed: int,
+    balance: bool,
+    stratify: str | None,
+    spec: DataSpec,
 ) -> list[Item]:
-    """A seeded random subset in original order; per label equal shares when ``balance``
-    (without ``n``: as many per label as the rarest label has)."""
+    """A seeded random subset in original order. ``balance`` and ``stratify`` cut the items
+    into cells (by label, by a metadata field's value, or both) and draw an equal share from
+    each: ``n`` split evenly, or without ``n`` as many as the smallest cell holds."""
     import random
 
     rng = random.Random(seed)
-    if not balance:
+    if not balance and stratify is None:
         keep = set(rng.sample(range(len(items)), min(n or len(items), len(items))))
-    else:
-        by_label: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            by_label.setdefault(item.label, []).append(i)
-        if not by_label:
-            return []
-        share = min(map(len, by_label.values())) if n is None else n // len(by_label)
-        if share == 0:
-            raise spec.error(
-                f"balance=1 with sample={n} cannot hold one item of each of the "
-                f"{len(by_label)} labels",
-                "sample",
-            )
-        short = {k: len(v) for k, v in by_label.items() if len(v) < share}
-        if short:
-            raise spec.error(
-                f"balance=1 with sample={n} needs {share} items per label, but "
-                + ", ".join(f"{k!r} has {v}" for k, v in short.items()),
-                "sample",
-            )
-        keep = {i for idx in by_label.values() for i in rng.sample(idx, share)}
+        return [it for i, it in enumerate(items) if i in keep]
+    cells: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        cells.setdefault(_cell(item, balance, stratify, spec), []).append(i)
+    if not cells:
+        return []
+    given = "&".join(
+        ["balance=1"] * balance + ([f"stratify={stratify}"] if stratify is not None else [])
+    )
+    share = min(map(len, cells.values())) if n is None else n // len(cells)
+    if share == 0:
+        raise spec.error(
+            f"{given} with sample={n} cannot hold one item of each of the {len(cells)} "
+            + _cells_named(balance, stratify, plural=True),
+            "sample",
+        )
+    short = {k: len(v) for k, v in cells.items() if len(v) < share}
+    if short:
+        raise spec.error(
+            f"{given} with sample={n} needs {share} items per "
+            f"{_cells_named(balance, stratify, plural=False)}, but "
+            + ", ".join(f"{_cell_text(k)} has {v}" for k, v in short.items()),
+            "sample",
+        )
+    keep = {i for idx in cells.values() for i in rng.sample(idx, share)}
     return [it for i, it in enumerate(items) if i in keep]
+
+
+def _cell(item: Item, balance: bool, stratify: str | None, spec: DataSpec) -> tuple:
+    """The sampling cell of one item: its ``stratify`` field's value and/or its label."""
+    key: tuple = ()
+    if stratify is not None:
+        if item.meta.get(stratify) is None:
+            raise DataError(
+                f"data spec {str(spec)!r}: stratify={stratify}: item {item.id!r} has no "
+                f"{stratify!r} (fields it has: {', '.join(sorted(item.meta)) or 'none'})",
+                field="stratify",
+            )
+        key += ((stratify, item.meta[stratify]),)
+    return key + ((("label", item.label),) if balance else ())
+
+
+def _cells_named(balance: bool, stratify: str | None, plural: bool) -> str:
+    if stratify is None:
+        return "labels" if plural else "label"
+    if balance:
+        return f"({stratify}, label) cell" + "s" * plural
+    return f"value{'s' * plural} of {stratify}"
+
+
+def _cell_text(cell: tuple) -> str:
+    """A cell as an error names it: the label alone as before (``'True'``), else its fields."""
+    if len(cell) == 1 and cell[0][0] == "label":
+        return repr(cell[0][1])
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in cell) + ")"
