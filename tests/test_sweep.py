@@ -339,6 +339,34 @@ def test_sweep_leaderboard_puts_baselines_beside_each_cell_and_reads_at_80_colum
     assert "- c3 answer-statement prerope plain 0shot inorder anchor-last" in md
 
 
+def test_sweep_leaderboard_csv_holds_every_row_with_its_cells_baselines(axes_sweep):
+    """leaderboard.csv: the JSON's ranked rows, flat, one per (cell, reader), each with its
+    interval columns and its cell's baselines, and one pick per cell."""
+    import csv
+
+    result, out = axes_sweep["result"], axes_sweep["out"]
+    with open(out / "leaderboard.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(result["rows"])
+    cells = {c["cell"]: c for c in result["cells"]}
+    for rank, (line, row) in enumerate(zip(table, result["rows"]), 1):
+        assert int(line["rank"]) == rank and (line["cell"], line["reader"]) == (
+            row["cell"],
+            row["reader"],
+        )
+        assert float(line["cv_auroc"]) == pytest.approx(row["cv_auroc"])
+        assert float(line["accuracy_low"]) == pytest.approx(row["accuracy"]["low"])
+        cell = cells[row["cell"]]
+        margin = cell["baselines"]["model_margin"]["accuracy"]
+        assert float(line["model_margin_accuracy_high"]) == pytest.approx(margin["high"])
+        assert line["paper_head_name"].startswith("paper head L")
+        assert line["statement_anchor"] == str(cell["statement_anchor"])
+    picks = [(line["cell"], line["reader"]) for line in table if line["chosen_in_cell"] == "True"]
+    assert sorted(picks) == sorted((c, cells[c]["reader"]) for c in cells)
+    for name in ("hidden_probe_auroc", "shallow_accuracy", "head_by_auroc_name", "scan_seconds"):
+        assert name in table[0]
+
+
 def test_template_axes_round_trip_through_run_profile_and_check(axes_sweep):
     """`qkscore check` rebuilds the template from the profile: its verdict reads the same
     anchor, option lines and answer tokens as the scan (equal QK-scores and model answer)."""

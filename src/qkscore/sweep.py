@@ -15,12 +15,15 @@ in the baseline's candidates) are scanned in one forward pass
 cannot exist (letter baseline tokens with plain options) is skipped and listed as such.
 
 ``out/`` holds one folder per cell (``run/``, ``profile.json``, ``evaluation.json``) and
-``leaderboard.json`` / ``leaderboard.md``. Run it again after a crash and finished cells are
-reused as they are.
+``leaderboard.json`` / ``leaderboard.md`` / ``leaderboard.csv`` (one flat row per (cell,
+reader), its cell's baselines beside it, for a spreadsheet or pandas). Run it again after a
+crash and finished cells are reused as they are.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import textwrap
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +34,7 @@ import numpy as np
 
 from qkscore.dtypes import SCAN_DTYPE
 from qkscore.grid import DEFAULT_GRID, TEMPLATE_AXES, parse_grid, settings, slug, slug_parts
-from qkscore.io import write_json
+from qkscore.io import write_bytes, write_json
 from qkscore.pipeline import (
     MIN_CALIBRATION,
     balanced_split,
@@ -114,6 +117,7 @@ def sweep(
     }
     write_json(root / "leaderboard.json", result)
     (root / "leaderboard.md").write_text(leaderboard_markdown(result) + "\n")
+    write_bytes(root / "leaderboard.csv", leaderboard_csv(result).encode())
     return result
 
 
@@ -223,12 +227,13 @@ def _rows(
     return out
 
 
-#: The figures beside each cell's readers, by evaluation method key, with a short name.
+#: The figures beside each cell's readers: evaluation method key -> (the key a cell's
+#: ``baselines`` and the CSV columns use, the name the Markdown shows).
 CELL_FIGURES = {
-    "model_margin": "model margin",
-    "hidden_probe": "hidden probe",
-    "shallow": "shallow",
-    "head": "head by AUROC",
+    "model_margin": ("model_margin", "model margin"),
+    "hidden_probe": ("hidden_probe", "hidden probe"),
+    "shallow": ("shallow", "shallow"),
+    "head": ("head_by_auroc", "head by AUROC"),
 }
 
 
@@ -246,12 +251,15 @@ def _summary(
     meta = run.meta()
     methods = report["methods"]
     reader = report["reader"]
-    figures = {f"reader {reader}": _figure(methods[reader])}
-    for key, name in CELL_FIGURES.items():
+    baselines = {}
+    for key, (column, name) in CELL_FIGURES.items():
         if key in methods:
-            figures[f"{name} {report['head']}" if key == "head" else name] = _figure(methods[key])
+            name = f"{name} {report['head']}" if key == "head" else name
+            baselines[column] = {"name": name, **_figure(methods[key])}
     paper = paper_head_report(run.path, profile, n_boot=n_boot, seed=seed)
-    figures[f"paper head {paper['head']}"] = _figure(paper)
+    baselines["paper_head"] = {"name": f"paper head {paper['head']}", **_figure(paper)}
+    figures = {f"reader {reader}": _figure(methods[reader])}
+    figures.update((b["name"], _figure(b)) for b in baselines.values())
     shared = meta.get("shared_pass") or {}
     template = meta["template"]
     return {
@@ -271,12 +279,53 @@ def _summary(
         ],  # fmt: skip
         "pass_seconds": shared.get("seconds"),
         "figures": figures,
+        "baselines": baselines,
     }
 
 
 def _figure(method: Mapping[str, Any]) -> dict[str, Any]:
     """A method's evaluation accuracy and AUROC (each with its 95% interval)."""
     return {"accuracy": method.get("accuracy"), "auroc": method.get("auroc")}
+
+
+def leaderboard_csv(result: Mapping[str, Any]) -> str:
+    """The leaderboard as CSV: one row per (cell, reader) in rank order, with the cell's
+    settings, the reader's calibration CV and evaluation figures (value, low, high), whether it
+    is its cell's pick, and its cell's baselines and scan time beside it."""
+    cells = {c["cell"]: c for c in result.get("cells", [])}
+    rows = []
+    for rank, row in enumerate(result["rows"], 1):
+        cell = cells.get(row.get("cell"), {})
+        flat = {"rank": rank}
+        flat.update((k, v) for k, v in row.items() if k not in _CI_FIELDS)
+        flat["chosen_in_cell"] = row["reader"] == cell.get("reader")
+        flat.update(_ci_columns("", row))
+        for key, figure in cell.get("baselines", {}).items():
+            flat[f"{key}_name"] = figure["name"]
+            flat.update(_ci_columns(f"{key}_", figure))
+        flat["scan_seconds"] = cell.get("scan_seconds")
+        flat["shared_pass"] = cell.get("shared_pass")
+        rows.append(flat)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+#: A row's figures with a 95% interval: the CSV gives each three columns (value, low, high).
+_CI_FIELDS = ("accuracy", "auroc", "model_margin_accuracy")
+
+
+def _ci_columns(prefix: str, figures: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name in _CI_FIELDS:
+        if name in figures:
+            metric = figures[name] or {}
+            for part, suffix in (("value", ""), ("low", "_low"), ("high", "_high")):
+                out[f"{prefix}{name}{suffix}"] = metric.get(part)
+    return out
 
 
 def _ci(metric: Mapping[str, Any] | None) -> str:

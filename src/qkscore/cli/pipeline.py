@@ -425,7 +425,7 @@ def sweep(
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
         console.print(Markdown(leaderboard_markdown(result)))
-        console.print(f"[green]wrote {out}/leaderboard.md and leaderboard.json[/]")
+        console.print(f"[green]wrote {out}/leaderboard.md, leaderboard.json, leaderboard.csv[/]")
 
 
 def report(
