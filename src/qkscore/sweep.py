@@ -297,7 +297,10 @@ def leaderboard_csv(result: Mapping[str, Any]) -> str:
     for rank, row in enumerate(result["rows"], 1):
         cell = cells.get(row.get("cell"), {})
         flat = {"rank": rank}
-        flat.update((k, v) for k, v in row.items() if k not in _CI_FIELDS)
+        # the row's model_margin_accuracy is its cell's: the baselines' columns give it
+        flat.update(
+            (k, v) for k, v in row.items() if k not in (*_CI_FIELDS, "model_margin_accuracy")
+        )
         flat["chosen_in_cell"] = row["reader"] == cell.get("reader")
         flat.update(_ci_columns("", row))
         for key, figure in cell.get("baselines", {}).items():
@@ -314,8 +317,8 @@ def leaderboard_csv(result: Mapping[str, Any]) -> str:
     return text.getvalue()
 
 
-#: A row's figures with a 95% interval: the CSV gives each three columns (value, low, high).
-_CI_FIELDS = ("accuracy", "auroc", "model_margin_accuracy")
+#: Figures with a 95% interval: the CSV gives each three columns (value, low, high).
+_CI_FIELDS = ("accuracy", "auroc")
 
 
 def _ci_columns(prefix: str, figures: Mapping[str, Any]) -> dict[str, Any]:
