@@ -383,23 +383,26 @@ def test_read_text_file_diagnoses_encodings(tmp_path: Path) -> None:
     assert sniff_encoding(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR") is not None
 
 
-def test_every_command_summary_reads_as_one_line_in_the_listing() -> None:
-    """The command listing (`qkscore --help`, `qkscore data --help`) keeps a summary's hard line
-    breaks, so a summary written over two source lines breaks mid-sentence at 80 columns."""
+def test_every_command_help_paragraph_reads_as_one_line() -> None:
+    """Typer's rich help keeps a docstring's line breaks, so a paragraph wrapped in the source
+    broke mid-sentence at 80 columns, in the command listing and in the command's own --help
+    (`calibrate --help` showed "On a generation" / "folder ..."). reflow_help joins them."""
     import inspect
 
     import typer
 
-    def summaries(command, path):
+    def helps(command, path):
         for name, sub in getattr(command, "commands", {}).items():
-            yield f"{path} {name}", inspect.cleandoc(sub.short_help or sub.help or "")
-            yield from summaries(sub, f"{path} {name}")
+            yield f"{path} {name}", inspect.cleandoc(sub.help or "")
+            yield from helps(sub, f"{path} {name}")
 
-    broken = [
-        name
-        for name, text in summaries(typer.main.get_command(app), "qkscore")
-        if "\n" in text.split("\n\n")[0]
-    ]
+    found = dict(helps(typer.main.get_command(app), "qkscore"))
+    assert "qkscore audit verify" in found and "qkscore data inspect" in found
+    broken = [name for name, text in found.items() if any("\n" in p for p in text.split("\n\n"))]
     assert broken == []
     listing = _run("--help", env={"COLUMNS": "80"}).stdout
     assert "readers" in listing and max(len(line) for line in listing.splitlines()) <= 80
+    page = _run("calibrate", "--help", env={"COLUMNS": "80"}).stdout
+    assert "On a generation folder (or --steps FILE)" in " ".join(page.split())
+    lines = [line.strip() for line in page.splitlines()]
+    assert "generation" not in lines and "for" not in lines  # no one-word orphan lines

@@ -17,7 +17,7 @@ from qkscore.cli import lm_eval as _lm_eval
 from qkscore.cli import models as _models
 from qkscore.cli import pipeline as _pipeline
 from qkscore.cli._errors import DEBUG_ENV, ErrorHandlingGroup
-from qkscore.cli._shared import deprecated_alias
+from qkscore.cli._shared import deprecated_alias, reflow_help
 
 app = typer.Typer(
     name="qkscore",
@@ -48,6 +48,7 @@ for _command in (
     app.command(_command.__name__.replace("_", "-"))(_command)
 app.command("lm-eval", context_settings=_lm_eval.CONTEXT)(_lm_eval.lm_eval)
 deprecated_alias(app, "qkscore probe", "qkscore heads", _pipeline.heads)
+reflow_help(app)
 
 
 @app.callback()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -39,3 +40,21 @@ def deprecated_alias(app: typer.Typer, old: str, new: str, command: Callable[...
         return command(*args, **kwargs)
 
     app.command(old.split()[-1], hidden=True)(alias)
+
+
+def reflow_help(app: typer.Typer) -> None:
+    """Join the lines of each paragraph of every command's help, in ``app`` and its groups.
+
+    In rich markup mode Typer keeps a docstring's single line breaks, so a paragraph wrapped
+    at 100 columns in the source broke mid-sentence on an 80-column terminal; joined, rich
+    wraps it to the terminal. A paragraph starting with click's ``\\b`` is kept as written."""
+    for info in app.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None)
+        if text:
+            info.help = "\n\n".join(
+                p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines())
+                for p in inspect.cleandoc(text).split("\n\n")
+            )
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
