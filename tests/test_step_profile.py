@@ -343,7 +343,13 @@ def test_rank_with_a_step_profile_judges_only_the_problems_it_never_saw(
     kwargs = dict(model=smollm2, folds=2, progress=False, n_boot=50, log=lambda *_: None)
     with pytest.raises(ValueError, match="refused"):
         rank(gen, step_profile, tmp_path / "r0", include_calibration=True, **kwargs)
+    from qkscore.generation.folder import GenFolder
+
+    reads = []
+    real_records = GenFolder.records
+    monkeypatch.setattr(GenFolder, "records", lambda self: reads.append(1) or real_records(self))
     summary = rank(gen, step_profile, tmp_path / "r", answer_profile=answer_profile, **kwargs)
+    assert len(reads) == 1  # shallow matching's calibration steps come from the same read
     assert summary["profile_unit"] == "step" and summary["warning"] is None
     assert summary["calibration_overlap"]["problems"] == len(calib)
     assert summary["calibration_overlap"]["excluded"]

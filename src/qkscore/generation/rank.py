@@ -141,7 +141,11 @@ def _step_verdicts(
 
 
 def _shallow_scores(
-    folder: GenFolder, judge: Any, keep: Sequence[Mapping[str, Any]], problems: Mapping[str, Any]
+    folder: GenFolder,
+    judge: Any,
+    records: Sequence[Mapping[str, Any]],
+    keep: Sequence[Mapping[str, Any]],
+    problems: Any,
 ) -> list[list[float]] | None:
     """Shallow matching on every step of ``keep``: a depth-4 tree over the word overlap of
     (context + earlier steps, step) (:class:`qkscore.data.shallow.ShallowMatcher`), fitted on
@@ -152,18 +156,19 @@ def _shallow_scores(
     from qkscore.data.shallow import ShallowMatcher
     from qkscore.generation.steps import steps_from_generations
 
-    def records(pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    def as_items(pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         return [{"context": c, "statement": s, "options": ["True", "False"]} for c, s in pairs]
 
-    calib = steps_from_generations(folder.path).subset(_calibration_ids(judge))
+    every = steps_from_generations(folder.path, records=records, problems=problems)
+    calib = every.subset(_calibration_ids(judge))
     y = calib.labels()
     if min(int((y == 0).sum()), int((y == 1).sum())) < MIN_PER_CLASS:
         return None
-    matcher = ShallowMatcher().fit(records(calib.pairs()), y)
+    matcher = ShallowMatcher().fit(as_items(calib.pairs()), y)
     out = []
     for r in keep:
         pairs = step_pairs(problems[r["problem"]].context, r["steps"])
-        p_valid = matcher.predict_proba(records(pairs))[:, 0] if pairs else []
+        p_valid = matcher.predict_proba(as_items(pairs))[:, 0] if pairs else []
         out.append([_logodds(p) for p in p_valid])
     return out
 
@@ -382,7 +387,7 @@ def rank(
                 done[chain_key(r)] = verdicts
                 advance(1)
     solution = _solution_scores(judge, cache, keep, problems, batch_size, progress)
-    shallow = _shallow_scores(folder, judge, keep, problems) if step_profile else None
+    shallow = _shallow_scores(folder, judge, records, keep, problems) if step_profile else None
     steps = []
     for i, (r, step_lp) in enumerate(zip(keep, solution.step_logprob)):
         rows = [

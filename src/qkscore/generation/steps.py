@@ -25,7 +25,7 @@ problem of each step for grouped cross-validation and the cluster bootstrap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,13 +140,21 @@ class StepSet:
         }
 
 
-def steps_from_generations(gen: str | Path) -> StepSet:
-    """Every step of a finished generation folder the prover labelled valid or invalid."""
+def steps_from_generations(
+    gen: str | Path,
+    *,
+    records: Sequence[Mapping[str, Any]] | None = None,
+    problems: Sequence[Any] | None = None,
+) -> StepSet:
+    """Every step of a finished generation folder the prover labelled valid or invalid.
+
+    ``records`` and ``problems``, when the caller has read them already (``rank``), are used
+    instead of reading the folder's files a second time."""
     folder = GenFolder(gen)
     meta = folder.meta()
-    problems = folder.problems()
+    problems = folder.problems() if problems is None else problems
     steps = []
-    for r in folder.records():
+    for r in folder.records() if records is None else records:
         problem = problems[r["problem"]]
         for i, (text, lab) in enumerate(zip(r["steps"], r["labels"])):
             if lab["label"] not in LABELS:
