@@ -36,6 +36,34 @@ def test_atomic_writes_leave_no_temporary_file(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.json", "y.npy"]
 
 
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    """Every result file came out 0600 (mkstemp's mode): a teammate on a shared machine, or a
+    web server serving report.html, could not read it. Now the umask decides, as for open(),
+    and a file that is replaced keeps its own mode."""
+    import os
+    import stat
+
+    from qkscore.io import _umask
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(0o022)
+    try:
+        assert _umask() == 0o022
+        write_json(tmp_path / "open.json", {})
+        save_array(tmp_path / "open.npy", np.zeros(2))
+        assert mode(tmp_path / "open.json") == mode(tmp_path / "open.npy") == 0o644
+        os.umask(0o077)
+        write_json(tmp_path / "private.json", {})
+        assert mode(tmp_path / "private.json") == 0o600
+        (tmp_path / "open.json").chmod(0o640)
+        write_json(tmp_path / "open.json", {"again": 1})  # replaced: keeps its 0640
+        assert mode(tmp_path / "open.json") == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_a_torn_tail_is_left_out_then_cut_and_appending_resumes_on_a_line_of_its_own(tmp_path):
     path = tmp_path / "log.jsonl"
     append_jsonl(path, [{"a": 1}, {"a": 2}])

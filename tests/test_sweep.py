@@ -399,3 +399,55 @@ def test_template_axes_round_trip_through_run_profile_and_check(axes_sweep):
     logp = np.load(run.array_path("main", "baseline"))[0].astype(float)
     p_true = float(np.exp(logp[0] - np.logaddexp(logp[0], logp[1])))
     assert verdict["model_probability"] == pytest.approx(p_true, abs=1e-4)
+
+
+def test_the_sweep_command_writes_a_page_of_every_cell_beside_the_baselines(axes_sweep):
+    """`qkscore sweep` run again over a finished sweep reuses every cell and writes
+    leaderboard.html: self-contained, one picture, a row per cell and per ranked pair."""
+    from typer.testing import CliRunner
+
+    from qkscore.cli import app
+
+    out, result = axes_sweep["out"], axes_sweep["result"]
+    (out / "leaderboard.html").unlink(missing_ok=True)
+    args = ["sweep", "-m", "smollm2-135m", "-d", axes_sweep["data"], "-o", str(out)]
+    args += ["--grid", AXES, "--calib-size", "32", "--dtype", "float32"]  # the fixture's scan
+    ran = CliRunner().invoke(app, args)
+    assert ran.exit_code == 0, ran.output
+    text = (out / "leaderboard.html").read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and "http" not in text.replace("http-equiv", "")
+    assert text.count('<img src="data:image/png;base64,') == 1 and "<script" not in text
+    chosen = result["chosen"]
+    assert f"Chosen on calibration CV:</strong> {chosen['cell']} " in text
+    assert f"/ {chosen['reader']} (CV AUROC {chosen['cv_auroc']:.3f})" in text
+    for cell in result["cells"]:
+        assert f"<td>{cell['cell']}</td>" in text
+    assert text.count('<tr><td class="num">') == len(result["rows"])  # the ranked pairs
+    assert "Every cell: <code>answer-statement prerope plain 0shot inorder</code>" in text
+
+
+def test_a_leaderboard_without_baselines_is_refused_with_the_fix(axes_sweep, tmp_path):
+    from qkscore.report.leaderboard import write_leaderboard
+
+    old = json.loads((axes_sweep["out"] / "leaderboard.json").read_text())
+    for cell in old["cells"]:
+        del cell["baselines"]
+    (tmp_path / "leaderboard.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="run the same sweep again, it reuses every finished"):
+        write_leaderboard(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no leaderboard.json: is it a sweep's folder"):
+        write_leaderboard(tmp_path / "nothing")
+
+
+@pytest.mark.browser
+def test_the_leaderboard_page_never_scrolls_sideways(axes_sweep, tmp_path, browser):
+    from qkscore.report.leaderboard import write_leaderboard
+
+    page = write_leaderboard(axes_sweep["out"], tmp_path / "page.html")
+    for width in (1200, 800):
+        browser.set_window_size(width, 1000)
+        browser.get(page.as_uri())
+        wide = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert wide[0] <= wide[1], (width, wide)

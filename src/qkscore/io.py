@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,11 +63,20 @@ __all__ = [
 
 def atomic_write(path: Path, write: Callable[[Any], None], suffix: str = "") -> None:
     """Write ``path`` through ``write(fh)`` (a binary file) all at once: a temporary file in
-    the same folder, fsynced, then renamed over ``path``; the folder is made when missing."""
+    the same folder, fsynced, then renamed over ``path``; the folder is made when missing.
+
+    The file gets the mode ``open()`` would have given it (a file it replaces keeps its own),
+    not the temporary file's 0600: results written 0600 could not be read by a teammate on a
+    shared machine or by a web server serving a report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -75,6 +85,21 @@ def atomic_write(path: Path, write: Callable[[Any], None], suffix: str = "") -> 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux shows it: ``os.umask`` can only
+    be read by setting it, which races with any thread creating a file meanwhile."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: Path, data: bytes, suffix: str = "") -> None:

@@ -16,8 +16,9 @@ cannot exist (letter baseline tokens with plain options) is skipped and listed a
 
 ``out/`` holds one folder per cell (``run/``, ``profile.json``, ``evaluation.json``) and
 ``leaderboard.json`` / ``leaderboard.md`` / ``leaderboard.csv`` (one flat row per (cell,
-reader), its cell's baselines beside it, for a spreadsheet or pandas). Run it again after a
-crash and finished cells are reused as they are.
+reader), its cell's baselines beside it, for a spreadsheet or pandas); ``qkscore sweep`` also
+writes ``leaderboard.html`` (:mod:`qkscore.report.leaderboard`). Run it again after a crash and
+finished cells are reused as they are.
 """
 
 from __future__ import annotations
@@ -48,7 +49,14 @@ from qkscore.run import RunFolder
 from qkscore.scanning import ScanOptions, ScanRequest, scan_shared
 from qkscore.schemas import Evaluation, read_json
 
-__all__ = ["DEFAULT_GRID", "parse_grid", "sweep"]
+__all__ = [
+    "DEFAULT_GRID",
+    "ci_text",
+    "leaderboard_csv",
+    "leaderboard_markdown",
+    "parse_grid",
+    "sweep",
+]
 
 
 def sweep(
@@ -331,7 +339,8 @@ def _ci_columns(prefix: str, figures: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ci(metric: Mapping[str, Any] | None) -> str:
+def ci_text(metric: Mapping[str, Any] | None) -> str:
+    """``value [low, high]`` to three decimals, or ``n/a``."""
     if not metric:
         return "n/a"
     return f"{metric['value']:.3f} [{metric['low']:.3f}, {metric['high']:.3f}]"
@@ -378,7 +387,7 @@ def leaderboard_markdown(result: Mapping[str, Any]) -> str:
         cv = "n/a" if row["cv_auroc"] is None else f"{row['cv_auroc']:.3f}"
         lines.append(
             f"| {i} | {row.get('cell', row['setting'])} | {row['reader']} | {cv} "
-            f"| {_ci(row['accuracy'])} | {_ci(row['auroc'])} |"
+            f"| {ci_text(row['accuracy'])} | {ci_text(row['auroc'])} |"
         )
     for cell in cells:
         lines += [
@@ -389,7 +398,7 @@ def leaderboard_markdown(result: Mapping[str, Any]) -> str:
             "|---|---|---|",
         ]
         lines += [
-            f"| {name} | {_ci(fig['accuracy'])} | {_ci(fig['auroc'])} |"
+            f"| {name} | {ci_text(fig['accuracy'])} | {ci_text(fig['auroc'])} |"
             for name, fig in cell["figures"].items()
         ]
     best = result.get("chosen")
@@ -398,7 +407,7 @@ def leaderboard_markdown(result: Mapping[str, Any]) -> str:
         lines.append("")
         lines += _wrapped(
             f"Chosen on calibration CV: **{best.get('cell', '')} {label} / {best['reader']}**, "
-            f"evaluation accuracy {_ci(best['accuracy'])} beside the calibrated model "
-            f"margin's {_ci(best['model_margin_accuracy'])}."
+            f"evaluation accuracy {ci_text(best['accuracy'])} beside the calibrated model "
+            f"margin's {ci_text(best['model_margin_accuracy'])}."
         )
     return "\n".join(lines)

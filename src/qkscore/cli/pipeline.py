@@ -421,11 +421,14 @@ def sweep(
         controls=control,
         log=console.print,
     )
+    from qkscore.report.leaderboard import write_leaderboard
+
+    page = write_leaderboard(out)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
         console.print(Markdown(leaderboard_markdown(result)))
-        console.print(f"[green]wrote {out}/leaderboard.md, leaderboard.json, leaderboard.csv[/]")
+        console.print(f"[green]wrote {page} (and leaderboard.md, .json, .csv beside it)[/]")
 
 
 def report(

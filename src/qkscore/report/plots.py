@@ -293,3 +293,34 @@ def _values(breakdowns: Mapping[str, Any], methods: Sequence[str], key: str) -> 
 
 def _short(text: str, limit: int = 14) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sweep_heatmap(
+    cells: Sequence[str],
+    methods: Sequence[str],
+    panels: Mapping[str, Any],
+    excludes_chance: Mapping[str, Any],
+) -> Figure:
+    """Cells (rows) x methods (columns) of a sweep, one panel per metric (accuracy, AUROC),
+    diverging around chance (0.5) and annotated; a value whose 95% interval excludes 0.5 is in
+    bold. Missing values (NaN) stay blank."""
+    n_cells, n_methods = len(cells), len(methods)
+    if not n_cells or not n_methods or not panels:
+        raise ValueError("a sweep heatmap needs at least one cell, one method and one metric")
+    fig = _new_figure(min(12.0, 1.0 + (0.7 * n_methods + 1.0) * len(panels)), 1.4 + 0.26 * n_cells)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (metric, values) in zip(axes, panels.items()):
+        v = np.asarray(values, dtype=np.float64).reshape(n_cells, n_methods)
+        bold = np.asarray(excludes_chance[metric], dtype=bool).reshape(n_cells, n_methods)
+        finite = v[np.isfinite(v)]
+        bound = max(0.1, float(np.max(np.abs(finite - 0.5))) if finite.size else 0.1)
+        im = ax.imshow(v, cmap="RdBu_r", vmin=0.5 - bound, vmax=0.5 + bound, aspect="auto")
+        for (i, j), value in np.ndenumerate(v):
+            if np.isfinite(value):
+                weight = "bold" if bold[i, j] else "normal"
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7, weight=weight)
+        ax.set_title(metric, fontsize=10)
+        ax.set_xticks(range(n_methods), [_short(m, 16) for m in methods], rotation=30, ha="right")
+        ax.set_yticks(range(n_cells), list(cells), fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.6, pad=0.02)
+    return fig
