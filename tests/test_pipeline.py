@@ -119,7 +119,13 @@ def test_shortcut_head_is_flagged_by_the_ablated_control(tmp_path):
     report = evaluate(run, profile, n_boot=100)
     assert report["controls"]["context-ablated"]["flagged"]
     assert not report["controls"]["context-swapped"]["flagged"]
-    assert "shortcut" in summary_markdown(report).lower()
+    text = summary_markdown(report)
+    assert "shortcut" in text.lower()
+    # one column per control, one row per method: it reads at 80 columns (11 method columns
+    # were cut to a few letters each)
+    assert "| method | context-ablated | context-swapped |" in text
+    assert "| flag | SHORTCUT? | ok |" in text
+    assert re.search(r"^\| head \| 0\.\d{3} \| 0\.\d{3} \|$", text, re.M)
 
 
 def test_profile_refuses_a_run_of_another_model(tmp_path):
