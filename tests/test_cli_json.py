@@ -25,6 +25,19 @@ def test_models_json_lists_every_alias():
     assert isinstance(first["installed"], bool) and first["size_bytes"] > 0
 
 
+def test_models_table_shows_every_alias_whole_at_80_columns():
+    """The alias is what a user types next: at 80 columns rich cut it to "smollm2-..." (and a
+    min_width on its column pushed the table past the terminal's edge instead)."""
+    for width in ("80", "130"):
+        result = runner.invoke(app, ["models"], env={"COLUMNS": width})
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert max(len(line) for line in lines) <= int(width)
+        cells = {part.strip() for line in lines for part in line.split("│")}
+        assert set(ALIASES) <= cells
+    assert {m.repo_id for m in ALIASES.values()} <= cells  # whole where there is room
+
+
 def test_calibrate_json_then_evaluate_out_writes_predictions(tmp_path: Path):
     run = make_run(tmp_path / "run")
     profile = tmp_path / "profile.json"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from qkscore.cli._shared import console as _console
@@ -42,18 +43,28 @@ def list_models(
         typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
         return
 
-    table = Table(title=f"Packaged models (cache: {cache_dir()})")
-    for col in ("alias", "model", "params", "GGUF size", "license", "installed", "converted"):
-        table.add_column(col)
+    # The alias is what a user types: its column is never cut (at 80 columns rich shortened
+    # "smollm2-135m" to "smollm2-..."); the model id under it and the rest fold instead.
+    table = Table(
+        title=f"Packaged models (cache: {cache_dir()})",
+        caption="not converted: the first load converts the GGUF file (20-60 s)",
+    )
+    # a fixed width (rich's min_width pushes the table past the terminal): every alias whole,
+    # the model ids whole too where the terminal has room (the other columns need about 60)
+    alias = max(len(m.alias) for m in ALIASES.values())
+    repo = max(len(m.repo_id) for m in ALIASES.values())
+    width = max(alias, min(repo, console.width - 60))
+    table.add_column("alias / model", width=width, overflow="fold")
+    for col in ("params", "size", "license", "installed", "converted"):
+        table.add_column(col, overflow="fold")
     for m in ALIASES.values():
         table.add_row(
-            m.alias,
-            m.repo_id,
+            f"[bold]{escape(m.alias)}[/]\n[dim]{escape(m.repo_id)}[/]",
             m.params,
             f"{m.size_bytes / 1e6:.0f} MB",
             m.license,
-            "yes" if m.installed() else f"no: {m.install_command}",
-            "yes" if m.is_converted() else "no (first load converts, 20-60 s)",
+            "yes" if m.installed() else f"no: {escape(m.install_command)}",
+            "yes" if m.is_converted() else "no",
         )
     console.print(table)
 
