@@ -171,6 +171,10 @@ def test_report_malformed_profile_names_file_and_line(runs, tmp_path: Path) -> N
     _one_error(result, f"{profile}:4", "not valid profile JSON")
 
 
+def test_report_of_a_run_folder_without_a_profile_says_so(runs) -> None:
+    _one_error(_run("report", str(runs["big"])), str(runs["big"]), "is a run folder", "--profile")
+
+
 def test_transfer_too_few_items(runs) -> None:
     result = _run("transfer", str(runs["small"]), str(runs["big"]))
     _one_error(result, "cannot calibrate on 8 items", "at least 5 items of each option")

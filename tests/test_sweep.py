@@ -424,6 +424,9 @@ def test_the_sweep_command_writes_a_page_of_every_cell_beside_the_baselines(axes
         assert f"<td>{cell['cell']}</td>" in text
     assert text.count('<tr><td class="num">') == len(result["rows"])  # the ranked pairs
     assert "Every cell: <code>answer-statement prerope plain 0shot inorder</code>" in text
+    (out / "leaderboard.html").unlink()  # `qkscore report FOLDER` writes the page again
+    again = CliRunner().invoke(app, ["report", str(out)])
+    assert again.exit_code == 0 and (out / "leaderboard.html").read_text(encoding="utf-8") == text
 
 
 def test_a_leaderboard_without_baselines_is_refused_with_the_fix(axes_sweep, tmp_path):

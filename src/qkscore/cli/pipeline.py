@@ -432,16 +432,30 @@ def sweep(
 
 
 def report(
-    run: Path = typer.Argument(...),
-    profile: Path = typer.Option(..., "--profile", "-p"),
-    out: Path = typer.Option(Path("report.html"), "--out", "-o"),
+    run: Path = typer.Argument(..., help="A run folder, or a sweep's folder (leaderboard.json)."),
+    profile: Path | None = typer.Option(
+        None, "--profile", "-p", help="The profile to evaluate with (a run folder needs one)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Default: report.html; for a sweep, FOLDER/leaderboard.html."
+    ),
 ) -> None:
-    """Write one self-contained HTML report (plots embedded) and print the summary."""
+    """Write one self-contained HTML report (plots embedded) and print the summary.
+
+    Given a sweep's folder, write its leaderboard page again instead."""
     console = _console()
+    if (run / "leaderboard.json").exists():
+        from qkscore.report.leaderboard import write_leaderboard
+
+        console.print(f"[green]leaderboard written to {write_leaderboard(run, out)}[/]")
+        return
+    if profile is None:
+        raise _fail(f"{run} is a run folder: give the profile to evaluate it with (--profile)")
     from qkscore.pipeline import evaluate as run_evaluate
     from qkscore.report import summary_markdown
     from qkscore.report.html import write_report
 
+    out = Path("report.html") if out is None else out
     result = run_evaluate(run, profile)
     write_report(run, profile, result, out)
     console.print(Markdown(summary_markdown(result)))
