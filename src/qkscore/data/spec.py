@@ -265,10 +265,10 @@ def _cell(item: Item, balance: bool, stratify: str | None, spec: DataSpec) -> tu
     key: tuple = ()
     if stratify is not None:
         if item.meta.get(stratify) is None:
-            raise DataError(
-                f"data spec {str(spec)!r}: stratify={stratify}: item {item.id!r} has no "
-                f"{stratify!r} (fields it has: {', '.join(sorted(item.meta)) or 'none'})",
-                field="stratify",
+            raise spec.error(
+                f"stratify={stratify}: item {item.id!r} has no {stratify!r} "
+                f"(fields it has: {', '.join(sorted(item.meta)) or 'none'})",
+                "stratify",
             )
         key += ((stratify, item.meta[stratify]),)
     return key + ((("label", item.label),) if balance else ())
