@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from markupsafe import Markup
 
 from qkscore.io import write_bytes
 from qkscore.report import plots
@@ -74,13 +73,10 @@ def _heatmap(cells: list[Mapping[str, Any]], figures: list[dict]) -> dict[str, A
     return {"uri": plots.figure_to_data_uri(fig)}
 
 
-def _ci_cell(metric: Mapping[str, Any] | None) -> Markup | str:
-    """A table cell: the value, its interval below it in grey (half the width of one line)."""
-    text = ci_text(metric)
-    if " [" not in text:
-        return text
-    value, interval = text.split(" ", 1)
-    return Markup('{}<br><span class="ci">{}</span>').format(value, interval)
+def _metric_cells() -> Any:
+    """The report's ``metric`` macro (value, then its interval in grey) for table cells built
+    here; the leaderboard's tables stack the interval under the value (``table.stacked``)."""
+    return template_environment().get_template("macros.html.j2").module.metric
 
 
 def _short_labels(cells: list[Mapping[str, Any]]) -> tuple[dict[str, str], str]:
@@ -101,6 +97,7 @@ def render_leaderboard(result: Mapping[str, Any], where: str = "leaderboard") ->
     cells = sorted(result.get("cells", []), key=lambda c: int(c["cell"][1:]))
     figures = [_cell_figures(c, where) for c in cells]
     labels, shared = _short_labels(cells)
+    metric = _metric_cells()
     cell_rows = []
     for cell, figs in zip(cells, figures):
         head = (figs.get("head_by_auroc") or {}).get("name", "").removeprefix("head by AUROC ")
@@ -111,7 +108,7 @@ def render_leaderboard(result: Mapping[str, Any], where: str = "leaderboard") ->
                 cell["cell"],
                 labels[cell["cell"]].replace("-", "\u2011"),  # lines break between parts only
                 f"{cell['reader']} ({'n/a' if cv is None else f'{cv:.3f}'})",
-                *(_ci_cell((figs.get(key) or {}).get("accuracy")) for key, _ in COLUMNS),
+                *(metric((figs.get(key) or {}).get("accuracy")) for key, _ in COLUMNS),
                 f"{head} / {paper}",
                 "n/a" if cell.get("scan_seconds") is None else f"{cell['scan_seconds']:.0f}",
                 ", ".join(cell.get("shared_with") or []) or "-",
@@ -123,8 +120,8 @@ def render_leaderboard(result: Mapping[str, Any], where: str = "leaderboard") ->
             row.get("cell", row["setting"]),
             row["reader"],
             "n/a" if row.get("cv_auroc") is None else f"{row['cv_auroc']:.3f}",
-            _ci_cell(row.get("accuracy")),
-            _ci_cell(row.get("auroc")),
+            metric(row.get("accuracy")),
+            metric(row.get("auroc")),
         ]
         for i, row in enumerate(result.get("rows", []), 1)
     ]
