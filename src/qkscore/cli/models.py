@@ -43,14 +43,14 @@ def list_models(
         typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
         return
 
-    # The alias is what a user types: its column is never cut (at 80 columns rich shortened
-    # "smollm2-135m" to "smollm2-..."); the model id under it and the rest fold instead.
     table = Table(
         title=f"Packaged models (cache: {cache_dir()})",
         caption="not converted: the first load converts the GGUF file (20-60 s)",
     )
-    # a fixed width (rich's min_width pushes the table past the terminal): every alias whole,
-    # the model ids whole too where the terminal has room (the other columns need about 60)
+    # The alias is what a user types, so its column has a fixed width that holds every alias
+    # whole (rich cut "smollm2-135m" to "smollm2-..." at 80 columns, and a min_width pushed the
+    # table past the terminal); the model id under it is whole too where the terminal has room
+    # (the other columns need about 60), and folds otherwise, like the other columns.
     alias = max(len(m.alias) for m in ALIASES.values())
     repo = max(len(m.repo_id) for m in ALIASES.values())
     width = max(alias, min(repo, console.width - 60))
